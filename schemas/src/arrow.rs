@@ -1,0 +1,70 @@
+//! Arrow schemas (for Parquet and DataFusion) and conversions between events and record batches.
+//!
+//! The Arrow schema of each kind is traced from its Rust type by `serde_arrow`, so it cannot drift
+//! from the model; `tests/agreement.rs` checks it against the Avro schema field by field.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{FieldRef, Schema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_arrow::schema::{SchemaLike, TracingOptions};
+
+use crate::model::{
+    AnalyticsEvent, ErrorEvent, Kind, Notification, PerformanceSample, SessionUpdate, Transaction,
+};
+
+/// Why events could not be converted to or from Arrow.
+#[derive(Debug, thiserror::Error)]
+#[error("arrow conversion for {kind} failed: {source}")]
+pub struct ArrowError {
+    /// The kind being converted.
+    pub kind: Kind,
+    /// What serde_arrow reported.
+    #[source]
+    pub source: serde_arrow::Error,
+}
+
+fn options() -> TracingOptions {
+    TracingOptions::default()
+        .enums_without_data_as_strings(true)
+        .strings_as_large_utf8(false)
+        .sequence_as_large_list(false)
+}
+
+fn trace<T: DeserializeOwned>(kind: Kind) -> Vec<FieldRef> {
+    Vec::<FieldRef>::from_type::<T>(options())
+        .unwrap_or_else(|e| panic!("the {kind} type cannot be traced to Arrow: {e}"))
+}
+
+/// The Arrow fields of a kind's table.
+pub fn fields(kind: Kind) -> Vec<FieldRef> {
+    match kind {
+        Kind::Analytics => trace::<AnalyticsEvent>(kind),
+        Kind::Error => trace::<ErrorEvent>(kind),
+        Kind::Performance => trace::<PerformanceSample>(kind),
+        Kind::Transaction => trace::<Transaction>(kind),
+        Kind::Session => trace::<SessionUpdate>(kind),
+        Kind::Notification => trace::<Notification>(kind),
+    }
+}
+
+/// The Arrow schema of a kind's table.
+pub fn schema(kind: Kind) -> Arc<Schema> {
+    Arc::new(Schema::new(fields(kind)))
+}
+
+/// Converts events of one kind into a record batch with [`fields`] as its schema.
+pub fn to_batch<T: Serialize>(kind: Kind, events: &[T]) -> Result<RecordBatch, ArrowError> {
+    serde_arrow::to_record_batch(&fields(kind), &events)
+        .map_err(|source| ArrowError { kind, source })
+}
+
+/// Converts a record batch of one kind back into events.
+pub fn from_batch<T: DeserializeOwned>(
+    kind: Kind,
+    batch: &RecordBatch,
+) -> Result<Vec<T>, ArrowError> {
+    serde_arrow::from_record_batch(batch).map_err(|source| ArrowError { kind, source })
+}

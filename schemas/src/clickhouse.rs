@@ -1,0 +1,210 @@
+//! ClickHouse tables for each kind, generated from the Arrow schema.
+//!
+//! Analysts query flat columns, so the mapping flattens the model:
+//! - the `common` record contributes its fields with no prefix (`event_id`, `project`, ...);
+//! - any other record contributes its fields prefixed with its name (`release_app_version`);
+//! - a list of scalars becomes `Array(T)`;
+//! - a list of flat records becomes `Nested(...)`: parallel arrays such as `tags.key`, `tags.value`;
+//! - a list of records that themselves hold lists or records (an exception chain with its frames,
+//!   spans) becomes a `String` holding the list as JSON text, since `Nested` cannot nest;
+//! - `bool` becomes `UInt8` and nullable scalars `Nullable(T)`.
+//!
+//! Every table is a `ReplacingMergeTree` ordered by `(project, event_date, event_id)`, so a row
+//! replayed after a crash collapses into the first. The DDL runs on ClickHouse 18.16 (the oldest
+//! server trellis supports) and on current releases.
+
+use std::fmt;
+
+use arrow_schema::{DataType, Field};
+
+use crate::model::Kind;
+
+/// A ClickHouse column type, as far as the model needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `String`.
+    String,
+    /// `Int64`.
+    Int64,
+    /// `Int32`.
+    Int32,
+    /// `Float64`.
+    Float64,
+    /// `UInt8` (booleans: 0 or 1).
+    UInt8,
+    /// `Nullable(T)`.
+    Nullable(Box<ColumnType>),
+    /// `Array(T)`.
+    Array(Box<ColumnType>),
+    /// `Nested(name T, ...)`.
+    Nested(Vec<(String, ColumnType)>),
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::String => f.write_str("String"),
+            ColumnType::Int64 => f.write_str("Int64"),
+            ColumnType::Int32 => f.write_str("Int32"),
+            ColumnType::Float64 => f.write_str("Float64"),
+            ColumnType::UInt8 => f.write_str("UInt8"),
+            ColumnType::Nullable(t) => write!(f, "Nullable({t})"),
+            ColumnType::Array(t) => write!(f, "Array({t})"),
+            ColumnType::Nested(cols) => {
+                f.write_str("Nested(")?;
+                for (i, (name, t)) in cols.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{name} {t}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// How a column's values are taken from the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoding {
+    /// The value as it is.
+    Direct,
+    /// The list, serialized as JSON text.
+    Json,
+}
+
+/// One column of a kind's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: String,
+    /// Column type.
+    pub column_type: ColumnType,
+    /// The path of the field in the event (`["common", "release", "app_version"]`).
+    pub path: Vec<String>,
+    /// How values are encoded.
+    pub encoding: Encoding,
+}
+
+/// The record whose fields are inlined without a prefix.
+pub const INLINED_RECORD: &str = "common";
+
+/// The columns of a kind's table, in field order.
+pub fn columns(kind: Kind) -> Vec<Column> {
+    let mut out = Vec::new();
+    for field in crate::arrow::fields(kind) {
+        flatten(&field, "", &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+fn flatten(field: &Field, prefix: &str, path: &mut Vec<String>, out: &mut Vec<Column>) {
+    path.push(field.name().clone());
+    match field.data_type() {
+        DataType::Struct(children) => {
+            let child_prefix = if field.name() == INLINED_RECORD {
+                prefix.to_string()
+            } else {
+                format!("{prefix}{}_", field.name())
+            };
+            for child in children {
+                flatten(child, &child_prefix, path, out);
+            }
+        }
+        DataType::List(item) => {
+            let (column_type, encoding) = list_type(item);
+            out.push(Column {
+                name: format!("{prefix}{}", field.name()),
+                column_type,
+                path: path.clone(),
+                encoding,
+            });
+        }
+        other => out.push(Column {
+            name: format!("{prefix}{}", field.name()),
+            column_type: scalar(other, field.is_nullable()),
+            path: path.clone(),
+            encoding: Encoding::Direct,
+        }),
+    }
+    path.pop();
+}
+
+fn list_type(item: &Field) -> (ColumnType, Encoding) {
+    match item.data_type() {
+        DataType::Struct(children) => {
+            let flat = children
+                .iter()
+                .all(|c| !matches!(c.data_type(), DataType::Struct(_) | DataType::List(_)));
+            if flat {
+                let cols = children
+                    .iter()
+                    .map(|c| (c.name().clone(), scalar(c.data_type(), c.is_nullable())))
+                    .collect();
+                (ColumnType::Nested(cols), Encoding::Direct)
+            } else {
+                (ColumnType::String, Encoding::Json)
+            }
+        }
+        DataType::List(_) => (ColumnType::String, Encoding::Json),
+        other => (
+            ColumnType::Array(Box::new(scalar(other, item.is_nullable()))),
+            Encoding::Direct,
+        ),
+    }
+}
+
+fn scalar(data_type: &DataType, nullable: bool) -> ColumnType {
+    let base = match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 => ColumnType::String,
+        // Unit enums (levels, statuses) are dictionary-encoded strings in Arrow.
+        DataType::Dictionary(_, value) if **value == DataType::Utf8 => ColumnType::String,
+        DataType::Int64 => ColumnType::Int64,
+        DataType::Int32 => ColumnType::Int32,
+        DataType::Float64 => ColumnType::Float64,
+        DataType::Boolean => ColumnType::UInt8,
+        other => panic!("the model uses an Arrow type with no ClickHouse mapping: {other}"),
+    };
+    if nullable {
+        ColumnType::Nullable(Box::new(base))
+    } else {
+        base
+    }
+}
+
+/// The `CREATE TABLE` statement of a kind's table in `database`.
+pub fn create_table(database: &str, kind: Kind) -> String {
+    let mut ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{table}\n(\n",
+        table = kind.table()
+    );
+    for column in columns(kind) {
+        ddl.push_str(&format!("    `{}` {},\n", column.name, column.column_type));
+    }
+    ddl.push_str(
+        "    `event_date` Date MATERIALIZED toDate(toDateTime(intDiv(timestamp_ms, 1000)))\n",
+    );
+    ddl.push_str(
+        ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(event_date)\n\
+         ORDER BY (project, event_date, event_id)\n",
+    );
+    ddl
+}
+
+/// The column names ClickHouse reports for a kind's table (`Nested` columns as `name.field`),
+/// with their types, as `system.columns` lists them.
+pub fn physical_columns(kind: Kind) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for column in columns(kind) {
+        match &column.column_type {
+            ColumnType::Nested(cols) => {
+                for (name, t) in cols {
+                    out.push((format!("{}.{name}", column.name), format!("Array({t})")));
+                }
+            }
+            t => out.push((column.name.clone(), t.to_string())),
+        }
+    }
+    out.push(("event_date".into(), "Date".into()));
+    out
+}
