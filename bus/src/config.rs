@@ -1,0 +1,76 @@
+//! Bus configuration: which implementation, and its settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which bus to use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BusConfig {
+    /// The embedded log: one process, no services.
+    Embedded(EmbeddedConfig),
+    /// Apache Kafka or a Kafka-protocol broker.
+    Kafka(KafkaConfig),
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig::Embedded(EmbeddedConfig::default())
+    }
+}
+
+/// Settings of the embedded log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// The database file (created if missing); one process opens it at a time.
+    pub path: PathBuf,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            path: PathBuf::from("data/bus.redb"),
+        }
+    }
+}
+
+/// Settings of the Kafka bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of bootstrap brokers.
+    pub brokers: String,
+    /// How long a publish may wait for acknowledgement (and for room in a full queue).
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Producer compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// How long the producer waits to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Consumer group session timeout: a member silent this long loses its partitions.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Replication factor of topics trellis creates.
+    pub replication: i32,
+    /// Further librdkafka settings, passed as they are (for example `security.protocol`).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            ack_timeout: Duration::from_secs(10),
+            compression: "lz4".into(),
+            linger: Duration::from_millis(5),
+            session_timeout: Duration::from_secs(10),
+            replication: 1,
+            extra: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The log's storage: `redb` tables and the one thread that writes them.
+//!
+//! Tables:
+//! - `topics`: topic name → partition count;
+//! - `records`: (topic, partition, offset) → the record (postcard-encoded [`StoredRecord`]);
+//! - `offsets`: (group, topic, partition) → the group's next offset to read.
+//!
+//! All writes (appends and commits) go through one writer thread. It takes every request waiting
+//! in its queue, applies them in one write transaction and commits it with `Durability::Immediate`
+//! (fsync) before answering any of them: group commit, so many small concurrent publishes share
+//! one fsync, and an answered publish is on disk.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::{BusError, Delivery, Header, Message, Record, partition_for};
+
+pub(crate) const TOPICS: TableDefinition<&str, u32> = TableDefinition::new("topics");
+pub(crate) const RECORDS: TableDefinition<(&str, u32, u64), &[u8]> =
+    TableDefinition::new("records");
+pub(crate) const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("offsets");
+
+/// How many queued requests one transaction takes at most.
+const MAX_REQUESTS_PER_COMMIT: usize = 1024;
+
+/// A record as stored in the `records` table.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord<'a> {
+    timestamp_ms: i64,
+    #[serde(borrow, with = "serde_bytes")]
+    key: &'a [u8],
+    headers: Vec<Header>,
+    #[serde(borrow, with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+fn storage<E: std::fmt::Display>(context: &'static str) -> impl Fn(E) -> BusError {
+    move |e| BusError::Storage(format!("{context}: {e}"))
+}
+
+enum Request {
+    Append {
+        messages: Vec<Message>,
+        reply: oneshot::Sender<Result<Vec<Delivery>, BusError>>,
+    },
+    Commit {
+        group: String,
+        offsets: Vec<(String, u32, u64)>,
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
+}
+
+/// The shared state of an open log.
+pub(crate) struct Store {
+    db: Arc<Database>,
+    requests: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Topic → next offset per partition; the length is the partition count.
+    topics: Arc<Mutex<HashMap<String, Vec<u64>>>>,
+    /// Bumped after every commit that appended records, to wake waiting consumers.
+    appended: watch::Sender<u64>,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path) -> Result<Store, BusError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(storage("creating the data directory"))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| BusError::Storage(format!("opening {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        let topics = Arc::new(Mutex::new(load_topics(&db)?));
+        let (appended, _) = watch::channel(0);
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            topics: topics.clone(),
+            appended: appended.clone(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("trellis-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(storage("starting the writer thread"))?;
+        Ok(Store {
+            db,
+            requests: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            topics,
+            appended,
+        })
+    }
+
+    fn send(&self, request: Request) -> Result<(), BusError> {
+        let guard = self.requests.lock().map_err(|_| BusError::Closed)?;
+        guard
+            .as_ref()
+            .ok_or(BusError::Closed)?
+            .send(request)
+            .map_err(|_| BusError::Closed)
+    }
+
+    pub(crate) async fn append(&self, messages: Vec<Message>) -> Result<Vec<Delivery>, BusError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Append { messages, reply })?;
+        answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    pub(crate) async fn commit(
+        &self,
+        group: &str,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<(), BusError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Commit {
+            group: group.to_string(),
+            offsets,
+            reply,
+        })?;
+        answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    pub(crate) async fn create_topic(&self, name: &str, partitions: u32) -> Result<(), BusError> {
+        if partitions == 0 {
+            return Err(BusError::Config(format!(
+                "topic {name:?} needs at least one partition"
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            reply,
+        })?;
+        answer.await.map_err(|_| BusError::Closed)?
+    }
+
+    pub(crate) fn partitions(&self, topic: &str) -> Option<u32> {
+        let topics = self.topics.lock().ok()?;
+        topics.get(topic).map(|p| p.len() as u32)
+    }
+
+    pub(crate) fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Up to `max` records of one partition from `from` on.
+    pub(crate) fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, BusError> {
+        let txn = self.db.begin_read().map_err(storage("beginning a read"))?;
+        let table = txn
+            .open_table(RECORDS)
+            .map_err(storage("opening records"))?;
+        let mut out = Vec::new();
+        let range = table
+            .range((topic, partition, from)..=(topic, partition, u64::MAX))
+            .map_err(storage("reading records"))?;
+        for entry in range.take(max) {
+            let (key, value) = entry.map_err(storage("reading a record"))?;
+            let (_, _, offset) = key.value();
+            let stored: StoredRecord = postcard::from_bytes(value.value()).map_err(|e| {
+                BusError::Storage(format!(
+                    "record {topic}/{partition}/{offset} is unreadable: {e}"
+                ))
+            })?;
+            out.push(Record {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                key: stored.key.to_vec(),
+                payload: stored.payload.to_vec(),
+                headers: stored.headers,
+                timestamp_ms: stored.timestamp_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, BusError> {
+        let txn = self.db.begin_read().map_err(storage("beginning a read"))?;
+        let table = match txn.open_table(OFFSETS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(storage("opening offsets")(e)),
+        };
+        Ok(table
+            .get((group, topic, partition))
+            .map_err(storage("reading an offset"))?
+            .map(|v| v.value()))
+    }
+
+    /// Stops the writer after it has answered every queued request, and waits for it, so the
+    /// database file is released when this returns.
+    pub(crate) fn close(&self) {
+        if let Ok(mut guard) = self.requests.lock() {
+            guard.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn load_topics(db: &Database) -> Result<HashMap<String, Vec<u64>>, BusError> {
+    let txn = db
+        .begin_write()
+        .map_err(storage("beginning the start-up transaction"))?;
+    let mut topics = HashMap::new();
+    {
+        let names = txn.open_table(TOPICS).map_err(storage("opening topics"))?;
+        let records = txn
+            .open_table(RECORDS)
+            .map_err(storage("opening records"))?;
+        txn.open_table(OFFSETS)
+            .map_err(storage("opening offsets"))?;
+        for entry in names.iter().map_err(storage("listing topics"))? {
+            let (name, partitions) = entry.map_err(storage("reading a topic"))?;
+            let name = name.value().to_string();
+            let mut next = Vec::new();
+            for p in 0..partitions.value() {
+                let last = records
+                    .range((name.as_str(), p, 0)..=(name.as_str(), p, u64::MAX))
+                    .map_err(storage("finding a partition's end"))?
+                    .next_back()
+                    .transpose()
+                    .map_err(storage("finding a partition's end"))?
+                    .map(|(k, _)| k.value().2 + 1)
+                    .unwrap_or(0);
+                next.push(last);
+            }
+            topics.insert(name, next);
+        }
+    }
+    txn.commit()
+        .map_err(storage("committing the start-up transaction"))?;
+    Ok(topics)
+}
+
+struct Writer {
+    db: Arc<Database>,
+    topics: Arc<Mutex<HashMap<String, Vec<u64>>>>,
+    appended: watch::Sender<u64>,
+}
+
+/// What a request produced inside a transaction, answered once the transaction is durable.
+enum Outcome {
+    Appended(
+        oneshot::Sender<Result<Vec<Delivery>, BusError>>,
+        Result<Vec<Delivery>, BusError>,
+    ),
+    Done(oneshot::Sender<Result<(), BusError>>, Result<(), BusError>),
+}
+
+impl Writer {
+    fn run(self, requests: mpsc::Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_REQUESTS_PER_COMMIT {
+                match requests.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.apply(batch);
+        }
+        tracing::debug!("Embedded log writer stopped.");
+    }
+
+    fn apply(&self, batch: Vec<Request>) {
+        let mut topics = match self.topics.lock() {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        // Offsets are handed out on a copy and kept only if the transaction commits.
+        let mut next = topics.clone();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let result = (|| -> Result<bool, BusError> {
+            let mut txn = self
+                .db
+                .begin_write()
+                .map_err(storage("beginning a write"))?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(storage("setting durability"))?;
+            let mut appended_any = false;
+            {
+                let mut names = txn.open_table(TOPICS).map_err(storage("opening topics"))?;
+                let mut records = txn
+                    .open_table(RECORDS)
+                    .map_err(storage("opening records"))?;
+                let mut offsets = txn
+                    .open_table(OFFSETS)
+                    .map_err(storage("opening offsets"))?;
+                let mut buf = Vec::with_capacity(1024);
+                for request in batch {
+                    match request {
+                        Request::Append { messages, reply } => {
+                            let result =
+                                append(&mut records, &mut next, &messages, now_ms, &mut buf)?;
+                            appended_any |= result.is_ok();
+                            outcomes.push(Outcome::Appended(reply, result));
+                        }
+                        Request::Commit {
+                            group,
+                            offsets: list,
+                            reply,
+                        } => {
+                            for (topic, partition, offset) in &list {
+                                offsets
+                                    .insert((group.as_str(), topic.as_str(), *partition), offset)
+                                    .map_err(storage("writing an offset"))?;
+                            }
+                            outcomes.push(Outcome::Done(reply, Ok(())));
+                        }
+                        Request::CreateTopic {
+                            name,
+                            partitions,
+                            reply,
+                        } => {
+                            let result = match next.get(&name) {
+                                Some(existing) if existing.len() as u32 == partitions => Ok(()),
+                                Some(existing) => Err(BusError::Config(format!(
+                                    "topic {name:?} exists with {} partitions, not {partitions}",
+                                    existing.len()
+                                ))),
+                                None => {
+                                    names
+                                        .insert(name.as_str(), partitions)
+                                        .map_err(storage("creating a topic"))?;
+                                    next.insert(name.clone(), vec![0; partitions as usize]);
+                                    Ok(())
+                                }
+                            };
+                            outcomes.push(Outcome::Done(reply, result));
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(storage("committing"))?;
+            Ok(appended_any)
+        })();
+        match result {
+            Ok(appended_any) => {
+                *topics = next;
+                drop(topics);
+                if appended_any {
+                    self.appended.send_modify(|n| *n += 1);
+                }
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Appended(reply, r) => drop(reply.send(r)),
+                        Outcome::Done(reply, r) => drop(reply.send(r)),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Embedded log transaction failed; nothing in it was stored.");
+                for outcome in outcomes {
+                    let failed = || BusError::Storage(e.to_string());
+                    match outcome {
+                        Outcome::Appended(reply, _) => drop(reply.send(Err(failed()))),
+                        Outcome::Done(reply, _) => drop(reply.send(Err(failed()))),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends one publish call's messages. The inner result rejects the request alone (checked
+/// before anything is written); the outer one is a storage failure that aborts the transaction,
+/// so no request in it is half-stored.
+fn append(
+    records: &mut redb::Table<(&str, u32, u64), &[u8]>,
+    next: &mut HashMap<String, Vec<u64>>,
+    messages: &[Message],
+    now_ms: i64,
+    buf: &mut Vec<u8>,
+) -> Result<Result<Vec<Delivery>, BusError>, BusError> {
+    if let Some(m) = messages.iter().find(|m| !next.contains_key(&m.topic)) {
+        return Ok(Err(BusError::UnknownTopic(m.topic.clone())));
+    }
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for message in messages {
+        let partitions = next.get_mut(&message.topic).expect("checked above");
+        let partition = partition_for(&message.key, partitions.len() as u32);
+        let offset = partitions[partition as usize];
+        buf.clear();
+        let stored = StoredRecord {
+            timestamp_ms: now_ms,
+            key: &message.key,
+            headers: message.headers.clone(),
+            payload: &message.payload,
+        };
+        let encoded = postcard::to_extend(&stored, std::mem::take(buf))
+            .map_err(|e| BusError::Storage(format!("encoding a record: {e}")))?;
+        records
+            .insert(
+                (message.topic.as_str(), partition, offset),
+                encoded.as_slice(),
+            )
+            .map_err(storage("appending a record"))?;
+        *buf = encoded;
+        partitions[partition as usize] = offset + 1;
+        deliveries.push(Delivery { partition, offset });
+    }
+    Ok(Ok(deliveries))
+}

@@ -1,0 +1,375 @@
+//! The Kafka bus, through `rdkafka` (librdkafka).
+//!
+//! The producer is idempotent with `acks=all`, so an acknowledged message is on every in-sync
+//! replica and retries inside librdkafka never duplicate or reorder it. Keys are placed with
+//! `murmur2_random`, Kafka's default partitioner, the same hash the embedded log uses.
+//! Consumers never auto-commit: offsets move only through [`Consumer::commit`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{
+    BorrowedMessage, Header as KafkaHeader, Headers, Message as _, OwnedHeaders,
+};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::{Bus, BusError, Consumer, Delivery, Header, Message, Offsets, Producer, Record};
+
+/// The Kafka bus.
+pub struct KafkaBus {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl KafkaBus {
+    /// Connects (lazily: librdkafka dials on first use) to the configured brokers.
+    pub fn new(config: &KafkaConfig) -> Result<Self, BusError> {
+        let valid = ["none", "gzip", "snappy", "lz4", "zstd"];
+        if !valid.contains(&config.compression.as_str()) {
+            return Err(BusError::Config(format!(
+                "bus.compression {:?} is not one of {valid:?}",
+                config.compression
+            )));
+        }
+        let producer: FutureProducer = client_config(config)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", &config.compression)
+            .set("linger.ms", config.linger.as_millis().to_string())
+            .set("partitioner", "murmur2_random")
+            .set(
+                "message.timeout.ms",
+                config.ack_timeout.as_millis().max(1).to_string(),
+            )
+            .create()?;
+        let admin = client_config(config).create()?;
+        Ok(KafkaBus {
+            config: config.clone(),
+            producer,
+            admin,
+        })
+    }
+
+    fn topic_partitions(&self, topic: &str) -> Result<Option<u32>, BusError> {
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as u32)
+            .filter(|n| *n > 0))
+    }
+}
+
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers);
+    for (k, v) in &config.extra {
+        c.set(k, v);
+    }
+    c
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn create_topic(&self, name: &str, partitions: u32) -> Result<(), BusError> {
+        let topic = NewTopic::new(
+            name,
+            partitions as i32,
+            TopicReplication::Fixed(self.config.replication),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = self.admin.create_topics([&topic], &options).await?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::Config(format!(
+                        "creating topic {topic:?}: {code}"
+                    )));
+                }
+            }
+        }
+        // Wait until the topic is visible in metadata, so producers do not race its creation.
+        for _ in 0..100 {
+            if self.topic_partitions(name)?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(BusError::Timeout(Duration::from_secs(5)))
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.topic_partitions(topic)?
+            .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))
+    }
+
+    fn producer(&self) -> Result<Arc<dyn Producer>, BusError> {
+        Ok(Arc::new(KafkaProducer {
+            producer: self.producer.clone(),
+            ack_timeout: self.config.ack_timeout,
+            known_topics: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, BusError> {
+        for topic in topics {
+            if self.topic_partitions(topic)?.is_none() {
+                return Err(BusError::UnknownTopic(topic.to_string()));
+            }
+        }
+        let consumer: StreamConsumer = client_config(&self.config)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.config.session_timeout.as_millis() / 3)
+                    .max(1)
+                    .to_string(),
+            )
+            .create()?;
+        consumer.subscribe(topics)?;
+        Ok(Box::new(KafkaConsumer {
+            consumer: Arc::new(consumer),
+        }))
+    }
+}
+
+struct KafkaProducer {
+    producer: FutureProducer,
+    ack_timeout: Duration,
+    /// Topics seen in metadata: librdkafka would otherwise wait out `message.timeout.ms` on a
+    /// topic that does not exist, and the caller would see a timeout instead of the cause.
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl KafkaProducer {
+    async fn check_topics(&self, messages: &[Message]) -> Result<(), BusError> {
+        let unknown: HashSet<String> = {
+            let known = self.known_topics.lock().map_err(|_| BusError::Closed)?;
+            messages
+                .iter()
+                .filter(|m| !known.contains(&m.topic))
+                .map(|m| m.topic.clone())
+                .collect()
+        };
+        for topic in unknown {
+            let producer = self.producer.clone();
+            let name = topic.clone();
+            let exists = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .map(|m| {
+                        m.topics().iter().any(|t| {
+                            t.name() == name && t.error().is_none() && !t.partitions().is_empty()
+                        })
+                    })
+            })
+            .await
+            .map_err(|_| BusError::Closed)??;
+            if !exists {
+                return Err(BusError::UnknownTopic(topic));
+            }
+            self.known_topics
+                .lock()
+                .map_err(|_| BusError::Closed)?
+                .insert(topic);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn publish(&self, messages: Vec<Message>) -> Result<Vec<Delivery>, BusError> {
+        self.check_topics(&messages).await?;
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+            for h in &message.headers {
+                headers = headers.insert(KafkaHeader {
+                    key: &h.name,
+                    value: Some(&h.value),
+                });
+            }
+            let mut record = FutureRecord::to(&message.topic)
+                .key(&message.key)
+                .payload(&message.payload)
+                .headers(headers);
+            // A full queue is back-pressure: wait for room until the deadline, then give up.
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(BusError::QueueFull(self.ack_timeout));
+                        }
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+                        _,
+                    )) => {
+                        return Err(BusError::UnknownTopic(message.topic.clone()));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        let mut deliveries = Vec::with_capacity(pending.len());
+        for (future, message) in pending.into_iter().zip(&messages) {
+            // librdkafka enforces `message.timeout.ms`; this outer timeout only guards a hang.
+            let outcome = tokio::time::timeout(self.ack_timeout + Duration::from_secs(5), future)
+                .await
+                .map_err(|_| BusError::Timeout(self.ack_timeout))?
+                .map_err(|_| BusError::Closed)?;
+            match outcome {
+                Ok(d) => deliveries.push(Delivery {
+                    partition: d.partition as u32,
+                    offset: d.offset as u64,
+                }),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)) => {
+                    return Err(BusError::Timeout(self.ack_timeout));
+                }
+                Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+                    _,
+                )) => {
+                    return Err(BusError::UnknownTopic(message.topic.clone()));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn is_ready(&self) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|m| !m.brokers().is_empty())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+}
+
+fn to_record(m: &BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header::new(h.key, h.value.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition() as u32,
+        offset: m.offset() as u64,
+        key: m.key().unwrap_or_default().to_vec(),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers,
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(timeout, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(first) => out.push(to_record(&first?)),
+        }
+        // Take what is already buffered, without waiting.
+        while out.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(m) => out.push(to_record(&m?)),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<(), BusError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut map = HashMap::new();
+        for (topic, partition, next) in offsets.iter() {
+            map.insert(
+                (topic.to_string(), partition as i32),
+                Offset::Offset(next as i64),
+            );
+        }
+        let list = TopicPartitionList::from_topic_map(&map)?;
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|_| BusError::Closed)??;
+        Ok(())
+    }
+
+    async fn committed(&self, topic: &str, partition: u32) -> Result<Option<u64>, BusError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition as i32);
+        let consumer = self.consumer.clone();
+        let list = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(list, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|_| BusError::Closed)??;
+        Ok(list.elements().first().and_then(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o as u64),
+            _ => None,
+        }))
+    }
+
+    fn assignment(&self) -> Vec<(String, u32)> {
+        self.consumer
+            .assignment()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition() as u32))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,159 @@
+//! The bus contract on the embedded log, and what it adds: acknowledged records survive SIGKILL
+//! of the writing process, and a reopened log continues where it stopped.
+
+mod contract;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use trellis_bus::config::EmbeddedConfig;
+use trellis_bus::embedded::EmbeddedBus;
+use trellis_bus::{Bus, Message, Offsets};
+
+fn open(dir: &tempfile::TempDir) -> Arc<dyn Bus> {
+    let path = dir.path().join("bus.redb");
+    Arc::new(EmbeddedBus::open(&EmbeddedConfig { path }).unwrap())
+}
+
+#[tokio::test]
+async fn publishing_to_a_missing_topic_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::publishing_to_a_missing_topic_is_refused(open(&dir)).await;
+}
+
+#[tokio::test]
+async fn records_of_one_key_stay_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::records_of_one_key_stay_in_order(open(&dir)).await;
+}
+
+#[tokio::test]
+async fn uncommitted_records_are_redelivered_to_the_next_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::uncommitted_records_are_redelivered_to_the_next_consumer(open(&dir)).await;
+}
+
+#[tokio::test]
+async fn corrupt_payloads_go_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::corrupt_payloads_go_to_the_dead_letter_topic(open(&dir)).await;
+}
+
+#[tokio::test]
+async fn group_members_split_the_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::group_members_split_the_partitions(open(&dir)).await;
+}
+
+#[tokio::test]
+async fn acknowledged_records_survive_sigkill_of_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.redb");
+    {
+        let bus = open(&dir);
+        bus.create_topic("crash", 4).await.unwrap();
+    }
+    let spec = format!("embedded:{}", path.display());
+    let tool = contract::Tool::start(&["produce", &spec, "crash", "100000000", "10"]);
+    tool.read_until(Duration::from_secs(60), |line| line == "acked 300");
+    let after_kill = tool.kill();
+    let acked: u64 = after_kill
+        .iter()
+        .filter_map(|l| l.strip_prefix("acked ")?.parse().ok())
+        .max()
+        .unwrap_or(300);
+
+    let bus = open(&dir);
+    let mut consumer = bus.consumer("verify", &["crash"]).await.unwrap();
+    let mut records = Vec::new();
+    loop {
+        let batch = consumer
+            .poll(10_000, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        records.extend(batch);
+    }
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| std::str::from_utf8(&r.payload).unwrap().parse().unwrap())
+        .collect();
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(distinct.len(), seqs.len(), "no record is stored twice");
+    // Everything acknowledged is there; anything beyond is a whole batch that was stored but
+    // whose acknowledgement the kill cut off.
+    assert!(
+        distinct.len() as u64 >= acked,
+        "stored {} < acknowledged {acked}",
+        distinct.len()
+    );
+    assert_eq!(
+        distinct,
+        (0..distinct.len() as u64).collect(),
+        "stored records are a prefix of what was sent"
+    );
+    assert_eq!(distinct.len() % 10, 0, "batches are stored whole");
+    let mut per_key: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    for (r, s) in records.iter().zip(&seqs) {
+        per_key.entry(r.key.clone()).or_default().push(*s);
+    }
+    for seqs in per_key.values() {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "per-key order survives the crash"
+        );
+    }
+
+    // The reopened log goes on from where it stopped.
+    let producer = bus.producer().unwrap();
+    let more = producer
+        .publish(vec![Message::new("crash", "key-0", "next")])
+        .await
+        .unwrap();
+    let partition_end = records
+        .iter()
+        .filter(|r| r.partition == more[0].partition)
+        .map(|r| r.offset + 1)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(more[0].offset, partition_end);
+}
+
+#[tokio::test]
+async fn committed_offsets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let committed = {
+        let bus = open(&dir);
+        bus.create_topic("t", 2).await.unwrap();
+        let messages = (0..50u64)
+            .map(|i| Message::new("t", format!("k{i}"), i.to_string()))
+            .collect();
+        bus.producer().unwrap().publish(messages).await.unwrap();
+        let mut consumer = bus.consumer("g", &["t"]).await.unwrap();
+        let records = contract::read(consumer.as_mut(), 50, Duration::from_secs(10)).await;
+        consumer
+            .commit(&Offsets::after(&records[..20]))
+            .await
+            .unwrap();
+        records.len() - 20
+    };
+    let bus = open(&dir);
+    let mut consumer = bus.consumer("g", &["t"]).await.unwrap();
+    let rest = contract::read(consumer.as_mut(), 1000, Duration::from_secs(2)).await;
+    assert_eq!(rest.len(), committed);
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let _bus = open(&dir);
+    let err = EmbeddedBus::open(&EmbeddedConfig {
+        path: dir.path().join("bus.redb"),
+    })
+    .err()
+    .expect("second open must fail");
+    assert!(err.to_string().contains("bus.redb"), "{err}");
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The trellis test command: provisions the real Kafka-protocol broker (tansu) and ClickHouse,
+# starts them on loopback ports of their own, runs the whole suite against them, and stops them.
+# Extra arguments go to the test runner (for example a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+trap services_down EXIT
+services_up
+log "TRELLIS_TEST_KAFKA=$TRELLIS_TEST_KAFKA TRELLIS_TEST_CLICKHOUSE_URL=$TRELLIS_TEST_CLICKHOUSE_URL"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
