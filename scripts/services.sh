@@ -2,7 +2,7 @@
 # Installs (if missing), starts and stops the real services the integration tests use:
 # the tansu Kafka-protocol broker and ClickHouse, each on free loopback ports with its own data
 # directory under $TRELLIS_SERVICES_DIR. Source it, then call `services_up` and `services_down`.
-# After `services_up`, TRELLIS_TEST_KAFKA and TRELLIS_TEST_CLICKHOUSE_URL name the services.
+# After `services_up`, TEST_TRELLIS_KAFKA and TEST_TRELLIS_CLICKHOUSE_URL name the services.
 
 TANSU_VERSION=0.6.0
 : "${TRELLIS_SERVICES_DIR:=$PWD/target/test-services}"
@@ -65,7 +65,7 @@ start_kafka() {
     tail -20 "$dir/tansu.log" >&2
     return 1
   fi
-  export TRELLIS_TEST_KAFKA=127.0.0.1:$port
+  export TEST_TRELLIS_KAFKA=127.0.0.1:$port
 }
 
 start_clickhouse() {
@@ -104,7 +104,7 @@ XML
     tail -20 "$dir/log/stdout.log" "$dir/log/error.log" >&2 || true
     return 1
   fi
-  export TRELLIS_TEST_CLICKHOUSE_URL=http://127.0.0.1:$http
+  export TEST_TRELLIS_CLICKHOUSE_URL=http://127.0.0.1:$http
 }
 
 services_up() {

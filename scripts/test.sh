@@ -8,7 +8,7 @@ source scripts/services.sh
 
 trap services_down EXIT
 services_up
-log "TRELLIS_TEST_KAFKA=$TRELLIS_TEST_KAFKA TRELLIS_TEST_CLICKHOUSE_URL=$TRELLIS_TEST_CLICKHOUSE_URL"
+log "TEST_TRELLIS_KAFKA=$TEST_TRELLIS_KAFKA TEST_TRELLIS_CLICKHOUSE_URL=$TEST_TRELLIS_CLICKHOUSE_URL"
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,1 +1,124 @@
-fn main() {}
+//! The `trellis` command: runs the pipeline on one machine, or one stage of it for scale-out.
+//!
+//! Data enters through the HTTP ingest (`trellis_ingest`), which publishes Avro events
+//! (`trellis_schemas`) to the bus (`trellis_bus`: Kafka or the embedded log); processors and sinks
+//! read them from there. See ARCHITECTURE.md for the whole path.
+
+mod app;
+mod config;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use trellis_schemas::{Kind, avro, clickhouse};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about = "Event-streaming analytics for mobile apps"
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, defaults plus TRELLIS_* environment variables.
+    #[arg(long, short, global = true, env = "TRELLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the whole pipeline in this process (one machine; embedded bus by default).
+    Run,
+    /// Runs only the HTTP ingest (scale-out: several ingest processes share one Kafka).
+    Ingest,
+    /// Prints the effective configuration, after the file and the environment, as TOML.
+    Config,
+    /// Schema tools.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Writes the Avro schema of every kind as DIR/KIND.avsc.
+    Export {
+        /// Where to write them.
+        #[arg(long, default_value = "schemas/avro")]
+        dir: PathBuf,
+    },
+    /// Prints the ClickHouse DDL of every table.
+    Clickhouse {
+        /// Database the tables live in.
+        #[arg(long, default_value = "trellis")]
+        database: String,
+    },
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Schema(SchemaCommand::Export { dir }) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for kind in Kind::ALL {
+                let path = dir.join(format!("{kind}.avsc"));
+                std::fs::write(&path, avro::derived_avsc(kind))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Schema(SchemaCommand::Clickhouse { database }) => {
+            println!("CREATE DATABASE IF NOT EXISTS {database};\n");
+            for kind in Kind::ALL {
+                println!(
+                    "{};\n",
+                    clickhouse::create_table(&database, kind).trim_end()
+                );
+            }
+            Ok(())
+        }
+        Command::Config => {
+            let config = Config::load(cli.config.as_deref())?;
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("rendering the configuration")?
+            );
+            Ok(())
+        }
+        Command::Run | Command::Ingest => {
+            let config = Config::load(cli.config.as_deref())?;
+            init_tracing(&config.log);
+            let bus = app::open_bus(&config).await?;
+            let listener = tokio::net::TcpListener::bind(config.ingest.listen)
+                .await
+                .with_context(|| {
+                    format!("listening on {} (ingest.listen)", config.ingest.listen)
+                })?;
+            tracing::info!(bus = ?config.bus, "trellis started.");
+            app::run_ingest(&config, bus, listener, app::shutdown_signal()).await
+        }
+    }
+}

@@ -24,16 +24,17 @@ impl Default for BusConfig {
 
 /// Settings of the embedded log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
-    /// The database file (created if missing); one process opens it at a time.
+    /// The database file (created if missing); relative to the data directory. One process
+    /// opens it at a time.
     pub path: PathBuf,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         EmbeddedConfig {
-            path: PathBuf::from("data/bus.redb"),
+            path: PathBuf::from("bus.redb"),
         }
     }
 }

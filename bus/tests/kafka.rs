@@ -1,5 +1,5 @@
 //! The bus contract on a real Kafka-protocol broker (the one `scripts/test.sh` starts; its
-//! address is in `TRELLIS_TEST_KAFKA`), and a consumer crash: SIGKILL mid-stream loses nothing.
+//! address is in `TEST_TRELLIS_KAFKA`), and a consumer crash: SIGKILL mid-stream loses nothing.
 
 mod contract;
 
@@ -12,8 +12,8 @@ use trellis_bus::kafka::KafkaBus;
 use trellis_bus::{Bus, Message};
 
 fn brokers() -> String {
-    std::env::var("TRELLIS_TEST_KAFKA")
-        .expect("TRELLIS_TEST_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker")
+    std::env::var("TEST_TRELLIS_KAFKA")
+        .expect("TEST_TRELLIS_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker")
 }
 
 fn bus() -> Arc<dyn Bus> {

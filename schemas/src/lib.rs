@@ -16,3 +16,23 @@ pub mod model;
 pub mod sample;
 
 pub use model::*;
+
+/// The bus topics that connect the stages. Each stage reads and writes only these names.
+pub mod topics {
+    /// Events as ingest accepted them, keyed by project and device.
+    pub const RAW: &str = "events.raw";
+    /// Deduplicated, enriched events, from the processors.
+    pub const EVENTS: &str = "events";
+    /// Session records, from the processors.
+    pub const SESSIONS: &str = "sessions";
+    /// Issue records (grouped errors), from the processors.
+    pub const ISSUES: &str = "issues";
+    /// Windowed aggregates (release health, percentiles), from the processors.
+    pub const AGGREGATES: &str = "aggregates";
+    /// Alerts and rollback decisions, for the notifiers.
+    pub const ALERTS: &str = "alerts";
+    /// Dead letters: what a stage could not use, with the reason.
+    pub const DLQ: &str = "dlq";
+    /// Every topic trellis creates at start-up.
+    pub const ALL: [&str; 7] = [RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, ALERTS, DLQ];
+}

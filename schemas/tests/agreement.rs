@@ -7,11 +7,11 @@ use arrow_schema::{DataType, Field};
 use trellis_schemas::clickhouse::{self, ColumnType, Encoding};
 use trellis_schemas::{Kind, arrow, avro};
 
-/// `TRELLIS_BLESS=1 cargo test -p trellis-schemas --test agreement` rewrites the `.avsc` files.
+/// `UPDATE_AVSC=1 cargo test -p trellis-schemas --test agreement` rewrites the `.avsc` files.
 #[test]
 fn committed_avsc_files_match_the_types() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/avro");
-    let bless = std::env::var_os("TRELLIS_BLESS").is_some();
+    let bless = std::env::var_os("UPDATE_AVSC").is_some();
     for kind in Kind::ALL {
         let path = format!("{dir}/{kind}.avsc");
         let derived = avro::derived_avsc(kind);
@@ -25,7 +25,7 @@ fn committed_avsc_files_match_the_types() {
             committed.canonical_form(),
             avro::derived_schema(kind).canonical_form(),
             "{path} is out of date with the {kind} type; \
-             run `TRELLIS_BLESS=1 cargo test -p trellis-schemas --test agreement`"
+             run `UPDATE_AVSC=1 cargo test -p trellis-schemas --test agreement`"
         );
     }
 }

@@ -1,0 +1,62 @@
+//! Start-up wiring: open the bus, create the topics, start the stages, stop them cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use trellis_schemas::topics;
+
+use crate::config::Config;
+
+/// Opens the configured bus and makes sure every topic exists.
+pub async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn trellis_bus::Bus>> {
+    let bus = trellis_bus::open(&config.bus)
+        .await
+        .context("opening the bus")?;
+    for topic in topics::ALL {
+        bus.create_topic(topic, config.topics.partitions)
+            .await
+            .with_context(|| format!("creating topic {topic}"))?;
+    }
+    Ok(bus)
+}
+
+/// Runs the ingest stage on `listener` until `shutdown` resolves.
+pub async fn run_ingest(
+    config: &Config,
+    bus: Arc<dyn trellis_bus::Bus>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = trellis_ingest::State {
+        producer: bus.producer()?,
+        config: Arc::new(config.ingest.clone()),
+    };
+    trellis_ingest::run(listener, state, shutdown)
+        .await
+        .context("serving ingest")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("Shutting down: finishing in-flight work.");
+}

@@ -1,0 +1,255 @@
+//! The trellis configuration: one TOML file, overridden by `TRELLIS_*` environment variables.
+//!
+//! Every section has defaults that run on one machine, so an empty file (or none) is a working
+//! configuration. Environment variables name a key by its path with `__` between levels:
+//! `TRELLIS_BUS__KIND=kafka`, `TRELLIS_BUS__BROKERS=kafka:9092`, `TRELLIS_INGEST__LISTEN=0.0.0.0:8080`.
+//! A value of the wrong type, an unknown key or an invalid setting fails at start-up with a
+//! message naming the key.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+use trellis_bus::BusConfig;
+use trellis_ingest::IngestConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where trellis keeps its data on one machine: the embedded log and the Parquet files.
+    /// Relative paths elsewhere in the configuration are resolved against it.
+    pub data_dir: PathBuf,
+    /// The bus between the stages.
+    pub bus: BusConfig,
+    /// Topic settings.
+    pub topics: TopicsConfig,
+    /// The HTTP ingest.
+    pub ingest: IngestConfig,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            bus: BusConfig::default(),
+            topics: TopicsConfig::default(),
+            ingest: IngestConfig::default(),
+            log: "info".into(),
+        }
+    }
+}
+
+/// Topic settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Partitions of each topic trellis creates: the most processor instances that can share
+    /// the work. Changing it later moves keys between partitions, so pick it once.
+    pub partitions: u32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig { partitions: 8 }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or a value could not be parsed (figment's message names the
+    /// key and where it came from; it is the whole story, so it is not also a `source`).
+    #[error("configuration: {0}")]
+    Parse(Box<figment::Error>),
+    /// A value parsed but is not allowed.
+    #[error("configuration: {key}: {reason}")]
+    Invalid {
+        /// The key, as a dotted path.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads `file` (if given; a missing file given explicitly is an error), then applies the
+    /// `TRELLIS_*` environment variables, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("{} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // TRELLIS_CONFIG names the file itself (the `--config` flag), not a key in it.
+        let env = Env::prefixed("TRELLIS_").ignore(&["CONFIG"]).split("__");
+        Self::from_figment(figment.merge(env))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        config.resolve_paths();
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.topics.partitions == 0 || self.topics.partitions > 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "topics.partitions",
+                reason: format!("{} is not between 1 and 10000", self.topics.partitions),
+            });
+        }
+        if let BusConfig::Kafka(k) = &self.bus {
+            if k.brokers.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "bus.brokers",
+                    reason: "is empty; name at least one host:port".into(),
+                });
+            }
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "bus.compression",
+                    reason: format!(
+                        "{:?} is not one of none, gzip, snappy, lz4, zstd",
+                        k.compression
+                    ),
+                });
+            }
+            if k.replication < 1 {
+                return Err(ConfigError::Invalid {
+                    key: "bus.replication",
+                    reason: format!("{} must be at least 1", k.replication),
+                });
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(ConfigError::Invalid {
+                key: "log",
+                reason: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self) {
+        if let BusConfig::Embedded(e) = &mut self.bus
+            && e.path.is_relative()
+        {
+            e.path = self.data_dir.join(&e.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new().merge(Toml::string(toml));
+        for (k, v) in env {
+            figment = figment.merge(Serialized::global(k, v));
+        }
+        Config::from_figment(figment)
+    }
+
+    #[test]
+    fn an_empty_file_is_a_working_one_machine_config() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.topics.partitions, 8);
+        let BusConfig::Embedded(e) = &config.bus else {
+            panic!("default bus is embedded")
+        };
+        assert_eq!(e.path, PathBuf::from("data/bus.redb"));
+    }
+
+    #[test]
+    fn the_bus_can_be_switched_to_kafka() {
+        let config = load(
+            "[bus]\nkind = \"kafka\"\nbrokers = \"k1:9092,k2:9092\"\n",
+            &[],
+        )
+        .unwrap();
+        let BusConfig::Kafka(k) = &config.bus else {
+            panic!("kafka expected")
+        };
+        assert_eq!(k.brokers, "k1:9092,k2:9092");
+        assert_eq!(k.compression, "lz4");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let err = load("[topics]\npartitions = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topics.partitions"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load("[ingest]\nlisten = \"127.0.0.1:1\"\nlsiten = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lsiten"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_key() {
+        let err = load("[topics]\npartitions = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("topics.partitions") && err.contains("between 1 and 10000"),
+            "{err}"
+        );
+        let err = load("[bus]\nkind = \"kafka\"\ncompression = \"rar\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bus.compression"), "{err}");
+        let err = load("[ingest]\nlisten = \"not an address\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest.listen"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        // SAFETY: this test is the only one in the process touching these variables.
+        unsafe {
+            std::env::set_var("TRELLIS_TOPICS__PARTITIONS", "3");
+            std::env::set_var("TRELLIS_INGEST__LISTEN", "0.0.0.0:9999");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("trellis.toml");
+        std::fs::write(&file, "[topics]\npartitions = 5\n").unwrap();
+        unsafe { std::env::set_var("TRELLIS_CONFIG", &file) };
+        let config = Config::load(Some(&file));
+        unsafe {
+            std::env::remove_var("TRELLIS_CONFIG");
+            std::env::remove_var("TRELLIS_TOPICS__PARTITIONS");
+            std::env::remove_var("TRELLIS_INGEST__LISTEN");
+        }
+        let config = config.unwrap();
+        assert_eq!(config.topics.partitions, 3);
+        assert_eq!(config.ingest.listen.port(), 9999);
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/trellis.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,178 @@
+//! The `trellis` binary as a user meets it: it runs out of the box, refuses a bad configuration
+//! naming the key, stops cleanly on SIGTERM, and the compose file is valid.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn trellis() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trellis"));
+    // The tests' own environment must not leak TRELLIS_* settings into the child.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRELLIS_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(url: &str) -> Option<(u16, String)> {
+    let mut response = ureq::get(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    ))
+}
+
+#[test]
+fn run_works_out_of_the_box_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = trellis()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("TRELLIS_INGEST__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut health = None;
+    while Instant::now() < deadline {
+        health = get(&format!("http://127.0.0.1:{port}/healthz"));
+        if health.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health, Some((200, "ok".to_string())));
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/readyz")).unwrap().0,
+        200
+    );
+    // The default configuration keeps its data under ./data: the embedded log is there.
+    assert!(dir.path().join("data/bus.redb").exists());
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "trellis did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn a_bad_configuration_fails_at_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("trellis.toml");
+    std::fs::write(
+        &file,
+        "[bus]\nkind = \"kafka\"\nbrokers = \"localhost:9092\"\ncompression = \"rar\"\n",
+    )
+    .unwrap();
+    let out = trellis()
+        .args(["run", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bus.compression") && stderr.contains("rar"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = trellis()
+        .arg("config")
+        .env("TRELLIS_INGEST__LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("INGEST.LISTEN") && stderr.contains("environment"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn schema_export_writes_the_committed_avsc_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = trellis()
+        .args(["schema", "export", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for kind in [
+        "analytics",
+        "error",
+        "performance",
+        "transaction",
+        "session",
+        "notification",
+    ] {
+        let exported = std::fs::read_to_string(dir.path().join(format!("{kind}.avsc"))).unwrap();
+        let committed = std::fs::read_to_string(format!(
+            "{}/schemas/avro/{kind}.avsc",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        assert_eq!(exported, committed, "{kind}.avsc");
+    }
+}
+
+#[test]
+fn the_dead_letter_topic_has_one_name() {
+    assert_eq!(trellis_schemas::topics::DLQ, trellis_bus::DEAD_LETTER_TOPIC);
+}
+
+#[test]
+fn docker_compose_file_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("docker-compose")
+        .args(["-f", &format!("{root}/docker-compose.yml"), "config"])
+        .output()
+        .expect("docker-compose is not installed: scripts/test.sh installs Debian's package");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "apache/kafka",
+        "KAFKA_PROCESS_ROLES: broker,controller",
+        "clickhouse/clickhouse-server",
+        "TRELLIS_BUS__KIND: kafka",
+        "TRELLIS_BUS__BROKERS: kafka:9092",
+    ] {
+        assert!(config.contains(needle), "docker-compose.yml lacks {needle}");
+    }
+}
