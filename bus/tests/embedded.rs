@@ -125,7 +125,7 @@ async fn acknowledged_records_survive_sigkill_of_the_writer() {
 #[tokio::test]
 async fn committed_offsets_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let committed = {
+    let (committed, expected) = {
         let bus = open(&dir);
         bus.create_topic("t", 2).await.unwrap();
         let messages = (0..50u64)
@@ -134,16 +134,28 @@ async fn committed_offsets_survive_a_restart() {
         bus.producer().unwrap().publish(messages).await.unwrap();
         let mut consumer = bus.consumer("g", &["t"]).await.unwrap();
         let records = contract::read(consumer.as_mut(), 50, Duration::from_secs(10)).await;
-        consumer
-            .commit(&Offsets::after(&records[..20]))
-            .await
-            .unwrap();
-        records.len() - 20
+        let done = Offsets::after(&records[..20]);
+        consumer.commit(&done).await.unwrap();
+        let expected: BTreeSet<(u32, u64)> = records
+            .iter()
+            .filter(|r| {
+                done.get(&r.topic, r.partition)
+                    .is_none_or(|next| r.offset >= next)
+            })
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        (records.len() - 20, expected)
     };
     let bus = open(&dir);
     let mut consumer = bus.consumer("g", &["t"]).await.unwrap();
     let rest = contract::read(consumer.as_mut(), 1000, Duration::from_secs(2)).await;
-    assert_eq!(rest.len(), committed);
+    let got: BTreeSet<(u32, u64)> = rest.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(rest.len(), got.len());
+    assert!(committed <= expected.len());
+    assert_eq!(
+        got, expected,
+        "a restarted group resumes exactly after its commits"
+    );
 }
 
 #[tokio::test]

@@ -102,7 +102,7 @@ impl Producer for EmbeddedProducer {
     }
 
     async fn is_ready(&self) -> bool {
-        true
+        self.inner.store.is_alive()
     }
 }
 
@@ -205,10 +205,18 @@ impl Consumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<(), BusError> {
-        let list: Vec<(String, u32, u64)> = offsets
-            .iter()
-            .map(|(t, p, o)| (t.to_string(), p, o))
-            .collect();
+        // A member commits only partitions it still owns: after a rebalance the new owner
+        // re-reads from the last commit, and a late commit from the old owner must not move it.
+        self.rebalance()?;
+        let owned: std::collections::HashSet<&(String, u32)> = self.order.iter().collect();
+        let mut list = Vec::new();
+        for (t, p, o) in offsets.iter() {
+            if owned.contains(&(t.to_string(), p)) {
+                list.push((t.to_string(), p, o));
+            } else {
+                tracing::debug!(group = %self.group, topic = t, partition = p, "Not committing a partition this member no longer owns.");
+            }
+        }
         if list.is_empty() {
             return Ok(());
         }

@@ -150,6 +150,17 @@ impl Store {
         topics.get(topic).map(|p| p.len() as u32)
     }
 
+    /// Whether the writer thread is running (it stops on close, or if it panicked).
+    pub(crate) fn is_alive(&self) -> bool {
+        let open = self.requests.lock().map(|r| r.is_some()).unwrap_or(false);
+        let running = self
+            .writer
+            .lock()
+            .map(|w| w.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false);
+        open && running
+    }
+
     pub(crate) fn subscribe_appends(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
     }
@@ -237,6 +248,11 @@ fn load_topics(db: &Database) -> Result<HashMap<String, Vec<u64>>, BusError> {
         for entry in names.iter().map_err(storage("listing topics"))? {
             let (name, partitions) = entry.map_err(storage("reading a topic"))?;
             let name = name.value().to_string();
+            if partitions.value() == 0 {
+                return Err(BusError::Storage(format!(
+                    "topic {name:?} is stored with 0 partitions"
+                )));
+            }
             let mut next = Vec::new();
             for p in 0..partitions.value() {
                 let last = records
@@ -263,15 +279,6 @@ struct Writer {
     appended: watch::Sender<u64>,
 }
 
-/// What a request produced inside a transaction, answered once the transaction is durable.
-enum Outcome {
-    Appended(
-        oneshot::Sender<Result<Vec<Delivery>, BusError>>,
-        Result<Vec<Delivery>, BusError>,
-    ),
-    Done(oneshot::Sender<Result<(), BusError>>, Result<(), BusError>),
-}
-
 impl Writer {
     fn run(self, requests: mpsc::Receiver<Request>) {
         while let Ok(first) = requests.recv() {
@@ -288,17 +295,49 @@ impl Writer {
     }
 
     fn apply(&self, batch: Vec<Request>) {
-        let mut topics = match self.topics.lock() {
-            Ok(t) => t,
+        // Only this thread changes `topics`, so work on a copy and swap it in after the commit:
+        // readers are never blocked behind the fsync.
+        let mut next = match self.topics.lock() {
+            Ok(t) => t.clone(),
             Err(_) => return,
         };
-        // Offsets are handed out on a copy and kept only if the transaction commits.
-        let mut next = topics.clone();
-        let mut outcomes = Vec::with_capacity(batch.len());
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        let result = self.write(batch, &mut next, now_ms, &mut outcomes);
+        match result {
+            Ok(appended_any) => {
+                if let Ok(mut topics) = self.topics.lock() {
+                    *topics = next;
+                }
+                if appended_any {
+                    self.appended.send_modify(|n| *n += 1);
+                }
+                for outcome in outcomes {
+                    outcome.answer(None);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Embedded log transaction failed; nothing in it was stored.");
+                for outcome in outcomes {
+                    outcome.answer(Some(&e));
+                }
+            }
+        }
+    }
+
+    /// Applies the batch in one transaction. Every request gets an outcome, even when a storage
+    /// failure aborts the transaction part way.
+    fn write(
+        &self,
+        batch: Vec<Request>,
+        next: &mut HashMap<String, Vec<u64>>,
+        now_ms: i64,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<bool, BusError> {
+        let mut pending = batch.into_iter();
         let result = (|| -> Result<bool, BusError> {
             let mut txn = self
                 .db
@@ -316,25 +355,27 @@ impl Writer {
                     .open_table(OFFSETS)
                     .map_err(storage("opening offsets"))?;
                 let mut buf = Vec::with_capacity(1024);
-                for request in batch {
+                for request in pending.by_ref() {
                     match request {
                         Request::Append { messages, reply } => {
-                            let result =
-                                append(&mut records, &mut next, &messages, now_ms, &mut buf)?;
+                            outcomes.push(Outcome::Appended(reply, Err(BusError::Closed)));
+                            let result = append(&mut records, next, &messages, now_ms, &mut buf)?;
                             appended_any |= result.is_ok();
-                            outcomes.push(Outcome::Appended(reply, result));
+                            if let Some(Outcome::Appended(_, r)) = outcomes.last_mut() {
+                                *r = result;
+                            }
                         }
                         Request::Commit {
                             group,
                             offsets: list,
                             reply,
                         } => {
+                            outcomes.push(Outcome::Done(reply, Ok(())));
                             for (topic, partition, offset) in &list {
                                 offsets
                                     .insert((group.as_str(), topic.as_str(), *partition), offset)
                                     .map_err(storage("writing an offset"))?;
                             }
-                            outcomes.push(Outcome::Done(reply, Ok(())));
                         }
                         Request::CreateTopic {
                             name,
@@ -348,11 +389,12 @@ impl Writer {
                                     existing.len()
                                 ))),
                                 None => {
+                                    outcomes.push(Outcome::Done(reply, Ok(())));
                                     names
                                         .insert(name.as_str(), partitions)
                                         .map_err(storage("creating a topic"))?;
                                     next.insert(name.clone(), vec![0; partitions as usize]);
-                                    Ok(())
+                                    continue;
                                 }
                             };
                             outcomes.push(Outcome::Done(reply, result));
@@ -363,29 +405,38 @@ impl Writer {
             txn.commit().map_err(storage("committing"))?;
             Ok(appended_any)
         })();
-        match result {
-            Ok(appended_any) => {
-                *topics = next;
-                drop(topics);
-                if appended_any {
-                    self.appended.send_modify(|n| *n += 1);
+        // Requests the failure cut off still need an answer.
+        for request in pending {
+            outcomes.push(match request {
+                Request::Append { reply, .. } => Outcome::Appended(reply, Err(BusError::Closed)),
+                Request::Commit { reply, .. } | Request::CreateTopic { reply, .. } => {
+                    Outcome::Done(reply, Ok(()))
                 }
-                for outcome in outcomes {
-                    match outcome {
-                        Outcome::Appended(reply, r) => drop(reply.send(r)),
-                        Outcome::Done(reply, r) => drop(reply.send(r)),
-                    }
-                }
+            });
+        }
+        result
+    }
+}
+
+/// A request's answer, sent once the transaction's fate is known.
+enum Outcome {
+    Appended(
+        oneshot::Sender<Result<Vec<Delivery>, BusError>>,
+        Result<Vec<Delivery>, BusError>,
+    ),
+    Done(oneshot::Sender<Result<(), BusError>>, Result<(), BusError>),
+}
+
+impl Outcome {
+    /// Answers with the request's own result, or with the transaction's failure.
+    fn answer(self, failure: Option<&BusError>) {
+        let failed = || BusError::Storage(failure.map(|e| e.to_string()).unwrap_or_default());
+        match self {
+            Outcome::Appended(reply, r) => {
+                drop(reply.send(if failure.is_some() { Err(failed()) } else { r }))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "Embedded log transaction failed; nothing in it was stored.");
-                for outcome in outcomes {
-                    let failed = || BusError::Storage(e.to_string());
-                    match outcome {
-                        Outcome::Appended(reply, _) => drop(reply.send(Err(failed()))),
-                        Outcome::Done(reply, _) => drop(reply.send(Err(failed()))),
-                    }
-                }
+            Outcome::Done(reply, r) => {
+                drop(reply.send(if failure.is_some() { Err(failed()) } else { r }))
             }
         }
     }

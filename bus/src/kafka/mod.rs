@@ -61,17 +61,24 @@ impl KafkaBus {
         })
     }
 
-    fn topic_partitions(&self, topic: &str) -> Result<Option<u32>, BusError> {
-        let metadata = self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as u32)
-            .filter(|n| *n > 0))
+    /// The topic's partition count from broker metadata, or `None` if it does not exist.
+    /// librdkafka's metadata call blocks, so it runs off the async workers.
+    async fn topic_partitions(&self, topic: &str) -> Result<Option<u32>, BusError> {
+        let producer = self.producer.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .map(|t| t.partitions().len() as u32)
+                .filter(|n| *n > 0))
+        })
+        .await
+        .map_err(|_| BusError::Closed)?
     }
 }
 
@@ -106,8 +113,14 @@ impl Bus for KafkaBus {
         }
         // Wait until the topic is visible in metadata, so producers do not race its creation.
         for _ in 0..100 {
-            if self.topic_partitions(name)?.is_some() {
-                return Ok(());
+            match self.topic_partitions(name).await? {
+                Some(n) if n == partitions => return Ok(()),
+                Some(n) => {
+                    return Err(BusError::Config(format!(
+                        "topic {name:?} exists with {n} partitions, not {partitions}"
+                    )));
+                }
+                None => {}
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -115,7 +128,8 @@ impl Bus for KafkaBus {
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
-        self.topic_partitions(topic)?
+        self.topic_partitions(topic)
+            .await?
             .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))
     }
 
@@ -129,7 +143,7 @@ impl Bus for KafkaBus {
 
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, BusError> {
         for topic in topics {
-            if self.topic_partitions(topic)?.is_none() {
+            if self.topic_partitions(topic).await?.is_none() {
                 return Err(BusError::UnknownTopic(topic.to_string()));
             }
         }
@@ -317,10 +331,15 @@ impl Consumer for KafkaConsumer {
             Err(_) => return Ok(out),
             Ok(first) => out.push(to_record(&first?)),
         }
-        // Take what is already buffered, without waiting.
-        while out.len() < max {
+        // Take what is already buffered, without waiting. An error after some records were read
+        // must not lose them: librdkafka's position is already past them.
+        while out.len() < max.max(1) {
             match self.consumer.recv().now_or_never() {
-                Some(m) => out.push(to_record(&m?)),
+                Some(Ok(m)) => out.push(to_record(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka poll error after {} records; returning them.", out.len());
+                    break;
+                }
                 None => break,
             }
         }

@@ -70,20 +70,20 @@ pub async fn records_of_one_key_stay_in_order(bus: Arc<dyn Bus>) {
     bus.create_topic(&topic, 4).await.unwrap();
     assert_eq!(bus.partitions(&topic).await.unwrap(), 4);
     let producer = bus.producer().unwrap();
-    // 10 keys, 100 messages each, interleaved, in batches of 50 published concurrently in pairs.
-    let messages: Vec<Message> = (0..1000u64)
-        .map(|i| {
-            Message::new(
-                topic.as_str(),
-                format!("key-{}", i % 10),
-                (i / 10).to_string(),
-            )
-        })
-        .collect();
+    // 10 keys, 100 messages each, interleaved within a call. Two calls run concurrently, each with
+    // its own keys: order is promised within a call and between calls made one after the other.
+    let batch = |keys: std::ops::Range<u64>, round: u64| -> Vec<Message> {
+        (0..10u64)
+            .flat_map(|i| keys.clone().map(move |k| (k, round * 10 + i)))
+            .map(|(k, seq)| Message::new(topic.as_str(), format!("key-{k}"), seq.to_string()))
+            .collect()
+    };
     let mut deliveries = Vec::new();
-    for pair in messages.chunks(100) {
-        let (a, b) = pair.split_at(50);
-        let (da, db) = tokio::join!(producer.publish(a.to_vec()), producer.publish(b.to_vec()));
+    for round in 0..10 {
+        let (da, db) = tokio::join!(
+            producer.publish(batch(0..5, round)),
+            producer.publish(batch(5..10, round))
+        );
         deliveries.extend(da.unwrap());
         deliveries.extend(db.unwrap());
     }
@@ -290,6 +290,10 @@ pub async fn group_members_split_the_partitions(bus: Arc<dyn Bus>) {
         }
     }
     assert_eq!(got.len(), 400, "every record reaches the group");
+    assert!(
+        got.values().all(|&n| n == 1),
+        "with a settled group, each record goes to one member once"
+    );
     let (pa, pb) = (a.assignment(), b.assignment());
     assert_eq!(pa.len() + pb.len(), 4, "{pa:?} {pb:?}");
     assert!(
@@ -351,6 +355,7 @@ impl Tool {
     pub fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.lines.try_iter().collect()
+        // The pipe reaches EOF once the child is gone; read everything it printed.
+        self.lines.iter().collect()
     }
 }
