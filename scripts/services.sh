@@ -51,6 +51,30 @@ ensure_tools() {
 # tansu 0.6.0 stores records per row in its SQLite engine and fetches from any offset. Its memory
 # engine fetches whole batches by base offset, so a consumer resuming from a committed offset in
 # the middle of a producer batch would skip the rest of that batch; Kafka itself returns the batch.
+# The real SDK clients the ingest tests drive, pinned to the versions of the captured fixtures.
+# They go into target/ (a venv and a node_modules of their own), never into the system.
+SENTRY_PY_VERSION=2.75.0
+POSTHOG_PY_VERSION=7.91.1
+SENTRY_NODE_VERSION=10.78.0
+POSTHOG_NODE_VERSION=5.70.0
+ensure_sdks() {
+  local venv=$PWD/target/sdk-venv node=$PWD/target/sdk-node
+  if ! "$venv/bin/python" -c "import sentry_sdk, posthog; assert sentry_sdk.VERSION == '$SENTRY_PY_VERSION'" 2>/dev/null; then
+    log "installing sentry-sdk $SENTRY_PY_VERSION and posthog $POSTHOG_PY_VERSION into $venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q "sentry-sdk==$SENTRY_PY_VERSION" "posthog==$POSTHOG_PY_VERSION" >&2
+  fi
+  if command -v npm >/dev/null && [ ! -f "$node/.installed-$SENTRY_NODE_VERSION-$POSTHOG_NODE_VERSION" ]; then
+    log "installing @sentry/node $SENTRY_NODE_VERSION and posthog-node $POSTHOG_NODE_VERSION into $node"
+    mkdir -p "$node"
+    (cd "$node" && [ -f package.json ] || echo '{"private": true}' >package.json)
+    npm install --prefix "$node" --no-audit --no-fund --silent "@sentry/node@$SENTRY_NODE_VERSION" "posthog-node@$POSTHOG_NODE_VERSION" >&2
+    touch "$node/.installed-$SENTRY_NODE_VERSION-$POSTHOG_NODE_VERSION"
+  fi
+  export TEST_TRELLIS_PYTHON=$venv/bin/python
+  export TEST_TRELLIS_NODE_MODULES=$node/node_modules
+}
+
 start_kafka() {
   local port dir=$TRELLIS_SERVICES_DIR/tansu
   rm -rf "$dir"; mkdir -p "$dir"
@@ -109,6 +133,7 @@ XML
 
 services_up() {
   ensure_tools
+  ensure_sdks
   services_down
   start_kafka
   start_clickhouse

@@ -29,10 +29,7 @@ pub async fn run_ingest(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = trellis_ingest::State {
-        producer: bus.producer()?,
-        config: Arc::new(config.ingest.clone()),
-    };
+    let state = trellis_ingest::state(config.ingest.clone(), bus.producer()?);
     trellis_ingest::run(listener, state, shutdown)
         .await
         .context("serving ingest")

@@ -133,6 +133,10 @@ impl Config {
                 });
             }
         }
+        if let Err(reason) = self.ingest.validate() {
+            let key = "ingest";
+            return Err(ConfigError::Invalid { key, reason });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid {
                 key: "log",

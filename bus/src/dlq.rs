@@ -72,3 +72,17 @@ pub fn dead_letter(record: &Record, stage: &str, reason: &str) -> Message {
         ],
     }
 }
+
+/// The dead-letter message for something that never reached the bus (for example an event
+/// ingest refused): its key, its bytes, the stage and the reason.
+pub fn dead_letter_from(key: &[u8], payload: Vec<u8>, stage: &str, reason: &str) -> Message {
+    Message {
+        topic: DEAD_LETTER_TOPIC.to_string(),
+        key: key.to_vec(),
+        payload,
+        headers: vec![
+            Header::new(headers::REASON, reason),
+            Header::new(headers::STAGE, stage),
+        ],
+    }
+}

@@ -21,13 +21,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod config;
-mod dlq;
+pub mod dlq;
 pub mod embedded;
 pub mod kafka;
 mod partition;
 
 pub use config::BusConfig;
-pub use dlq::{DEAD_LETTER_TOPIC, DeadLetter, dead_letter};
+pub use dlq::{
+    DEAD_LETTER_TOPIC, DeadLetter, dead_letter, dead_letter_from, headers as dlq_headers,
+};
 pub use partition::partition_for;
 
 /// Why a bus operation failed.

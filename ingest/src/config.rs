@@ -1,6 +1,7 @@
-//! Ingest settings.
+//! Ingest settings: where to listen, which projects and keys exist, limits and privacy rules.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,12 +11,191 @@ use serde::{Deserialize, Serialize};
 pub struct IngestConfig {
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// The projects events can be sent to, each with its keys.
+    pub projects: Vec<ProjectConfig>,
+    /// Size limits.
+    pub limits: LimitsConfig,
+    /// Rate limits.
+    pub rate_limit: RateLimitConfig,
+    /// How long a request may wait for the bus to acknowledge its events before ingest answers
+    /// 503 (the SDK retries later).
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// The `Retry-After` ingest sends with 503 and 429 answers.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Event timestamps are corrected by the difference between the server's and the device's
+    /// clock when it exceeds this (Sentry's clock-drift correction).
+    #[serde(with = "humantime_serde")]
+    pub clock_drift_threshold: Duration,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            projects: vec![ProjectConfig::default()],
+            limits: LimitsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            publish_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(5),
+            clock_drift_threshold: Duration::from_secs(60),
         }
+    }
+}
+
+/// One project: its name, its keys and its privacy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectConfig {
+    /// The project's name; events are stored under it. Also the `{project}` in Sentry DSN paths.
+    pub name: String,
+    /// Keys that write to this project: the bearer token of the native API, the Sentry DSN's
+    /// public key, PostHog's `api_key`.
+    pub keys: Vec<String>,
+    /// What happens to client IP addresses in payloads (`$ip`, Sentry `user.ip_address`).
+    pub client_ip: IpPolicy,
+    /// Whether events need explicit consent (`consent: true`, PostHog `$consent`, Sentry tag
+    /// `consent`); events without it are dropped and counted.
+    pub require_consent: bool,
+    /// Mask emails, card numbers, IBANs and phone numbers in free text.
+    pub scrub_pii: bool,
+}
+
+impl Default for ProjectConfig {
+    fn default() -> Self {
+        ProjectConfig {
+            name: "default".into(),
+            keys: vec!["trellis-dev-key".into()],
+            client_ip: IpPolicy::Drop,
+            require_consent: false,
+            scrub_pii: true,
+        }
+    }
+}
+
+/// What to do with client IP addresses found in payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpPolicy {
+    /// Remove them.
+    Drop,
+    /// Keep the network part: /24 for IPv4, /48 for IPv6.
+    Truncate,
+    /// Keep them as sent.
+    Keep,
+}
+
+/// Size limits. Defaults are near Sentry's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body on the wire (compressed), in bytes.
+    pub max_wire_bytes: usize,
+    /// Largest request body after decompression, in bytes: the guard against decompression bombs.
+    pub max_decompressed_bytes: usize,
+    /// Largest single event, in bytes of JSON.
+    pub max_event_bytes: usize,
+    /// Largest Sentry attachment, in bytes.
+    pub max_attachment_bytes: usize,
+    /// Most events in one request.
+    pub max_events_per_request: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_wire_bytes: 20 * 1024 * 1024,
+            max_decompressed_bytes: 100 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
+            max_attachment_bytes: 20 * 1024 * 1024,
+            max_events_per_request: 10_000,
+        }
+    }
+}
+
+/// Rate limits, in events per second with a burst allowance. Zero disables a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Events per second one key may send.
+    pub per_key_per_second: u32,
+    /// Events one key may send at once above its rate.
+    pub per_key_burst: u32,
+    /// Events per second all keys together may send.
+    pub global_per_second: u32,
+    /// Events all keys together may send at once above the rate.
+    pub global_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_key_per_second: 50_000,
+            per_key_burst: 100_000,
+            global_per_second: 0,
+            global_burst: 0,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks what serde cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.projects.iter().enumerate() {
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "ingest.projects[{i}].name {:?} must be non-empty letters, digits, - or _",
+                    p.name
+                ));
+            }
+            if p.keys.is_empty() {
+                return Err(format!(
+                    "ingest.projects[{i}].keys is empty: project {:?} could not receive events",
+                    p.name
+                ));
+            }
+            for key in &p.keys {
+                if key.len() < 8 {
+                    return Err(format!(
+                        "ingest.projects[{i}].keys: {key:?} is shorter than 8 characters"
+                    ));
+                }
+                if !seen.insert(key.clone()) {
+                    return Err(format!(
+                        "ingest.projects[{i}].keys: {key:?} is used by two projects"
+                    ));
+                }
+            }
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_wire_bytes", l.max_wire_bytes),
+            ("max_decompressed_bytes", l.max_decompressed_bytes),
+            ("max_event_bytes", l.max_event_bytes),
+            ("max_events_per_request", l.max_events_per_request),
+        ] {
+            if value == 0 {
+                return Err(format!("ingest.limits.{name} must be greater than 0"));
+            }
+        }
+        if l.max_decompressed_bytes < l.max_wire_bytes {
+            return Err(
+                "ingest.limits.max_decompressed_bytes must be at least max_wire_bytes".into(),
+            );
+        }
+        let r = &self.rate_limit;
+        if r.per_key_per_second > 0 && r.per_key_burst == 0
+            || r.global_per_second > 0 && r.global_burst == 0
+        {
+            return Err("ingest.rate_limit: a rate needs a burst of at least 1".into());
+        }
+        Ok(())
     }
 }

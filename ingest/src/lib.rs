@@ -1,12 +1,26 @@
 //! The trellis HTTP ingest.
 //!
-//! App SDKs POST batches here; ingest answers only once the bus has acknowledged every event it
-//! accepted. [`run`] serves on a listener until the shutdown future resolves, then drains
-//! in-flight requests, so tests start it on port 0 in-process.
+//! SDKs POST here in three dialects: trellis's native batches ([`native`]), Sentry envelopes
+//! ([`sentry`]) and PostHog batches ([`posthog`]). Each request is authenticated by its project
+//! key, decompressed within limits, parsed into events, normalized ([`normalize`]: server time,
+//! clock drift, IP policy, PII scrubbing) and published to `events.raw` as Avro. Ingest answers
+//! 200 only once the bus has acknowledged every accepted event of the request; if it cannot, it
+//! answers 503 with `Retry-After` and the SDK sends the request again (event ids make the retry
+//! idempotent downstream). Refused events go to the dead-letter topic with their reason.
+//!
+//! [`run`] serves on a listener until the shutdown future resolves, then drains in-flight
+//! requests, so tests start it on port 0 in-process.
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod config;
+pub mod metrics;
+pub mod native;
+pub mod normalize;
+pub mod posthog;
+pub mod sentry;
 mod server;
+pub mod time;
 
 pub use config::IngestConfig;
-pub use server::{State, router, run};
+pub use server::{AppState, OPENAPI, router, run, state};

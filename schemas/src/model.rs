@@ -208,6 +208,7 @@ pub struct Frame {
     /// Column number.
     pub colno: Option<i64>,
     /// Whether the frame belongs to the app rather than a library.
+    #[serde(default)]
     pub in_app: bool,
 }
 

@@ -1,0 +1,343 @@
+//! The path every request takes once its format is parsed: consent, normalization, limits,
+//! then one publish of everything the request produced, answered only after the bus acked it.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use trellis_bus::{Message, Producer};
+use trellis_schemas::{Event, avro, topics};
+
+use crate::config::{IngestConfig, ProjectConfig};
+use crate::metrics::Metrics;
+use crate::normalize;
+use crate::time::now_ms;
+
+/// One event as a format parser produced it, or why it could not.
+#[derive(Debug)]
+pub enum Item {
+    /// A parsed event, with the consent the SDK stated for it (if any).
+    Event {
+        /// The event; `common.project` is set by ingest.
+        event: Box<Event>,
+        /// `Some(true)` granted, `Some(false)` refused, `None` not stated.
+        consent: Option<bool>,
+    },
+    /// Not an event ingest can store.
+    Invalid {
+        /// Why.
+        reason: String,
+        /// The event's bytes as sent, for the dead-letter topic.
+        raw: Vec<u8>,
+        /// Whether it was refused for its size.
+        too_large: bool,
+    },
+}
+
+/// One refused event of a request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejection {
+    /// Its position in the request.
+    pub index: usize,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// What happened to a request's events.
+#[derive(Debug, Default, Serialize)]
+pub struct Outcome {
+    /// Events stored on the bus.
+    pub accepted: usize,
+    /// Events refused, with reasons.
+    pub rejected: Vec<Rejection>,
+}
+
+/// Why a request as a whole was refused. Each maps to one HTTP status and a JSON body with the
+/// reason.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No key, or a key no project has.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key belongs to another project than the URL names.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body cannot be understood at all.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body or an item is over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A rate limit was reached; retry after the given time.
+    #[error("rate limit reached for {scope}")]
+    RateLimited {
+        /// `key` or `global`.
+        scope: &'static str,
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// The bus did not take the events in time; retry after the given time.
+    #[error("events could not be stored: {reason}")]
+    Unavailable {
+        /// What the bus said.
+        reason: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+}
+
+impl IngestError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
+            IngestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::RateLimited { retry_after, .. }
+            | IngestError::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::json!({
+            "error": status.canonical_reason().unwrap_or("error"),
+            "reason": self.to_string(),
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+/// A project as ingest uses it.
+#[derive(Debug)]
+pub struct Project {
+    /// Its settings.
+    pub config: ProjectConfig,
+}
+
+/// Ingest's shared state: projects by key, limiters, metrics and the producer.
+pub struct Ingest {
+    /// Settings.
+    pub config: IngestConfig,
+    /// Where events go.
+    pub producer: Arc<dyn Producer>,
+    /// Metrics.
+    pub metrics: Metrics,
+    by_key: HashMap<String, (String, Arc<Project>)>,
+    per_key: Option<DefaultKeyedRateLimiter<String>>,
+    global: Option<DefaultDirectRateLimiter>,
+}
+
+fn quota(per_second: u32, burst: u32) -> Option<Quota> {
+    Some(Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?))
+}
+
+impl Ingest {
+    /// Builds the state from validated settings.
+    pub fn new(config: IngestConfig, producer: Arc<dyn Producer>) -> Self {
+        let mut by_key = HashMap::new();
+        for p in &config.projects {
+            let project = Arc::new(Project { config: p.clone() });
+            for key in &p.keys {
+                by_key.insert(key.clone(), (key.clone(), project.clone()));
+            }
+        }
+        let r = &config.rate_limit;
+        Ingest {
+            per_key: quota(r.per_key_per_second, r.per_key_burst).map(RateLimiter::keyed),
+            global: quota(r.global_per_second, r.global_burst).map(RateLimiter::direct),
+            by_key,
+            metrics: Metrics::default(),
+            producer,
+            config,
+        }
+    }
+
+    /// The project a key writes to.
+    pub fn project(&self, key: Option<&str>) -> Result<(&str, Arc<Project>), IngestError> {
+        let key =
+            key.ok_or_else(|| IngestError::Unauthorized("no project key in the request".into()))?;
+        self.by_key
+            .get(key)
+            .map(|(k, p)| (k.as_str(), p.clone()))
+            .ok_or_else(|| IngestError::Unauthorized("unknown project key".into()))
+    }
+
+    fn check_rate(&self, key: &str, n: usize) -> Result<(), IngestError> {
+        let Some(n) = NonZeroU32::new(n.min(u32::MAX as usize) as u32) else {
+            return Ok(());
+        };
+        let retry_after = self.config.retry_after;
+        if let Some(limiter) = &self.per_key {
+            match limiter.check_key_n(&key.to_string(), n) {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(IngestError::RateLimited {
+                        scope: "key",
+                        retry_after,
+                    });
+                }
+            }
+        }
+        if let Some(limiter) = &self.global {
+            match limiter.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return Err(IngestError::RateLimited {
+                        scope: "global",
+                        retry_after,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Normalizes, checks and publishes a request's items; answers once the bus has them all.
+    pub async fn accept(
+        &self,
+        key: &str,
+        project: &Project,
+        sent_at_ms: Option<i64>,
+        items: Vec<Item>,
+    ) -> Result<Outcome, IngestError> {
+        let name = project.config.name.as_str();
+        if items.len() > self.config.limits.max_events_per_request {
+            self.metrics.dropped(name, "too_large", items.len() as u64);
+            return Err(IngestError::TooLarge(format!(
+                "{} events in one request; the limit is {}",
+                items.len(),
+                self.config.limits.max_events_per_request
+            )));
+        }
+        let received_at_ms = now_ms();
+        let threshold = self.config.clock_drift_threshold.as_millis() as i64;
+        let mut outcome = Outcome::default();
+        let mut events = Vec::with_capacity(items.len());
+        let mut letters = Vec::new();
+        let mut accepted_kinds: HashMap<&'static str, u64> = HashMap::new();
+        let (mut invalid, mut too_large, mut no_consent) = (0, 0, 0);
+        for (index, item) in items.into_iter().enumerate() {
+            match item {
+                Item::Invalid {
+                    reason,
+                    raw,
+                    too_large: big,
+                } => {
+                    if big {
+                        too_large += 1
+                    } else {
+                        invalid += 1
+                    }
+                    letters.push(dead_letter(name, &raw, &reason, project.config.scrub_pii));
+                    outcome.rejected.push(Rejection { index, reason });
+                }
+                Item::Event { mut event, consent } => {
+                    let refused = consent == Some(false)
+                        || (project.config.require_consent && consent != Some(true));
+                    if refused {
+                        no_consent += 1;
+                        outcome.rejected.push(Rejection {
+                            index,
+                            reason: "no_consent".into(),
+                        });
+                        continue;
+                    }
+                    event.common_mut().project = name.to_string();
+                    normalize::correct_clock(&mut event, sent_at_ms, received_at_ms, threshold);
+                    normalize::scrub_event(
+                        &mut event,
+                        project.config.scrub_pii,
+                        project.config.client_ip,
+                    );
+                    match avro::encode(&event) {
+                        Ok(payload) => {
+                            *accepted_kinds.entry(event.kind().as_str()).or_default() += 1;
+                            events.push(Message::new(topics::RAW, event.partition_key(), payload));
+                        }
+                        Err(e) => {
+                            invalid += 1;
+                            let reason = format!("cannot encode: {e}");
+                            letters.push(dead_letter(
+                                name,
+                                format!("{event:?}").as_bytes(),
+                                &reason,
+                                true,
+                            ));
+                            outcome.rejected.push(Rejection { index, reason });
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.dropped(name, "invalid", invalid);
+        self.metrics.dropped(name, "too_large", too_large);
+        self.metrics.dropped(name, "no_consent", no_consent);
+        if let Err(e) = self.check_rate(key, events.len()) {
+            self.metrics
+                .dropped(name, "rate_limited", events.len() as u64);
+            return Err(e);
+        }
+        outcome.accepted = events.len();
+        let mut messages = events;
+        messages.extend(letters);
+        if !messages.is_empty() {
+            let started = Instant::now();
+            let publish = self.producer.publish(messages);
+            let result = tokio::time::timeout(self.config.publish_timeout, publish).await;
+            let failure = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no acknowledgement within {:?}",
+                    self.config.publish_timeout
+                )),
+            };
+            if let Some(reason) = failure {
+                tracing::warn!(project = name, %reason, waited_ms = started.elapsed().as_millis() as u64, "Bus refused a request's events.");
+                self.metrics
+                    .dropped(name, "unavailable", outcome.accepted as u64);
+                return Err(IngestError::Unavailable {
+                    reason,
+                    retry_after: self.config.retry_after,
+                });
+            }
+        }
+        for (kind, n) in accepted_kinds {
+            self.metrics.accepted(name, kind, n);
+        }
+        Ok(outcome)
+    }
+}
+
+/// A dead letter for something a request sent that ingest could not use, scrubbed of PII.
+fn dead_letter(project: &str, raw: &[u8], reason: &str, scrub: bool) -> Message {
+    let payload = match std::str::from_utf8(raw) {
+        Ok(text) if scrub => normalize::scrub_text(text).into_owned().into_bytes(),
+        _ => raw.to_vec(),
+    };
+    trellis_bus::dead_letter_from(project.as_bytes(), payload, "ingest", reason)
+}

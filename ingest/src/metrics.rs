@@ -1,0 +1,142 @@
+//! Ingest's metrics, exported on `/metrics` in Prometheus text format.
+//!
+//! - `trellis_ingest_events_accepted_total{project, kind}`: events stored on the bus.
+//! - `trellis_ingest_events_dropped_total{project, reason}`: events not stored; `reason` is one
+//!   of `invalid`, `too_large`, `rate_limited`, `no_consent`, `unavailable`.
+//! - `trellis_ingest_client_discarded_total{project, reason, category}`: events SDKs reported
+//!   dropping on the device (Sentry client reports).
+//! - `trellis_ingest_items_skipped_total{item_type}`: Sentry envelope items ingest does not
+//!   store (unknown types, attachments).
+//! - `trellis_ingest_requests_total{endpoint, status}`: requests answered.
+//! - `trellis_ingest_request_seconds{endpoint}`: time to answer, bus acknowledgement included.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Every ingest metric, and the registry that exports them.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    client_discarded: Family<Labels, Counter>,
+    skipped: Family<Labels, Counter>,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("trellis_ingest");
+        let m = Metrics {
+            accepted: Family::default(),
+            dropped: Family::default(),
+            client_discarded: Family::default(),
+            skipped: Family::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events_accepted",
+            "Events stored on the bus",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not stored, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "client_discarded",
+            "Events SDKs reported dropping on the device",
+            m.client_discarded.clone(),
+        );
+        registry.register(
+            "items_skipped",
+            "Sentry envelope items not stored, by type",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests answered, by endpoint and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time to answer a request",
+            m.latency.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts accepted events.
+    pub fn accepted(&self, project: &str, kind: &str, n: u64) {
+        self.accepted
+            .get_or_create(&vec![
+                ("project", project.to_string()),
+                ("kind", kind.to_string()),
+            ])
+            .inc_by(n);
+    }
+
+    /// Counts dropped events.
+    pub fn dropped(&self, project: &str, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.dropped
+                .get_or_create(&vec![
+                    ("project", project.to_string()),
+                    ("reason", reason.to_string()),
+                ])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts events an SDK reported discarding.
+    pub fn client_discarded(&self, project: &str, reason: &str, category: &str, n: u64) {
+        self.client_discarded
+            .get_or_create(&vec![
+                ("project", project.to_string()),
+                ("reason", reason.to_string()),
+                ("category", category.to_string()),
+            ])
+            .inc_by(n);
+    }
+
+    /// Counts a skipped envelope item.
+    pub fn skipped(&self, item_type: &str) {
+        self.skipped
+            .get_or_create(&vec![("item_type", item_type.to_string())])
+            .inc();
+    }
+
+    /// Counts an answered request and its latency.
+    pub fn request(&self, endpoint: &'static str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("endpoint", endpoint.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("endpoint", endpoint.to_string())])
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

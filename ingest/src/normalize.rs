@@ -1,0 +1,281 @@
+//! What ingest does to every event before the bus: server time, clock-drift correction, client
+//! IP policy and PII scrubbing.
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::Value;
+use trellis_schemas::Event;
+
+use crate::config::IpPolicy;
+
+/// Sets `received_at`, and shifts event times by the device's clock error when it exceeds
+/// `threshold_ms`: if the device said it sent the batch at `sent_at` and the server received it
+/// at `received_at`, every time the device reported is off by their difference.
+pub fn correct_clock(
+    event: &mut Event,
+    sent_at_ms: Option<i64>,
+    received_at_ms: i64,
+    threshold_ms: i64,
+) {
+    let drift = sent_at_ms
+        .map(|s| received_at_ms.saturating_sub(s))
+        .filter(|d| d.abs() > threshold_ms)
+        .unwrap_or(0);
+    let common = event.common_mut();
+    common.received_at_ms = received_at_ms;
+    common.sent_at_ms = sent_at_ms;
+    if drift == 0 {
+        return;
+    }
+    common.timestamp_ms = common.timestamp_ms.saturating_add(drift);
+    match event {
+        Event::Error(e) => e
+            .breadcrumbs
+            .iter_mut()
+            .for_each(|b| b.timestamp_ms = b.timestamp_ms.saturating_add(drift)),
+        Event::Transaction(t) => {
+            let us = drift.saturating_mul(1000);
+            t.start_us = t.start_us.saturating_add(us);
+            t.end_us = t.end_us.saturating_add(us);
+            for s in &mut t.spans {
+                s.start_us = s.start_us.saturating_add(us);
+                s.end_us = s.end_us.saturating_add(us);
+            }
+        }
+        Event::Session(s) => s.started_ms = s.started_ms.saturating_add(drift),
+        _ => {}
+    }
+}
+
+/// Applies the IP policy to one address; `None` drops it.
+pub fn apply_ip_policy(ip: &str, policy: IpPolicy) -> Option<String> {
+    match policy {
+        IpPolicy::Drop => None,
+        IpPolicy::Keep => Some(ip.to_string()),
+        IpPolicy::Truncate => match ip.parse::<IpAddr>().ok()? {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                Some(format!("{}.{}.{}.0", o[0], o[1], o[2]))
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                Some(format!("{:x}:{:x}:{:x}::", s[0], s[1], s[2]))
+            }
+        },
+    }
+}
+
+/// Keys under which payloads carry client IP addresses.
+const IP_KEYS: [&str; 3] = ["$ip", "ip_address", "client_ip"];
+
+/// Applies the IP policy to every IP-carrying key in a JSON value, at any depth.
+pub fn scrub_ips(value: &mut Value, policy: IpPolicy) {
+    match value {
+        Value::Object(map) => {
+            for key in IP_KEYS {
+                if let Some(Value::String(ip)) = map.get(key) {
+                    match apply_ip_policy(ip, policy) {
+                        Some(kept) => {
+                            map.insert(key.to_string(), Value::String(kept));
+                        }
+                        None => {
+                            map.remove(key);
+                        }
+                    }
+                }
+            }
+            map.values_mut().for_each(|v| scrub_ips(v, policy));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_ips(v, policy)),
+        _ => {}
+    }
+}
+
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b").expect("valid regex")
+});
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(?:\d[ -]?){12,18}\d\b").expect("valid regex"));
+static IBAN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b").expect("valid regex")
+});
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:\+\d{1,3}[ -]?)?\(?\d{3}\)?[ -]\d{3}[ -]\d{4}\b").expect("valid regex")
+});
+
+fn luhn(digits: &str) -> bool {
+    let digits: Vec<u32> = digits.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// Masks emails, card numbers (Luhn-valid), IBANs and phone numbers in free text.
+pub fn scrub_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.bytes().any(|b| b == b'@' || b.is_ascii_digit()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let out = EMAIL.replace_all(text, "[email]");
+    let out = CARD.replace_all(&out, |c: &regex::Captures| {
+        if luhn(&c[0]) {
+            "[card]".to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    let out = IBAN.replace_all(&out, "[iban]");
+    let out = PHONE.replace_all(&out, "[phone]").into_owned();
+    if out == text {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// Masks PII in every string of a JSON value.
+pub fn scrub_json(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(clean) = scrub_text(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        Value::Object(map) => map.values_mut().for_each(scrub_json),
+        _ => {}
+    }
+}
+
+fn scrub_opt(text: &mut Option<String>) {
+    if let Some(t) = text {
+        scrub_string(t);
+    }
+}
+
+fn scrub_string(text: &mut String) {
+    if let std::borrow::Cow::Owned(clean) = scrub_text(text) {
+        *text = clean;
+    }
+}
+
+/// Masks PII and applies the IP policy to a JSON-text field.
+fn scrub_json_text(text: &mut String, pii: bool, ip: IpPolicy) {
+    if let Ok(mut value) = serde_json::from_str::<Value>(text) {
+        scrub_ips(&mut value, ip);
+        if pii {
+            scrub_json(&mut value);
+        }
+        *text = value.to_string();
+    } else if pii {
+        scrub_string(text);
+    }
+}
+
+/// Scrubs the free-text parts of an event: messages, exception values, breadcrumbs, properties,
+/// tags and contexts.
+pub fn scrub_event(event: &mut Event, pii: bool, ip: IpPolicy) {
+    match event {
+        Event::Analytics(a) => scrub_json_text(&mut a.properties, pii, ip),
+        Event::Error(e) => {
+            scrub_json_text(&mut e.contexts, pii, ip);
+            for b in &mut e.breadcrumbs {
+                scrub_json_text(&mut b.data, pii, ip);
+            }
+            if pii {
+                scrub_opt(&mut e.message);
+                for x in &mut e.exceptions {
+                    scrub_opt(&mut x.value);
+                }
+                for b in &mut e.breadcrumbs {
+                    scrub_opt(&mut b.message);
+                }
+                for t in &mut e.tags {
+                    scrub_string(&mut t.value);
+                }
+            }
+        }
+        Event::Performance(p) if pii => p
+            .attributes
+            .iter_mut()
+            .for_each(|t| scrub_string(&mut t.value)),
+        Event::Transaction(t) if pii => {
+            t.tags.iter_mut().for_each(|t| scrub_string(&mut t.value));
+            t.spans
+                .iter_mut()
+                .for_each(|s| scrub_opt(&mut s.description));
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn masks_pii_in_text() {
+        assert_eq!(
+            scrub_text("mail jane.doe@example.com now"),
+            "mail [email] now"
+        );
+        assert_eq!(
+            scrub_text("card 4111 1111 1111 1111 declined"),
+            "card [card] declined"
+        );
+        assert_eq!(
+            scrub_text("order 1234567890123 shipped"),
+            "order 1234567890123 shipped",
+            "not Luhn-valid"
+        );
+        assert_eq!(
+            scrub_text("iban DE89 3704 0044 0532 0130 00"),
+            "iban [iban]"
+        );
+        assert_eq!(scrub_text("call +1 415-555-2671"), "call [phone]");
+        assert_eq!(
+            scrub_text("plant 42 watered at 10:30"),
+            "plant 42 watered at 10:30"
+        );
+    }
+
+    #[test]
+    fn applies_the_ip_policy_at_any_depth() {
+        let mut v =
+            json!({"$ip": "203.0.113.77", "user": {"ip_address": "2001:db8:85a3::8a2e:370:7334"}});
+        scrub_ips(&mut v, IpPolicy::Truncate);
+        assert_eq!(
+            v,
+            json!({"$ip": "203.0.113.0", "user": {"ip_address": "2001:db8:85a3::"}})
+        );
+        scrub_ips(&mut v, IpPolicy::Drop);
+        assert_eq!(v, json!({"user": {}}));
+    }
+
+    #[test]
+    fn corrects_clock_drift_beyond_the_threshold() {
+        let mut e = trellis_schemas::sample::event("p", 1, 0);
+        let t = e.common().timestamp_ms;
+        correct_clock(&mut e, Some(t + 1_000), t + 3_600_000, 60_000);
+        assert_eq!(e.common().timestamp_ms, t + 3_600_000 - 1_000);
+        let mut e = trellis_schemas::sample::event("p", 1, 0);
+        correct_clock(&mut e, Some(t + 1_000), t + 2_000, 60_000);
+        assert_eq!(e.common().timestamp_ms, t, "small drift is left alone");
+        assert_eq!(e.common().received_at_ms, t + 2_000);
+    }
+}

@@ -1,0 +1,249 @@
+//! The PostHog endpoints: `POST /batch/`, `/e/`, `/capture/` and `/i/v0/e/`.
+//!
+//! Bodies are `{api_key, batch: [...]}`, a single event `{api_key, event, properties, ...}`, or a
+//! list of events; the key may also be `token` or `properties.token` (posthog-js). Events map by
+//! name: `$exception` becomes an error (from `$exception_list`), `$screen` an analytics event with
+//! its screen, `$identify` and `$set` analytics events whose properties keep `$set`/`$set_once`;
+//! everything else an analytics event.
+//!
+//! Release identity comes from the properties `$app_version`, `$app_build`, `$os`, and for OTA
+//! updates `$expo_update_id` / `$update_id`, `$expo_channel` / `$update_channel`,
+//! `$expo_runtime_version` / `$runtime_version`; `$environment` names the environment.
+//! `$consent: false` refuses consent.
+
+use serde_json::{Map, Value};
+use trellis_schemas::model::*;
+
+use crate::accept::{IngestError, Item};
+use crate::time::{native_ms, now_ms};
+
+/// What a PostHog request yields.
+pub struct Parsed {
+    /// The project key found in the body.
+    pub api_key: Option<String>,
+    /// When the SDK sent it.
+    pub sent_at_ms: Option<i64>,
+    /// The events.
+    pub items: Vec<Item>,
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses a PostHog body (already decompressed).
+pub fn parse(body: &[u8], max_event_bytes: usize) -> Result<Parsed, IngestError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?;
+    let (mut api_key, sent_at, events) = match value {
+        Value::Object(mut o) => {
+            let key = text(o.get("api_key")).or(text(o.get("token")));
+            let sent_at = o.get("sent_at").and_then(native_ms);
+            match o.remove("batch") {
+                Some(Value::Array(batch)) => (key, sent_at, batch),
+                Some(_) => return Err(IngestError::BadRequest("batch is not a list".into())),
+                None => (key, sent_at, vec![Value::Object(o)]),
+            }
+        }
+        Value::Array(events) => (None, None, events),
+        _ => {
+            return Err(IngestError::BadRequest(
+                "body is neither an event, a list nor a batch".into(),
+            ));
+        }
+    };
+    if api_key.is_none() {
+        api_key = events
+            .iter()
+            .find_map(|e| text(e.get("api_key")).or(text(e.pointer("/properties/token"))));
+    }
+    let received = now_ms();
+    let items = events
+        .into_iter()
+        .map(|e| item(e, max_event_bytes, sent_at.unwrap_or(received)))
+        .collect();
+    Ok(Parsed {
+        api_key,
+        sent_at_ms: sent_at,
+        items,
+    })
+}
+
+fn item(event: Value, max_event_bytes: usize, default_time: i64) -> Item {
+    let raw = event.to_string();
+    if raw.len() > max_event_bytes {
+        return Item::Invalid {
+            reason: format!(
+                "event of {} bytes is over the {max_event_bytes}-byte limit",
+                raw.len()
+            ),
+            raw: raw.as_bytes()[..raw.len().min(4096)].to_vec(),
+            too_large: true,
+        };
+    }
+    match convert(&event, &raw, default_time) {
+        Ok((e, consent)) => Item::Event {
+            event: Box::new(e),
+            consent,
+        },
+        Err(reason) => Item::Invalid {
+            reason,
+            raw: raw.into_bytes(),
+            too_large: false,
+        },
+    }
+}
+
+fn convert(event: &Value, raw: &str, default_time: i64) -> Result<(Event, Option<bool>), String> {
+    let obj = event.as_object().ok_or("event is not an object")?;
+    let name = text(obj.get("event")).ok_or("event has no name")?;
+    let mut props: Map<String, Value> = match obj.get("properties") {
+        Some(Value::Object(p)) => p.clone(),
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err("properties is not an object".into()),
+    };
+    // posthog-python puts `$set` beside the properties on `$set` events.
+    for key in ["$set", "$set_once"] {
+        if let Some(v) = obj.get(key) {
+            props.insert(key.into(), v.clone());
+        }
+    }
+    props.remove("token");
+    let p = |k: &str| text(props.get(k));
+    let pick = |keys: &[&str]| keys.iter().find_map(|k| text(props.get(*k)));
+    let event_id = match text(obj.get("uuid")) {
+        Some(u) => uuid::Uuid::parse_str(&u)
+            .map_err(|_| format!("uuid {u:?} is not a UUID"))?
+            .hyphenated()
+            .to_string(),
+        // No id from the SDK: derive one from the content, so a retried request is the same event.
+        None => uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, raw.as_bytes()).to_string(),
+    };
+    let timestamp_ms = match obj.get("timestamp") {
+        Some(t) => native_ms(t).ok_or("timestamp is not RFC 3339 text")?,
+        None => default_time,
+    };
+    let os = p("$os");
+    let platform = match os.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("ios" | "ipados") => "ios".to_string(),
+        Some("android") => "android".to_string(),
+        Some(other) => other.to_string(),
+        None => p("$lib").unwrap_or_else(|| "unknown".into()),
+    };
+    let distinct_id = text(obj.get("distinct_id")).or(p("distinct_id"));
+    let consent = props.get("$consent").and_then(Value::as_bool);
+    let common = Common {
+        event_id,
+        project: String::new(),
+        timestamp_ms,
+        sent_at_ms: None,
+        received_at_ms: 0,
+        device_id: p("$device_id").or(distinct_id.clone()),
+        user_id: distinct_id,
+        session_id: p("$session_id"),
+        release: Release {
+            platform,
+            app_version: p("$app_version").unwrap_or_default(),
+            build: p("$app_build"),
+            runtime_version: pick(&["$expo_runtime_version", "$runtime_version"]),
+            update_id: pick(&["$expo_update_id", "$update_id"]),
+            channel: pick(&["$expo_channel", "$update_channel"]),
+            environment: p("$environment"),
+        },
+        device: Device {
+            model: p("$device_model"),
+            os_name: os,
+            os_version: p("$os_version"),
+            locale: p("$locale"),
+            timezone: p("$timezone"),
+        },
+        sdk: Sdk {
+            name: p("$lib").unwrap_or_else(|| "posthog".into()),
+            version: p("$lib_version").unwrap_or_default(),
+        },
+    };
+    let event = match name.as_str() {
+        "$exception" => Event::Error(exception(common, &props)?),
+        _ => Event::Analytics(AnalyticsEvent {
+            common,
+            screen: pick(&["$screen_name", "$screen"]),
+            name,
+            properties: Value::Object(props).to_string(),
+        }),
+    };
+    Ok((event, consent))
+}
+
+fn exception(common: Common, props: &Map<String, Value>) -> Result<ErrorEvent, String> {
+    let list = props
+        .get("$exception_list")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut exceptions: Vec<Exception> = list
+        .iter()
+        .map(|x| Exception {
+            exception_type: text(x.get("type")).unwrap_or_else(|| "Error".into()),
+            value: text(x.get("value")),
+            module: text(x.get("module")),
+            mechanism: text(x.pointer("/mechanism/type")),
+            frames: x
+                .pointer("/stacktrace/frames")
+                .and_then(Value::as_array)
+                .map(|frames| {
+                    frames
+                        .iter()
+                        .map(|f| Frame {
+                            function: text(f.get("function")),
+                            module: text(f.get("module")),
+                            filename: text(f.get("filename")),
+                            abs_path: text(f.get("abs_path")),
+                            lineno: f.get("lineno").and_then(Value::as_i64),
+                            colno: f.get("colno").and_then(Value::as_i64),
+                            in_app: f.get("in_app").and_then(Value::as_bool).unwrap_or(false),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    // PostHog, like Sentry, lists the chain innermost last.
+    exceptions.reverse();
+    let message = text(props.get("$exception_message"));
+    if exceptions.is_empty() && message.is_none() {
+        return Err("$exception has no $exception_list and no $exception_message".into());
+    }
+    let handled = list
+        .iter()
+        .all(|x| x.pointer("/mechanism/handled").and_then(Value::as_bool) != Some(false));
+    let level = match text(props.get("$exception_level")).as_deref() {
+        Some("fatal") => Level::Fatal,
+        Some("warning") => Level::Warning,
+        Some("info") => Level::Info,
+        Some("debug") => Level::Debug,
+        _ => Level::Error,
+    };
+    let fingerprint = match props.get("$exception_fingerprint") {
+        Some(Value::String(f)) => vec![f.clone()],
+        Some(Value::Array(a)) => a.iter().filter_map(|v| text(Some(v))).collect(),
+        _ => Vec::new(),
+    };
+    let mut contexts = props.clone();
+    contexts.remove("$exception_list");
+    Ok(ErrorEvent {
+        common,
+        level,
+        handled: handled && level != Level::Fatal,
+        message,
+        exceptions,
+        breadcrumbs: Vec::new(),
+        tags: Vec::new(),
+        fingerprint,
+        transaction: text(props.get("$screen_name")),
+        contexts: Value::Object(contexts).to_string(),
+    })
+}

@@ -1,0 +1,245 @@
+//! The Sentry endpoints: `POST /api/{project}/envelope/` and the legacy `/api/{project}/store/`.
+//!
+//! Items become trellis events: `event` → error, `transaction` → transaction, `session` →
+//! session update, `sessions` (aggregates) → one session update per counted session.
+//! `client_report` items are counted as client-side drops; `attachment` items are checked
+//! against the attachment size limit and counted, not stored; other item types (`log`,
+//! `trace_metric`, `profile`, ...) are skipped and counted.
+
+pub mod convert;
+pub mod envelope;
+
+use serde_json::Value;
+
+use crate::accept::{IngestError, Item};
+use crate::metrics::Metrics;
+use crate::time::sentry_ms;
+
+/// What a Sentry request yields.
+pub struct Parsed {
+    /// When the SDK sent it.
+    pub sent_at_ms: Option<i64>,
+    /// The events.
+    pub items: Vec<Item>,
+    /// The id to answer with (`{"id": ...}`).
+    pub id: Option<String>,
+}
+
+fn too_large(raw: &[u8], what: &str, limit: usize) -> Item {
+    Item::Invalid {
+        reason: format!(
+            "{what} of {} bytes is over the {limit}-byte limit",
+            raw.len()
+        ),
+        raw: raw[..raw.len().min(4096)].to_vec(),
+        too_large: true,
+    }
+}
+
+fn invalid(raw: &[u8], reason: String) -> Item {
+    Item::Invalid {
+        reason,
+        raw: raw.to_vec(),
+        too_large: false,
+    }
+}
+
+fn event_item(
+    payload: &[u8],
+    header_id: Option<&str>,
+    transaction: bool,
+    max_event_bytes: usize,
+) -> (Item, Option<String>) {
+    if payload.len() > max_event_bytes {
+        return (too_large(payload, "event", max_event_bytes), None);
+    }
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => return (invalid(payload, format!("event is not JSON: {e}")), None),
+    };
+    let id = convert::event_id(
+        value.get("event_id").and_then(Value::as_str).or(header_id),
+        payload,
+    );
+    let consent = convert::consent(&value);
+    let result = if transaction || value.get("type").and_then(Value::as_str) == Some("transaction")
+    {
+        convert::transaction(&value, id.clone()).map(trellis_schemas::Event::Transaction)
+    } else {
+        convert::error(&value, id.clone()).map(trellis_schemas::Event::Error)
+    };
+    match result {
+        Ok(event) => (
+            Item::Event {
+                event: Box::new(event),
+                consent,
+            },
+            Some(id.replace('-', "")),
+        ),
+        Err(reason) => (invalid(payload, reason), None),
+    }
+}
+
+/// Parses an envelope body.
+pub fn parse_envelope(
+    body: &[u8],
+    limits: &crate::config::LimitsConfig,
+    metrics: &Metrics,
+    project: &str,
+) -> Result<Parsed, IngestError> {
+    let env =
+        envelope::parse(body).map_err(|e| IngestError::BadRequest(format!("envelope: {e}")))?;
+    let sent_at_ms = env.header.sent_at.as_ref().and_then(sentry_ms);
+    let header_id = env.header.event_id.clone();
+    let mut items = Vec::new();
+    let mut id = header_id.clone();
+    // Sessions carry no SDK block; the envelope's events usually do.
+    let mut sdk = trellis_schemas::Sdk {
+        name: "sentry.unknown".into(),
+        version: String::new(),
+    };
+    for item in &env.items {
+        if matches!(item.header.item_type.as_str(), "event" | "transaction")
+            && let Ok(v) = serde_json::from_slice::<Value>(item.payload)
+        {
+            sdk = convert::sdk(&v);
+            break;
+        }
+    }
+    let envelope_key = header_id
+        .clone()
+        .unwrap_or_else(|| format!("{:x}", body.len()));
+    for item in env.items {
+        let payload = item.payload;
+        match item.header.item_type.as_str() {
+            t @ ("event" | "transaction") => {
+                let (parsed, event_id) = event_item(
+                    payload,
+                    header_id.as_deref(),
+                    t == "transaction",
+                    limits.max_event_bytes,
+                );
+                id = id.or(event_id);
+                items.push(parsed);
+            }
+            "session" => {
+                if payload.len() > limits.max_event_bytes {
+                    items.push(too_large(payload, "session", limits.max_event_bytes));
+                    continue;
+                }
+                let parsed = serde_json::from_slice::<Value>(payload)
+                    .map_err(|e| format!("session is not JSON: {e}"))
+                    .and_then(|v| convert::session(&v, &sdk));
+                items.push(match parsed {
+                    Ok(s) => Item::Event {
+                        event: Box::new(trellis_schemas::Event::Session(s)),
+                        consent: None,
+                    },
+                    Err(reason) => invalid(payload, reason),
+                });
+            }
+            "sessions" => {
+                let parsed = serde_json::from_slice::<Value>(payload)
+                    .map_err(|e| format!("sessions is not JSON: {e}"))
+                    .and_then(|v| convert::sessions(&v, &sdk, &envelope_key));
+                match parsed {
+                    Ok(list) => items.extend(list.into_iter().map(|s| Item::Event {
+                        event: Box::new(trellis_schemas::Event::Session(s)),
+                        consent: None,
+                    })),
+                    Err(reason) => items.push(invalid(payload, reason)),
+                }
+            }
+            "client_report" => match serde_json::from_slice::<Value>(payload) {
+                Ok(v) => {
+                    for (reason, category, n) in convert::client_report(&v) {
+                        metrics.client_discarded(project, &reason, &category, n);
+                    }
+                }
+                Err(e) => items.push(invalid(payload, format!("client_report is not JSON: {e}"))),
+            },
+            "attachment" => {
+                if payload.len() > limits.max_attachment_bytes {
+                    return Err(IngestError::TooLarge(format!(
+                        "attachment {:?} of {} bytes is over the {}-byte limit",
+                        item.header.filename.as_deref().unwrap_or(""),
+                        payload.len(),
+                        limits.max_attachment_bytes
+                    )));
+                }
+                metrics.skipped("attachment");
+            }
+            other => metrics.skipped(other),
+        }
+    }
+    Ok(Parsed {
+        sent_at_ms,
+        items,
+        id,
+    })
+}
+
+/// Parses a legacy `store` body: one event as JSON.
+pub fn parse_store(
+    body: &[u8],
+    limits: &crate::config::LimitsConfig,
+) -> Result<Parsed, IngestError> {
+    if body.len() > limits.max_event_bytes {
+        return Err(IngestError::TooLarge(format!(
+            "event of {} bytes is over the {}-byte limit",
+            body.len(),
+            limits.max_event_bytes
+        )));
+    }
+    let (item, id) = event_item(body, None, false, limits.max_event_bytes);
+    if let Item::Invalid { reason, .. } = &item {
+        return Err(IngestError::BadRequest(reason.clone()));
+    }
+    Ok(Parsed {
+        sent_at_ms: None,
+        items: vec![item],
+        id,
+    })
+}
+
+/// The `sentry_key` from `X-Sentry-Auth: Sentry sentry_key=..., ...` (or `Authorization`).
+pub fn auth_key(header: &str) -> Option<&str> {
+    let rest = header
+        .trim()
+        .strip_prefix("Sentry")
+        .unwrap_or(header)
+        .trim();
+    rest.split(',')
+        .filter_map(|part| part.trim().split_once('='))
+        .find(|(k, _)| k.trim() == "sentry_key")
+        .map(|(_, v)| v.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_key_from_the_auth_header() {
+        assert_eq!(
+            auth_key(
+                "Sentry sentry_key=publickey, sentry_version=7, sentry_client=sentry.python/2.75.0"
+            ),
+            Some("publickey")
+        );
+        assert_eq!(auth_key("Sentry sentry_version=7"), None);
+    }
+
+    #[test]
+    fn splits_release_names() {
+        assert_eq!(
+            convert::split_release("myapp@1.2.3+45"),
+            ("1.2.3".into(), Some("45".into()))
+        );
+        assert_eq!(convert::split_release("1.2.3"), ("1.2.3".into(), None));
+        assert_eq!(
+            convert::split_release("com.plants@2.0.0"),
+            ("2.0.0".into(), None)
+        );
+    }
+}
