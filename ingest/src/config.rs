@@ -34,7 +34,12 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            projects: vec![ProjectConfig::default()],
+            // A development project on loopback: key `trellis_dev_key`, Sentry DSN
+            // `http://trellis_dev_key@127.0.0.1:8080/1`.
+            projects: vec![ProjectConfig {
+                sentry_id: Some(1),
+                ..ProjectConfig::default()
+            }],
             limits: LimitsConfig::default(),
             rate_limit: RateLimitConfig::default(),
             publish_timeout: Duration::from_secs(5),
@@ -53,6 +58,9 @@ pub struct ProjectConfig {
     /// Keys that write to this project: the bearer token of the native API, the Sentry DSN's
     /// public key, PostHog's `api_key`.
     pub keys: Vec<String>,
+    /// The numeric project id for Sentry DSNs (`http://KEY@host/SENTRY_ID`): Sentry SDKs refuse
+    /// a DSN whose project is not a number. The project's name works in the path too.
+    pub sentry_id: Option<u64>,
     /// What happens to client IP addresses in payloads (`$ip`, Sentry `user.ip_address`).
     pub client_ip: IpPolicy,
     /// Whether events need explicit consent (`consent: true`, PostHog `$consent`, Sentry tag
@@ -66,7 +74,8 @@ impl Default for ProjectConfig {
     fn default() -> Self {
         ProjectConfig {
             name: "default".into(),
-            keys: vec!["trellis-dev-key".into()],
+            keys: vec!["trellis_dev_key".into()],
+            sentry_id: None,
             client_ip: IpPolicy::Drop,
             require_consent: false,
             scrub_pii: true,
@@ -143,7 +152,15 @@ impl IngestConfig {
     /// Checks what serde cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
+        let mut sentry_ids = std::collections::HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {
+            if let Some(id) = p.sentry_id
+                && !sentry_ids.insert(id)
+            {
+                return Err(format!(
+                    "ingest.projects[{i}].sentry_id {id} is used by two projects"
+                ));
+            }
             if p.name.is_empty()
                 || !p
                     .name

@@ -201,7 +201,11 @@ async fn sentry_endpoint(
 ) -> Result<Response, IngestError> {
     let (parts, body) = request.into_parts();
     let (key, project) = state.project(sentry_key(&parts.headers, query))?;
-    if project.config.name != project_path {
+    let by_id = project
+        .config
+        .sentry_id
+        .is_some_and(|id| id.to_string() == project_path);
+    if project.config.name != project_path && !by_id {
         return Err(IngestError::Forbidden(format!(
             "this key does not write to project {project_path:?}"
         )));

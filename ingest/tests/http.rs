@@ -131,7 +131,7 @@ async fn requests_without_a_valid_key_are_refused() {
     let (mut config, project, key) = config();
     config.projects.push(trellis_ingest::config::ProjectConfig {
         name: "other".into(),
-        keys: vec!["other-key-123".into()],
+        keys: vec!["other_key_123".into()],
         ..Default::default()
     });
     let h = Harness::embedded(config).await;
@@ -146,7 +146,7 @@ async fn requests_without_a_valid_key_are_refused() {
             .unwrap()
             .contains("no project key")
     );
-    let r = send(&h, "wrong-key-123", body.clone()).await;
+    let r = send(&h, "wrong_key_123", body.clone()).await;
     assert_eq!(r.status, 401);
     assert!(
         r.json()["reason"]
@@ -155,7 +155,7 @@ async fn requests_without_a_valid_key_are_refused() {
             .contains("unknown project key")
     );
     // A key writes only to its own project.
-    let auth = "Sentry sentry_key=other-key-123, sentry_version=7";
+    let auth = "Sentry sentry_key=other_key_123, sentry_version=7";
     let envelope = format!(
         "{{}}\n{{\"type\":\"event\"}}\n{{\"message\":\"hi\",\"event_id\":\"{}\"}}\n",
         uuid(5).replace('-', "")
@@ -187,7 +187,7 @@ async fn requests_without_a_valid_key_are_refused() {
         .post(
             "/batch/",
             &[],
-            json!({"api_key": "nope-nope-nope", "batch": [{"event": "x", "distinct_id": "d"}]})
+            json!({"api_key": "nope_nope_nope", "batch": [{"event": "x", "distinct_id": "d"}]})
                 .to_string()
                 .into_bytes(),
         )

@@ -177,7 +177,7 @@ pub async fn corrupt_payloads_go_to_the_dead_letter_topic(bus: Arc<dyn Bus>) {
     let topic = unique("dlq-src");
     let group = unique("g");
     bus.create_topic(&topic, 2).await.unwrap();
-    bus.create_topic(DEAD_LETTER_TOPIC, 1).await.unwrap();
+    bus.create_topic(DEAD_LETTER_TOPIC, 4).await.unwrap();
     let producer = bus.producer().unwrap();
     let mut messages = Vec::new();
     let mut corrupt = BTreeSet::new();

@@ -26,14 +26,27 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A config with one project of its own: (config, project name, key).
+/// A numeric id no other test uses (Sentry DSNs need numeric project ids).
+pub fn unique_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    micros * 100 + N.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// A config with one project of its own: (config, project name, key). The project's Sentry id
+/// is `config.projects[0].sentry_id`.
 pub fn config() -> (IngestConfig, String, String) {
     let project = unique("p");
-    let key = unique("key-");
+    let key = unique("key_");
     let config = IngestConfig {
         projects: vec![ProjectConfig {
             name: project.clone(),
             keys: vec![key.clone()],
+            sentry_id: Some(unique_number()),
             ..ProjectConfig::default()
         }],
         ..IngestConfig::default()
@@ -84,8 +97,11 @@ impl Harness {
         bus: Arc<dyn Bus>,
         dir: Option<tempfile::TempDir>,
     ) -> Harness {
+        // Topics are shared by the tests on one broker; the first test to need one creates it.
         for topic in [topics::RAW, topics::DLQ] {
-            bus.create_topic(topic, 4).await.unwrap();
+            if bus.partitions(topic).await.is_err() {
+                bus.create_topic(topic, 4).await.unwrap();
+            }
         }
         Self::serve(config, bus, dir).await
     }

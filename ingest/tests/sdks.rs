@@ -1,0 +1,218 @@
+//! The real SDKs against ingest on the real broker: `sentry-sdk` and `posthog` from PyPI,
+//! `@sentry/node` and `posthog-node` from npm, installed by `scripts/test.sh` (their locations are
+//! in `TEST_TRELLIS_PYTHON` and `TEST_TRELLIS_NODE_MODULES`). Each script sends a known set of
+//! events; the test asserts exactly those reached the bus, and nothing else.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Harness, config};
+use trellis_schemas::{Event, Level, SessionStatus};
+
+fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn run(mut command: Command) {
+    let out = command.output().expect("the SDK runner could not start");
+    assert!(
+        out.status.success(),
+        "SDK script failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn python() -> Command {
+    Command::new(
+        std::env::var("TEST_TRELLIS_PYTHON")
+            .expect("TEST_TRELLIS_PYTHON is not set: run the suite with scripts/test.sh"),
+    )
+}
+
+fn node() -> Command {
+    let modules = std::env::var("TEST_TRELLIS_NODE_MODULES")
+        .expect("TEST_TRELLIS_NODE_MODULES is not set: run the suite with scripts/test.sh");
+    let mut c = Command::new("node");
+    c.env("NODE_PATH", modules);
+    c
+}
+
+fn names(events: &[Event]) -> Vec<String> {
+    let mut out: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            Event::Analytics(a) => format!("analytics:{}", a.name),
+            Event::Error(e) => format!(
+                "error:{}",
+                e.exceptions
+                    .first()
+                    .map(|x| x.exception_type.clone())
+                    .or(e.message.clone())
+                    .unwrap_or_default()
+            ),
+            Event::Transaction(t) => format!("transaction:{}:{}", t.name, t.spans.len()),
+            Event::Session(s) => format!("session:{:?}:{}", s.status, s.errors),
+            other => format!("{:?}", other.kind()),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn sentry_python_sdk() {
+    let (config, project, key) = config();
+    let id = config.projects[0].sentry_id.unwrap();
+    let h = Harness::kafka(config).await;
+    let dsn = format!("http://{key}@{}/{id}", h.url.trim_start_matches("http://"));
+    let mut c = python();
+    c.arg(script("sentry_python.py")).arg(&dsn);
+    tokio::task::spawn_blocking(move || run(c)).await.unwrap();
+    let events = h.events(&project, 5, Duration::from_secs(20)).await;
+    assert_eq!(
+        names(&events),
+        [
+            "error:KeyError",
+            "error:Watering reminder could not be scheduled",
+            "error:ZeroDivisionError",
+            "session:Exited:2",
+            "transaction:PlantDetail:2",
+        ]
+    );
+    for e in &events {
+        let r = &e.common().release;
+        assert_eq!(
+            (
+                r.app_version.as_str(),
+                r.build.as_deref(),
+                r.environment.as_deref()
+            ),
+            ("2.14.0", Some("1402"), Some("production"))
+        );
+        if let Event::Error(err) = e {
+            assert_eq!(
+                r.update_id.as_deref(),
+                Some("7d3e9a10-0000-4000-8000-000000000001")
+            );
+            assert_eq!(r.channel.as_deref(), Some("production"));
+            assert_eq!(r.platform, "ios");
+            assert_eq!(e.common().user_id.as_deref(), Some("user-7"));
+            if err.message.is_some() {
+                assert_eq!(err.level, Level::Warning);
+            } else {
+                assert!(
+                    err.exceptions[0].frames.iter().any(|f| f.in_app),
+                    "in-app frames are kept"
+                );
+            }
+        }
+        if let Event::Session(s) = e {
+            assert_eq!(s.status, SessionStatus::Exited);
+            assert!(e.common().session_id.is_some());
+        }
+    }
+}
+
+#[tokio::test]
+async fn posthog_python_sdk() {
+    let (config, project, key) = config();
+    let h = Harness::kafka(config).await;
+    let mut c = python();
+    c.arg(script("posthog_python.py")).arg(&h.url).arg(&key);
+    tokio::task::spawn_blocking(move || run(c)).await.unwrap();
+    let events = h.events(&project, 5, Duration::from_secs(20)).await;
+    assert_eq!(
+        names(&events),
+        [
+            "analytics:$screen",
+            "analytics:$set",
+            "analytics:plant_watered",
+            "analytics:post_liked",
+            "error:ValueError"
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.common().user_id.as_deref(), Some("user-9"));
+        match e {
+            Event::Analytics(a) if a.name == "$screen" => {
+                assert_eq!(a.screen.as_deref(), Some("Community"))
+            }
+            Event::Analytics(a) if a.name == "$set" => assert!(
+                a.properties.contains("\"plan\":\"pro\""),
+                "{}",
+                a.properties
+            ),
+            Event::Analytics(a) => {
+                assert_eq!(a.common.release.update_id.as_deref(), Some("u-42"));
+                assert_eq!(a.common.release.channel.as_deref(), Some("staging"));
+                assert_eq!(a.common.release.app_version, "2.14.0");
+                // posthog-python reports the host's own OS ($os), whatever the caller passed.
+                assert_eq!(a.common.release.platform, std::env::consts::OS);
+            }
+            Event::Error(err) => {
+                assert_eq!(err.exceptions[0].value.as_deref(), Some("strain not found"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sentry_node_sdk() {
+    let (config, project, key) = config();
+    let id = config.projects[0].sentry_id.unwrap();
+    let h = Harness::kafka(config).await;
+    let dsn = format!("http://{key}@{}/{id}", h.url.trim_start_matches("http://"));
+    let mut c = node();
+    c.arg(script("sentry_node.js")).arg(&dsn);
+    tokio::task::spawn_blocking(move || run(c)).await.unwrap();
+    let events = h.events(&project, 3, Duration::from_secs(20)).await;
+    assert_eq!(
+        names(&events),
+        [
+            "error:Reminder sync slow",
+            "error:TypeError",
+            "transaction:CalendarScreen:1"
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.common().release.app_version, "2.14.0");
+        assert!(
+            e.common().sdk.name.contains("node"),
+            "{}",
+            e.common().sdk.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn posthog_node_sdk() {
+    let (config, project, key) = config();
+    let h = Harness::kafka(config).await;
+    let mut c = node();
+    c.arg(script("posthog_node.js")).arg(&h.url).arg(&key);
+    tokio::task::spawn_blocking(move || run(c)).await.unwrap();
+    let events = h.events(&project, 3, Duration::from_secs(20)).await;
+    assert_eq!(
+        names(&events),
+        [
+            "analytics:diagnosis_finished",
+            "analytics:diagnosis_started",
+            "analytics:reminder_set"
+        ]
+    );
+    for e in &events {
+        assert_eq!(e.common().user_id.as_deref(), Some("user-12"));
+        assert_eq!(e.common().release.platform, "ios");
+        assert_eq!(e.common().sdk.name, "posthog-node");
+    }
+}
