@@ -21,8 +21,40 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+/// Most distinct values a label taken from a request may have; later ones count as `other`.
+const MAX_CLIENT_LABEL_VALUES: usize = 64;
+
+/// Values of labels that come from requests (item types, client-report reasons and categories),
+/// bounded so that a client cannot grow the metric series without end.
+#[derive(Default)]
+struct ClientLabels(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl ClientLabels {
+    fn bound(&self, value: &str) -> String {
+        let plausible = !value.is_empty()
+            && value.len() <= 40
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+        if !plausible {
+            return "other".into();
+        }
+        let Ok(mut seen) = self.0.lock() else {
+            return "other".into();
+        };
+        if seen.contains(value)
+            || (seen.len() < MAX_CLIENT_LABEL_VALUES && seen.insert(value.to_string()))
+        {
+            value.to_string()
+        } else {
+            "other".into()
+        }
+    }
+}
+
 /// Every ingest metric, and the registry that exports them.
 pub struct Metrics {
+    client_labels: ClientLabels,
     registry: Registry,
     accepted: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
@@ -36,6 +68,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("trellis_ingest");
         let m = Metrics {
+            client_labels: ClientLabels::default(),
             accepted: Family::default(),
             dropped: Family::default(),
             client_discarded: Family::default(),
@@ -78,6 +111,30 @@ impl Default for Metrics {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_from_requests_cannot_grow_without_bound() {
+        let m = Metrics::default();
+        for i in 0..1000 {
+            m.skipped(&format!("type_{i}"));
+        }
+        m.skipped("Not A Type!");
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("trellis_ingest_items_skipped_total{"))
+            .count();
+        assert_eq!(series, MAX_CLIENT_LABEL_VALUES + 1, "64 values and `other`");
+        assert!(
+            text.contains("trellis_ingest_items_skipped_total{item_type=\"other\"} 937"),
+            "{text}"
+        );
+    }
+}
+
 impl Metrics {
     /// Counts accepted events.
     pub fn accepted(&self, project: &str, kind: &str, n: u64) {
@@ -106,8 +163,8 @@ impl Metrics {
         self.client_discarded
             .get_or_create(&vec![
                 ("project", project.to_string()),
-                ("reason", reason.to_string()),
-                ("category", category.to_string()),
+                ("reason", self.client_labels.bound(reason)),
+                ("category", self.client_labels.bound(category)),
             ])
             .inc_by(n);
     }
@@ -115,7 +172,7 @@ impl Metrics {
     /// Counts a skipped envelope item.
     pub fn skipped(&self, item_type: &str) {
         self.skipped
-            .get_or_create(&vec![("item_type", item_type.to_string())])
+            .get_or_create(&vec![("item_type", self.client_labels.bound(item_type))])
             .inc();
     }
 
@@ -133,6 +190,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    ///
+    /// Labels that come from requests are bounded: see [`MAX_CLIENT_LABEL_VALUES`].
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -391,6 +391,37 @@ pub fn session(item: &Value, sdk: &Sdk) -> Result<SessionUpdate, String> {
     })
 }
 
+/// The counts of a `sessions` aggregate and the status each stands for.
+const AGGREGATE_COUNTS: [(&str, SessionStatus); 4] = [
+    ("exited", SessionStatus::Exited),
+    ("errored", SessionStatus::Errored),
+    ("abnormal", SessionStatus::Abnormal),
+    ("crashed", SessionStatus::Crashed),
+];
+
+fn aggregate_count(agg: &Value, field: &str) -> u64 {
+    agg.get(field)
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(100_000)
+}
+
+/// How many session updates [`sessions`] makes of a `sessions` item, without making them: a few
+/// bytes of counts expand to many events, so callers check this against their limit first.
+pub fn sessions_count(item: &Value) -> u64 {
+    let aggregates = item.get("aggregates").and_then(Value::as_array);
+    aggregates
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .flat_map(|agg| {
+            AGGREGATE_COUNTS
+                .iter()
+                .map(|(f, _)| aggregate_count(agg, f))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 /// A Sentry `sessions` item (request-mode aggregates): one closed session update per counted
 /// session, with ids derived from the bucket so a resent item yields the same events.
 pub fn sessions(item: &Value, sdk: &Sdk, envelope_key: &str) -> Result<Vec<SessionUpdate>, String> {
@@ -405,17 +436,8 @@ pub fn sessions(item: &Value, sdk: &Sdk, envelope_key: &str) -> Result<Vec<Sessi
             .and_then(sentry_ms)
             .ok_or("aggregate has no started")?;
         let did = s(agg.get("did"));
-        for (field, status) in [
-            ("exited", SessionStatus::Exited),
-            ("errored", SessionStatus::Errored),
-            ("abnormal", SessionStatus::Abnormal),
-            ("crashed", SessionStatus::Crashed),
-        ] {
-            let count = agg
-                .get(field)
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .min(100_000);
+        for (field, status) in AGGREGATE_COUNTS {
+            let count = aggregate_count(agg, field);
             for i in 0..count {
                 let key = format!("sessions:{envelope_key}:{bucket}:{field}:{i}");
                 let sid =

@@ -139,7 +139,18 @@ pub fn parse_envelope(
                 });
             }
             "sessions" => {
-                let parsed = serde_json::from_slice::<Value>(payload)
+                let value = serde_json::from_slice::<Value>(payload);
+                // Refuse before expanding: a few bytes of counts would be millions of events.
+                if let Ok(v) = &value {
+                    let n = convert::sessions_count(v);
+                    if n.saturating_add(items.len() as u64) > limits.max_events_per_request as u64 {
+                        return Err(IngestError::TooLarge(format!(
+                            "sessions item counts {n} sessions; a request may carry at most {} events",
+                            limits.max_events_per_request
+                        )));
+                    }
+                }
+                let parsed = value
                     .map_err(|e| format!("sessions is not JSON: {e}"))
                     .and_then(|v| convert::sessions(&v, &sdk, &envelope_key));
                 match parsed {
