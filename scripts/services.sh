@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs (if missing), starts and stops the real services the integration tests use:
 # the tansu Kafka-protocol broker and ClickHouse, each on free loopback ports with its own data
-# directory under $TRELLIS_SERVICES_DIR. Source it, then call `services_up` and `services_down`.
+# directory under $TEST_TRELLIS_SERVICES_DIR. Source it, then call `services_up` and `services_down`.
 # After `services_up`, TEST_TRELLIS_KAFKA and TEST_TRELLIS_CLICKHOUSE_URL name the services.
 
 TANSU_VERSION=0.6.0
-: "${TRELLIS_SERVICES_DIR:=$PWD/target/test-services}"
+: "${TEST_TRELLIS_SERVICES_DIR:=$PWD/target/test-services}"
 
 log() { echo "[services] $*" >&2; }
 
@@ -24,10 +24,10 @@ wait_for() { # wait_for NAME SECONDS COMMAND...
 }
 
 apt_install() {
-  if [ -z "${TRELLIS_APT_UPDATED:-}" ]; then
+  if [ -z "${TEST_TRELLIS_APT_UPDATED:-}" ]; then
     log "apt-get update"
     apt-get update -qq >&2
-    TRELLIS_APT_UPDATED=1
+    TEST_TRELLIS_APT_UPDATED=1
   fi
   log "apt-get install $*"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
@@ -76,14 +76,15 @@ ensure_sdks() {
 }
 
 start_kafka() {
-  local port dir=$TRELLIS_SERVICES_DIR/tansu
+  local port dir=$TEST_TRELLIS_SERVICES_DIR/tansu
   rm -rf "$dir"; mkdir -p "$dir"
   port=$(free_port)
   log "starting tansu on 127.0.0.1:$port"
   # tansu reads the path of a sqlite:// URL relative to its working directory.
   (cd "$dir" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "sqlite://tansu.db" --silent >"$dir/tansu.log" 2>&1) &
+    --storage-engine "$([ "$TANSU_STORAGE" = memory ] && echo memory://tansu/ || echo sqlite://tansu.db)" \
+    --silent >"$dir/tansu.log" 2>&1) &
   echo $! >"$dir/pid"
   if ! wait_for tansu 60 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"; then
     tail -20 "$dir/tansu.log" >&2
@@ -93,7 +94,7 @@ start_kafka() {
 }
 
 start_clickhouse() {
-  local http tcp dir=$TRELLIS_SERVICES_DIR/clickhouse
+  local http tcp dir=$TEST_TRELLIS_SERVICES_DIR/clickhouse
   rm -rf "$dir"; mkdir -p "$dir"/{data,tmp,user_files,log,format_schemas}
   http=$(free_port); tcp=$(free_port)
   cat >"$dir/users.xml" <<XML
@@ -141,7 +142,7 @@ services_up() {
 
 services_down() {
   local pidfile
-  for pidfile in "$TRELLIS_SERVICES_DIR"/tansu/pid "$TRELLIS_SERVICES_DIR"/clickhouse/pid; do
+  for pidfile in "$TEST_TRELLIS_SERVICES_DIR"/tansu/pid "$TEST_TRELLIS_SERVICES_DIR"/clickhouse/pid; do
     [ -f "$pidfile" ] || continue
     kill "$(cat "$pidfile")" 2>/dev/null && log "stopped $(basename "$(dirname "$pidfile")")"
     rm -f "$pidfile"
