@@ -7,6 +7,11 @@
 mod app;
 mod config;
 
+/// Ingest allocates and frees small buffers per event; mimalloc does that in a fraction of the
+/// time glibc's allocator takes (profile in benchmarks/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;

@@ -4,10 +4,11 @@
 //! ...) and its kind's fields. Events are parsed one by one: a bad event is refused with its index
 //! and reason, and the others go on.
 
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use trellis_schemas::model::*;
 
 use crate::accept::{IngestError, Item};
@@ -72,25 +73,100 @@ fn parse_event(raw: &str, max_event_bytes: usize) -> Item {
     }
 }
 
-/// The fields every native event carries.
+/// One event on the wire: every field any kind may carry. Deserialized in one pass, without an
+/// intermediate JSON tree; free-form objects (properties, contexts, breadcrumb data) stay raw
+/// JSON text. Fields of another kind are refused by [`Wire::check_fields`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NativeCommon {
+struct Wire<'a> {
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
     event_id: String,
-    timestamp: Value,
-    #[serde(default)]
+    #[serde(deserialize_with = "time")]
+    timestamp: Option<i64>,
     device_id: Option<String>,
-    #[serde(default)]
     user_id: Option<String>,
-    #[serde(default)]
     session_id: Option<String>,
     release: NativeRelease,
     #[serde(default)]
     device: NativeDevice,
-    #[serde(default)]
     sdk: Option<NativeSdk>,
-    #[serde(default)]
     consent: Option<bool>,
+    // analytics (and transaction: name)
+    name: Option<String>,
+    screen: Option<String>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    // error
+    level: Option<Level>,
+    handled: Option<bool>,
+    message: Option<String>,
+    exceptions: Option<Vec<NativeException>>,
+    #[serde(borrow)]
+    breadcrumbs: Option<Vec<NativeBreadcrumb<'a>>>,
+    tags: Option<BTreeMap<String, Value>>,
+    fingerprint: Option<Vec<String>>,
+    transaction: Option<String>,
+    #[serde(borrow)]
+    contexts: Option<&'a RawValue>,
+    // performance
+    metric: Option<String>,
+    value: Option<f64>,
+    unit: Option<String>,
+    attributes: Option<BTreeMap<String, Value>>,
+    // transaction
+    op: Option<String>,
+    trace_id: Option<String>,
+    span_id: Option<String>,
+    status: Option<String>,
+    #[serde(default, deserialize_with = "time")]
+    start_timestamp: Option<i64>,
+    #[serde(default, deserialize_with = "time")]
+    end_timestamp: Option<i64>,
+    spans: Option<Vec<NativeSpan>>,
+    measurements: Option<BTreeMap<String, NativeMeasurement>>,
+    // session
+    init: Option<bool>,
+    errors: Option<i64>,
+    #[serde(default, deserialize_with = "time")]
+    started: Option<i64>,
+    duration_ms: Option<i64>,
+    seq: Option<i64>,
+    // notification
+    stage: Option<NotificationStage>,
+    notification_id: Option<String>,
+    campaign: Option<String>,
+    deep_link: Option<String>,
+    provider: Option<String>,
+    error_code: Option<String>,
+}
+
+/// Times as RFC 3339 text or integer ms; anything else is an error naming the expectation.
+fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("RFC 3339 text or integer ms")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom("time out of range"))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            crate::time::rfc3339_ms(v)
+                .map(Some)
+                .ok_or_else(|| E::custom(format!("{v:?} is not RFC 3339 text")))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Deserialize)]
@@ -98,30 +174,20 @@ struct NativeCommon {
 struct NativeRelease {
     platform: String,
     app_version: String,
-    #[serde(default)]
     build: Option<String>,
-    #[serde(default)]
     runtime_version: Option<String>,
-    #[serde(default)]
     update_id: Option<String>,
-    #[serde(default)]
     channel: Option<String>,
-    #[serde(default)]
     environment: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct NativeDevice {
-    #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
     os_name: Option<String>,
-    #[serde(default)]
     os_version: Option<String>,
-    #[serde(default)]
     locale: Option<String>,
-    #[serde(default)]
     timezone: Option<String>,
 }
 
@@ -132,31 +198,164 @@ struct NativeSdk {
     version: String,
 }
 
-const COMMON_KEYS: [&str; 9] = [
-    "event_id",
-    "timestamp",
-    "device_id",
-    "user_id",
-    "session_id",
-    "release",
-    "device",
-    "sdk",
-    "consent",
-];
-
-fn field<T: DeserializeOwned>(map: Map<String, Value>, what: &str) -> Result<T, String> {
-    serde_json::from_value(Value::Object(map)).map_err(|e| format!("{what}: {e}"))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeException {
+    #[serde(rename = "type")]
+    exception_type: String,
+    value: Option<String>,
+    module: Option<String>,
+    mechanism: Option<String>,
+    #[serde(default)]
+    frames: Vec<Frame>,
 }
 
-fn time(value: &Value, what: &str) -> Result<i64, String> {
-    native_ms(value).ok_or_else(|| format!("{what} is neither RFC 3339 text nor integer ms"))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeBreadcrumb<'a> {
+    #[serde(deserialize_with = "time")]
+    timestamp: Option<i64>,
+    #[serde(rename = "type")]
+    breadcrumb_type: Option<String>,
+    category: Option<String>,
+    message: Option<String>,
+    level: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
-fn json_text(value: Option<Map<String, Value>>) -> String {
-    Value::Object(value.unwrap_or_default()).to_string()
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeSpan {
+    span_id: String,
+    parent_span_id: Option<String>,
+    op: String,
+    description: Option<String>,
+    status: Option<String>,
+    #[serde(deserialize_with = "time")]
+    start_timestamp: Option<i64>,
+    #[serde(deserialize_with = "time")]
+    end_timestamp: Option<i64>,
 }
 
-fn tags(map: Option<Map<String, Value>>) -> Vec<Tag> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeMeasurement {
+    value: f64,
+    unit: Option<String>,
+}
+
+/// The kind-specific fields each kind may carry.
+fn allowed(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "analytics" => &["name", "screen", "properties"],
+        "error" => &[
+            "level",
+            "handled",
+            "message",
+            "exceptions",
+            "breadcrumbs",
+            "tags",
+            "fingerprint",
+            "transaction",
+            "contexts",
+        ],
+        "performance" => &["metric", "value", "unit", "screen", "attributes"],
+        "transaction" => &[
+            "name",
+            "op",
+            "trace_id",
+            "span_id",
+            "status",
+            "start_timestamp",
+            "end_timestamp",
+            "spans",
+            "measurements",
+            "tags",
+        ],
+        "session" => &["init", "status", "errors", "started", "duration_ms", "seq"],
+        "notification" => &[
+            "stage",
+            "notification_id",
+            "campaign",
+            "deep_link",
+            "provider",
+            "error_code",
+        ],
+        _ => return None,
+    })
+}
+
+impl Wire<'_> {
+    /// The kind-specific fields this event carries.
+    fn present(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        macro_rules! check {
+            ($($field:ident),*) => { $( if self.$field.is_some() { out.push(stringify!($field)); } )* };
+        }
+        check!(
+            name,
+            screen,
+            properties,
+            level,
+            handled,
+            message,
+            exceptions,
+            breadcrumbs,
+            tags,
+            fingerprint,
+            transaction,
+            contexts,
+            metric,
+            value,
+            unit,
+            attributes,
+            op,
+            trace_id,
+            span_id,
+            status,
+            start_timestamp,
+            end_timestamp,
+            spans,
+            measurements,
+            init,
+            errors,
+            started,
+            duration_ms,
+            seq,
+            stage,
+            notification_id,
+            campaign,
+            deep_link,
+            provider,
+            error_code
+        );
+        out
+    }
+
+    fn check_fields(&self) -> Result<(), String> {
+        let allowed = allowed(&self.kind).ok_or_else(|| format!("unknown kind {:?}", self.kind))?;
+        match self.present().into_iter().find(|f| !allowed.contains(f)) {
+            Some(field) => Err(format!("{field} is not a field of {} events", self.kind)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn required<T>(value: Option<T>, field: &str, kind: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("{kind} events need {field}"))
+}
+
+/// Raw JSON text of an object, or `{}`.
+fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String, String> {
+    match raw {
+        None => Ok("{}".into()),
+        Some(r) if r.get().trim_start().starts_with('{') => Ok(r.get().to_string()),
+        Some(_) => Err(format!("{field} is not an object")),
+    }
+}
+
+fn tags(map: Option<BTreeMap<String, Value>>) -> Vec<Tag> {
     map.unwrap_or_default()
         .into_iter()
         .map(|(key, v)| Tag {
@@ -170,331 +369,177 @@ fn tags(map: Option<Map<String, Value>>) -> Vec<Tag> {
 }
 
 fn build(raw: &str) -> Result<(Event, Option<bool>), String> {
-    let mut map: Map<String, Value> =
-        serde_json::from_str(raw).map_err(|e| format!("not a JSON object: {e}"))?;
-    let kind = match map.remove("kind") {
-        Some(Value::String(k)) => k,
-        Some(_) => return Err("kind is not a string".into()),
-        None => return Err("kind is missing".into()),
-    };
-    let mut common_map = Map::new();
-    for key in COMMON_KEYS {
-        if let Some(v) = map.remove(key) {
-            common_map.insert(key.to_string(), v);
-        }
+    let w: Wire = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    w.check_fields()?;
+    if uuid::Uuid::parse_str(&w.event_id).is_err() {
+        return Err(format!("event_id {:?} is not a UUID", w.event_id));
     }
-    let c: NativeCommon = field(common_map, "common fields")?;
-    if uuid::Uuid::parse_str(&c.event_id).is_err() {
-        return Err(format!("event_id {:?} is not a UUID", c.event_id));
-    }
-    let sdk = c
-        .sdk
-        .map(|s| Sdk {
-            name: s.name,
-            version: s.version,
-        })
-        .unwrap_or_else(|| Sdk {
-            name: "trellis.native".into(),
-            version: "1".into(),
-        });
+    let kind_name = w.kind.clone();
+    let kind = kind_name.as_ref();
     let common = Common {
-        event_id: c.event_id,
+        event_id: w.event_id,
         project: String::new(),
-        timestamp_ms: time(&c.timestamp, "timestamp")?,
+        timestamp_ms: required(w.timestamp, "timestamp", kind)?,
         sent_at_ms: None,
         received_at_ms: 0,
-        device_id: c.device_id,
-        user_id: c.user_id,
-        session_id: c.session_id,
+        device_id: w.device_id,
+        user_id: w.user_id,
+        session_id: w.session_id,
         release: Release {
-            platform: c.release.platform,
-            app_version: c.release.app_version,
-            build: c.release.build,
-            runtime_version: c.release.runtime_version,
-            update_id: c.release.update_id,
-            channel: c.release.channel,
-            environment: c.release.environment,
+            platform: w.release.platform,
+            app_version: w.release.app_version,
+            build: w.release.build,
+            runtime_version: w.release.runtime_version,
+            update_id: w.release.update_id,
+            channel: w.release.channel,
+            environment: w.release.environment,
         },
         device: Device {
-            model: c.device.model,
-            os_name: c.device.os_name,
-            os_version: c.device.os_version,
-            locale: c.device.locale,
-            timezone: c.device.timezone,
+            model: w.device.model,
+            os_name: w.device.os_name,
+            os_version: w.device.os_version,
+            locale: w.device.locale,
+            timezone: w.device.timezone,
         },
-        sdk,
+        sdk: w
+            .sdk
+            .map(|s| Sdk {
+                name: s.name,
+                version: s.version,
+            })
+            .unwrap_or_else(|| Sdk {
+                name: "trellis.native".into(),
+                version: "1".into(),
+            }),
     };
-    let event = match kind.as_str() {
-        "analytics" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct F {
-                name: String,
-                #[serde(default)]
-                screen: Option<String>,
-                #[serde(default)]
-                properties: Option<Map<String, Value>>,
+    let event = match kind {
+        "analytics" => Event::Analytics(AnalyticsEvent {
+            common,
+            name: required(w.name, "name", kind)?,
+            screen: w.screen,
+            properties: object_text(w.properties, "properties")?,
+        }),
+        "error" => {
+            let exceptions = w.exceptions.unwrap_or_default();
+            if exceptions.is_empty() && w.message.is_none() {
+                return Err("an error event needs exceptions or a message".into());
             }
-            let f: F = field(map, "analytics")?;
-            Event::Analytics(AnalyticsEvent {
+            let mut breadcrumbs = Vec::new();
+            for b in w.breadcrumbs.unwrap_or_default() {
+                breadcrumbs.push(Breadcrumb {
+                    timestamp_ms: required(b.timestamp, "breadcrumb timestamp", kind)?,
+                    breadcrumb_type: b.breadcrumb_type,
+                    category: b.category,
+                    message: b.message,
+                    level: b.level,
+                    data: object_text(b.data, "breadcrumb data")?,
+                });
+            }
+            Event::Error(ErrorEvent {
                 common,
-                name: f.name,
-                screen: f.screen,
-                properties: json_text(f.properties),
+                level: w.level.unwrap_or_default(),
+                handled: w.handled.unwrap_or(true),
+                message: w.message,
+                exceptions: exceptions
+                    .into_iter()
+                    .map(|x| Exception {
+                        exception_type: x.exception_type,
+                        value: x.value,
+                        module: x.module,
+                        mechanism: x.mechanism,
+                        frames: x.frames,
+                    })
+                    .collect(),
+                breadcrumbs,
+                tags: tags(w.tags),
+                fingerprint: w.fingerprint.unwrap_or_default(),
+                transaction: w.transaction,
+                contexts: object_text(w.contexts, "contexts")?,
             })
         }
-        "error" => error(common, map)?,
-        "performance" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct F {
-                metric: String,
-                value: f64,
-                unit: String,
-                #[serde(default)]
-                screen: Option<String>,
-                #[serde(default)]
-                attributes: Option<Map<String, Value>>,
+        "performance" => Event::Performance(PerformanceSample {
+            common,
+            metric: required(w.metric, "metric", kind)?,
+            value: required(w.value, "value", kind)?,
+            unit: required(w.unit, "unit", kind)?,
+            screen: w.screen,
+            attributes: tags(w.attributes),
+        }),
+        "transaction" => {
+            let us = |ms: Option<i64>, field: &str| {
+                required(ms, field, kind).map(|ms| ms.saturating_mul(1000))
+            };
+            let mut spans = Vec::new();
+            for s in w.spans.unwrap_or_default() {
+                spans.push(Span {
+                    span_id: s.span_id,
+                    parent_span_id: s.parent_span_id,
+                    op: s.op,
+                    description: s.description,
+                    status: s.status,
+                    start_us: us(s.start_timestamp, "span start_timestamp")?,
+                    end_us: us(s.end_timestamp, "span end_timestamp")?,
+                });
             }
-            let f: F = field(map, "performance")?;
-            Event::Performance(PerformanceSample {
+            Event::Transaction(Transaction {
                 common,
-                metric: f.metric,
-                value: f.value,
-                unit: f.unit,
-                screen: f.screen,
-                attributes: tags(f.attributes),
+                name: required(w.name, "name", kind)?,
+                op: w.op,
+                trace_id: required(w.trace_id, "trace_id", kind)?,
+                span_id: required(w.span_id, "span_id", kind)?,
+                status: w.status,
+                start_us: us(w.start_timestamp, "start_timestamp")?,
+                end_us: us(w.end_timestamp, "end_timestamp")?,
+                spans,
+                measurements: w
+                    .measurements
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, m)| Measurement {
+                        name,
+                        value: m.value,
+                        unit: m.unit,
+                    })
+                    .collect(),
+                tags: tags(w.tags),
             })
         }
-        "transaction" => transaction(common, map)?,
         "session" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct F {
-                #[serde(default)]
-                init: bool,
-                status: SessionStatus,
-                #[serde(default)]
-                errors: i64,
-                started: Value,
-                #[serde(default)]
-                duration_ms: Option<i64>,
-                #[serde(default)]
-                seq: i64,
-            }
             if common.session_id.is_none() {
                 return Err("a session event needs session_id".into());
             }
-            let f: F = field(map, "session")?;
+            let status = match required(w.status, "status", kind)?.as_str() {
+                "ok" => SessionStatus::Ok,
+                "exited" => SessionStatus::Exited,
+                "crashed" => SessionStatus::Crashed,
+                "abnormal" => SessionStatus::Abnormal,
+                "errored" => SessionStatus::Errored,
+                other => {
+                    return Err(format!(
+                        "session status {other:?} is not ok, exited, crashed, abnormal or errored"
+                    ));
+                }
+            };
             Event::Session(SessionUpdate {
                 common,
-                init: f.init,
-                status: f.status,
-                errors: f.errors,
-                started_ms: time(&f.started, "started")?,
-                duration_ms: f.duration_ms,
-                seq: f.seq,
+                init: w.init.unwrap_or(false),
+                status,
+                errors: w.errors.unwrap_or(0),
+                started_ms: required(w.started, "started", kind)?,
+                duration_ms: w.duration_ms,
+                seq: w.seq.unwrap_or(0),
             })
         }
-        "notification" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct F {
-                stage: NotificationStage,
-                notification_id: String,
-                #[serde(default)]
-                campaign: Option<String>,
-                #[serde(default)]
-                deep_link: Option<String>,
-                #[serde(default)]
-                provider: Option<String>,
-                #[serde(default)]
-                error_code: Option<String>,
-            }
-            let f: F = field(map, "notification")?;
-            Event::Notification(Notification {
-                common,
-                stage: f.stage,
-                notification_id: f.notification_id,
-                campaign: f.campaign,
-                deep_link: f.deep_link,
-                provider: f.provider,
-                error_code: f.error_code,
-            })
-        }
+        "notification" => Event::Notification(Notification {
+            common,
+            stage: required(w.stage, "stage", kind)?,
+            notification_id: required(w.notification_id, "notification_id", kind)?,
+            campaign: w.campaign,
+            deep_link: w.deep_link,
+            provider: w.provider,
+            error_code: w.error_code,
+        }),
         other => return Err(format!("unknown kind {other:?}")),
     };
-    Ok((event, c.consent))
-}
-
-fn error(common: Common, map: Map<String, Value>) -> Result<Event, String> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct NativeException {
-        #[serde(rename = "type")]
-        exception_type: String,
-        #[serde(default)]
-        value: Option<String>,
-        #[serde(default)]
-        module: Option<String>,
-        #[serde(default)]
-        mechanism: Option<String>,
-        #[serde(default)]
-        frames: Vec<Frame>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct NativeBreadcrumb {
-        timestamp: Value,
-        #[serde(default, rename = "type")]
-        breadcrumb_type: Option<String>,
-        #[serde(default)]
-        category: Option<String>,
-        #[serde(default)]
-        message: Option<String>,
-        #[serde(default)]
-        level: Option<String>,
-        #[serde(default)]
-        data: Option<Map<String, Value>>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct F {
-        #[serde(default)]
-        level: Level,
-        #[serde(default = "yes")]
-        handled: bool,
-        #[serde(default)]
-        message: Option<String>,
-        #[serde(default)]
-        exceptions: Vec<NativeException>,
-        #[serde(default)]
-        breadcrumbs: Vec<NativeBreadcrumb>,
-        #[serde(default)]
-        tags: Option<Map<String, Value>>,
-        #[serde(default)]
-        fingerprint: Vec<String>,
-        #[serde(default)]
-        transaction: Option<String>,
-        #[serde(default)]
-        contexts: Option<Map<String, Value>>,
-    }
-    fn yes() -> bool {
-        true
-    }
-    let f: F = field(map, "error")?;
-    if f.exceptions.is_empty() && f.message.is_none() {
-        return Err("an error event needs exceptions or a message".into());
-    }
-    let mut breadcrumbs = Vec::with_capacity(f.breadcrumbs.len());
-    for b in f.breadcrumbs {
-        breadcrumbs.push(Breadcrumb {
-            timestamp_ms: time(&b.timestamp, "breadcrumb timestamp")?,
-            breadcrumb_type: b.breadcrumb_type,
-            category: b.category,
-            message: b.message,
-            level: b.level,
-            data: json_text(b.data),
-        });
-    }
-    Ok(Event::Error(ErrorEvent {
-        common,
-        level: f.level,
-        handled: f.handled,
-        message: f.message,
-        exceptions: f
-            .exceptions
-            .into_iter()
-            .map(|x| Exception {
-                exception_type: x.exception_type,
-                value: x.value,
-                module: x.module,
-                mechanism: x.mechanism,
-                frames: x.frames,
-            })
-            .collect(),
-        breadcrumbs,
-        tags: tags(f.tags),
-        fingerprint: f.fingerprint,
-        transaction: f.transaction,
-        contexts: json_text(f.contexts),
-    }))
-}
-
-fn transaction(common: Common, map: Map<String, Value>) -> Result<Event, String> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct NativeSpan {
-        span_id: String,
-        #[serde(default)]
-        parent_span_id: Option<String>,
-        op: String,
-        #[serde(default)]
-        description: Option<String>,
-        #[serde(default)]
-        status: Option<String>,
-        start_timestamp: Value,
-        end_timestamp: Value,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct NativeMeasurement {
-        value: f64,
-        #[serde(default)]
-        unit: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct F {
-        name: String,
-        #[serde(default)]
-        op: Option<String>,
-        trace_id: String,
-        span_id: String,
-        #[serde(default)]
-        status: Option<String>,
-        start_timestamp: Value,
-        end_timestamp: Value,
-        #[serde(default)]
-        spans: Vec<NativeSpan>,
-        #[serde(default)]
-        measurements: std::collections::BTreeMap<String, NativeMeasurement>,
-        #[serde(default)]
-        tags: Option<Map<String, Value>>,
-    }
-    let us = |v: &Value, what: &str| time(v, what).map(|ms| ms.saturating_mul(1000));
-    let f: F = field(map, "transaction")?;
-    let mut spans = Vec::with_capacity(f.spans.len());
-    for s in f.spans {
-        spans.push(Span {
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
-            op: s.op,
-            description: s.description,
-            status: s.status,
-            start_us: us(&s.start_timestamp, "span start_timestamp")?,
-            end_us: us(&s.end_timestamp, "span end_timestamp")?,
-        });
-    }
-    Ok(Event::Transaction(Transaction {
-        common,
-        name: f.name,
-        op: f.op,
-        trace_id: f.trace_id,
-        span_id: f.span_id,
-        status: f.status,
-        start_us: us(&f.start_timestamp, "start_timestamp")?,
-        end_us: us(&f.end_timestamp, "end_timestamp")?,
-        spans,
-        measurements: f
-            .measurements
-            .into_iter()
-            .map(|(name, m)| Measurement {
-                name,
-                value: m.value,
-                unit: m.unit,
-            })
-            .collect(),
-        tags: tags(f.tags),
-    }))
+    Ok((event, w.consent))
 }

@@ -173,8 +173,21 @@ fn scrub_string(text: &mut String) {
     }
 }
 
+/// Whether a JSON text can hold anything to scrub: an IP key the policy changes, an `@`, or
+/// enough digits for a card, IBAN or phone number. Most analytics properties hold none, and are
+/// then left as they are without being parsed.
+fn may_need_scrubbing(text: &str, pii: bool, ip: IpPolicy) -> bool {
+    if ip != IpPolicy::Keep && text.contains("ip\"") {
+        return true;
+    }
+    pii && (text.contains('@') || text.bytes().filter(u8::is_ascii_digit).count() >= 9)
+}
+
 /// Masks PII and applies the IP policy to a JSON-text field.
 fn scrub_json_text(text: &mut String, pii: bool, ip: IpPolicy) {
+    if !may_need_scrubbing(text, pii, ip) {
+        return;
+    }
     if let Ok(mut value) = serde_json::from_str::<Value>(text) {
         scrub_ips(&mut value, ip);
         if pii {
@@ -252,6 +265,22 @@ mod tests {
             scrub_text("plant 42 watered at 10:30"),
             "plant 42 watered at 10:30"
         );
+    }
+
+    #[test]
+    fn json_text_without_pii_is_left_untouched() {
+        let mut text = r#"{ "plant_id": "p-42",  "position": 3 }"#.to_string();
+        scrub_json_text(&mut text, true, IpPolicy::Drop);
+        assert_eq!(
+            text, r#"{ "plant_id": "p-42",  "position": 3 }"#,
+            "not even re-serialized"
+        );
+        let mut text = r#"{"$ip": "203.0.113.9", "n": 1}"#.to_string();
+        scrub_json_text(&mut text, true, IpPolicy::Drop);
+        assert_eq!(text, r#"{"n":1}"#);
+        let mut text = r#"{"phone": "+1 415-555-2671"}"#.to_string();
+        scrub_json_text(&mut text, true, IpPolicy::Keep);
+        assert_eq!(text, r#"{"phone":"[phone]"}"#);
     }
 
     #[test]
