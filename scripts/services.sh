@@ -48,9 +48,6 @@ ensure_tools() {
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
-# tansu 0.6.0 stores records per row in its SQLite engine and fetches from any offset. Its memory
-# engine fetches whole batches by base offset, so a consumer resuming from a committed offset in
-# the middle of a producer batch would skip the rest of that batch; Kafka itself returns the batch.
 # The real SDK clients the ingest tests drive, pinned to the versions of the captured fixtures.
 # They go into target/ (a venv and a node_modules of their own), never into the system.
 SENTRY_PY_VERSION=2.75.0
@@ -75,6 +72,10 @@ ensure_sdks() {
   export TEST_TRELLIS_NODE_MODULES=$node/node_modules
 }
 
+# tansu 0.6.0 stores records per row in its SQLite engine and fetches from any offset. Its memory
+# engine fetches whole batches by base offset, so a consumer resuming from a committed offset in
+# the middle of a producer batch would skip the rest of that batch; Kafka itself returns the batch.
+# Tests use SQLite; produce-only benchmarks set TANSU_STORAGE=memory.
 start_kafka() {
   local port dir=$TEST_TRELLIS_SERVICES_DIR/tansu
   rm -rf "$dir"; mkdir -p "$dir"
@@ -83,7 +84,7 @@ start_kafka() {
   # tansu reads the path of a sqlite:// URL relative to its working directory.
   (cd "$dir" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine "$([ "$TANSU_STORAGE" = memory ] && echo memory://tansu/ || echo sqlite://tansu.db)" \
+    --storage-engine "$([ "${TANSU_STORAGE:-sqlite}" = memory ] && echo memory://tansu/ || echo sqlite://tansu.db)" \
     --silent >"$dir/tansu.log" 2>&1) &
   echo $! >"$dir/pid"
   if ! wait_for tansu 60 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"; then
