@@ -191,26 +191,35 @@ impl Ingest {
             return Ok(());
         };
         let retry_after = self.config.retry_after;
+        // A request larger than the burst could never pass: that is a size problem (413), not a
+        // reason to retry (429).
+        let too_big = |scope: &str| {
+            IngestError::TooLarge(format!(
+                "{n} events are more than the {scope} rate limit's burst"
+            ))
+        };
         if let Some(limiter) = &self.per_key {
             match limiter.check_key_n(&key.to_string(), n) {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
+                Ok(Err(_)) => {
                     return Err(IngestError::RateLimited {
                         scope: "key",
                         retry_after,
                     });
                 }
+                Err(_) => return Err(too_big("per-key")),
             }
         }
         if let Some(limiter) = &self.global {
             match limiter.check_n(n) {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
+                Ok(Err(_)) => {
                     return Err(IngestError::RateLimited {
                         scope: "global",
                         retry_after,
                     });
                 }
+                Err(_) => return Err(too_big("global")),
             }
         }
         Ok(())
@@ -252,7 +261,7 @@ impl Ingest {
                     } else {
                         invalid += 1
                     }
-                    letters.push(dead_letter(name, &raw, &reason, project.config.scrub_pii));
+                    letters.push(dead_letter(name, &raw, &reason, project.config.client_ip));
                     outcome.rejected.push(Rejection { index, reason });
                 }
                 Item::Event { mut event, consent } => {
@@ -285,7 +294,7 @@ impl Ingest {
                                 name,
                                 format!("{event:?}").as_bytes(),
                                 &reason,
-                                true,
+                                project.config.client_ip,
                             ));
                             outcome.rejected.push(Rejection { index, reason });
                         }
@@ -293,12 +302,12 @@ impl Ingest {
                 }
             }
         }
-        self.metrics.dropped(name, "invalid", invalid);
-        self.metrics.dropped(name, "too_large", too_large);
-        self.metrics.dropped(name, "no_consent", no_consent);
-        if let Err(e) = self.check_rate(key, events.len()) {
-            self.metrics
-                .dropped(name, "rate_limited", events.len() as u64);
+        // Every item costs: refused ones still cost parsing and a dead letter.
+        let charged = events.len() + letters.len() + no_consent as usize;
+        if let Err(e) = self.check_rate(key, charged) {
+            if matches!(e, IngestError::RateLimited { .. }) {
+                self.metrics.dropped(name, "rate_limited", charged as u64);
+            }
             return Err(e);
         }
         outcome.accepted = events.len();
@@ -326,6 +335,11 @@ impl Ingest {
                 });
             }
         }
+        // Counted once the request's fate is known: a refused request is retried, and its
+        // drops would otherwise be counted at every try.
+        self.metrics.dropped(name, "invalid", invalid);
+        self.metrics.dropped(name, "too_large", too_large);
+        self.metrics.dropped(name, "no_consent", no_consent);
         for (kind, n) in accepted_kinds {
             self.metrics.accepted(name, kind, n);
         }
@@ -333,11 +347,20 @@ impl Ingest {
     }
 }
 
-/// A dead letter for something a request sent that ingest could not use, scrubbed of PII.
-fn dead_letter(project: &str, raw: &[u8], reason: &str, scrub: bool) -> Message {
-    let payload = match std::str::from_utf8(raw) {
-        Ok(text) if scrub => normalize::scrub_text(text).into_owned().into_bytes(),
-        _ => raw.to_vec(),
-    };
-    trellis_bus::dead_letter_from(project.as_bytes(), payload, "ingest", reason)
+/// Bytes of a refused payload kept in its dead letter: enough to see what was wrong.
+const DEAD_LETTER_BYTES: usize = 4096;
+
+/// A dead letter for something a request sent that ingest could not use: always scrubbed of PII
+/// and of IPs the project's policy removes, and cut to [`DEAD_LETTER_BYTES`].
+fn dead_letter(project: &str, raw: &[u8], reason: &str, ip: crate::config::IpPolicy) -> Message {
+    let mut text = String::from_utf8_lossy(raw).into_owned();
+    normalize::scrub_json_text(&mut text, true, ip);
+    if text.len() > DEAD_LETTER_BYTES {
+        let mut end = DEAD_LETTER_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    trellis_bus::dead_letter_from(project.as_bytes(), text.into_bytes(), "ingest", reason)
 }

@@ -208,10 +208,16 @@ impl IngestConfig {
             );
         }
         let r = &self.rate_limit;
-        if r.per_key_per_second > 0 && r.per_key_burst == 0
-            || r.global_per_second > 0 && r.global_burst == 0
-        {
-            return Err("ingest.rate_limit: a rate needs a burst of at least 1".into());
+        for (name, rate, burst) in [
+            ("per_key", r.per_key_per_second, r.per_key_burst),
+            ("global", r.global_per_second, r.global_burst),
+        ] {
+            if rate > 0 && (burst as usize) < l.max_events_per_request {
+                return Err(format!(
+                    "ingest.rate_limit.{name}_burst {burst} is below ingest.limits.max_events_per_request {}: a full request could never pass",
+                    l.max_events_per_request
+                ));
+            }
         }
         Ok(())
     }

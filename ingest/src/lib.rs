@@ -5,14 +5,17 @@
 //! key, decompressed within limits, parsed into events, normalized ([`normalize`]: server time,
 //! clock drift, IP policy, PII scrubbing) and published to `events.raw` as Avro. Ingest answers
 //! 200 only once the bus has acknowledged every accepted event of the request; if it cannot, it
-//! answers 503 with `Retry-After` and the SDK sends the request again (event ids make the retry
-//! idempotent downstream). Refused events go to the dead-letter topic with their reason.
+//! answers 503 with `Retry-After`. PostHog SDKs and native clients send the request again (event
+//! ids make the retry idempotent downstream); most Sentry SDKs drop an envelope that got a 5xx
+//! and count it in their next client report. Refused events go to the dead-letter topic with
+//! their reason.
 //!
 //! [`run`] serves on a listener until the shutdown future resolves, then drains in-flight
 //! requests, so tests start it on port 0 in-process.
 #![warn(missing_docs)]
 
 pub mod accept;
+mod capped;
 pub mod config;
 pub mod metrics;
 pub mod native;

@@ -14,31 +14,71 @@ use trellis_schemas::model::*;
 use crate::accept::{IngestError, Item};
 use crate::time::native_ms;
 
-/// The request body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Batch<'a> {
-    #[serde(default)]
-    sent_at: Option<Value>,
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
-}
+/// Parses a native batch into its `sent_at` and items. More than `max_events` events is refused
+/// while reading, before any event is built.
+pub fn parse(
+    body: &[u8],
+    max_event_bytes: usize,
+    max_events: usize,
+) -> Result<(Option<i64>, Vec<Item>), IngestError> {
+    use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
-/// Parses a native batch into its `sent_at` and items.
-pub fn parse(body: &[u8], max_event_bytes: usize) -> Result<(Option<i64>, Vec<Item>), IngestError> {
-    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
-        IngestError::BadRequest(format!(
-            "body is not a batch {{sent_at, events: [...]}}: {e}"
-        ))
-    })?;
-    let sent_at = match &batch.sent_at {
+    struct BatchVisitor(usize);
+    impl<'de> Visitor<'de> for BatchVisitor {
+        type Value = (Option<Value>, Vec<&'de RawValue>);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a batch {sent_at, events: [...]}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut sent_at, mut events) = (None, None);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match key.as_ref() {
+                    "sent_at" => sent_at = Some(map.next_value()?),
+                    "events" => {
+                        events = Some(map.next_value_seed(crate::capped::Capped::new(self.0))?)
+                    }
+                    other => {
+                        return Err(serde::de::Error::unknown_field(
+                            other,
+                            &["sent_at", "events"],
+                        ));
+                    }
+                }
+            }
+            Ok((
+                sent_at,
+                events.ok_or_else(|| serde::de::Error::missing_field("events"))?,
+            ))
+        }
+    }
+    struct Seed(usize);
+    impl<'de> DeserializeSeed<'de> for Seed {
+        type Value = (Option<Value>, Vec<&'de RawValue>);
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(BatchVisitor(self.0))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let (sent_at, events) = Seed(max_events)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| {
+            if crate::capped::is_too_many(&e) {
+                IngestError::TooLarge(e.to_string())
+            } else {
+                IngestError::BadRequest(format!(
+                    "body is not a batch {{sent_at, events: [...]}}: {e}"
+                ))
+            }
+        })?;
+    let sent_at = match &sent_at {
         None | Some(Value::Null) => None,
         Some(v) => Some(native_ms(v).ok_or_else(|| {
             IngestError::BadRequest("sent_at is neither RFC 3339 text nor integer ms".into())
         })?),
     };
-    let items = batch
-        .events
+    let items = events
         .iter()
         .map(|raw| parse_event(raw.get(), max_event_bytes))
         .collect();

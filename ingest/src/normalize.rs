@@ -19,14 +19,22 @@ pub fn correct_clock(
     received_at_ms: i64,
     threshold_ms: i64,
 ) {
+    // A device clock off by more than this is not drift but a wrong `sent_at` (0, year 9999):
+    // such a value corrects nothing.
+    const IMPLAUSIBLE_DRIFT_MS: i64 = 30 * 24 * 3_600_000;
     let drift = sent_at_ms
         .map(|s| received_at_ms.saturating_sub(s))
-        .filter(|d| d.abs() > threshold_ms)
+        .filter(|d| d.abs() > threshold_ms && d.abs() <= IMPLAUSIBLE_DRIFT_MS)
         .unwrap_or(0);
     let common = event.common_mut();
     common.received_at_ms = received_at_ms;
     common.sent_at_ms = sent_at_ms;
+    // An event without a time happened when it arrived.
+    if common.timestamp_ms <= 0 {
+        common.timestamp_ms = received_at_ms;
+    }
     if drift == 0 {
+        clamp_future(common, received_at_ms);
         return;
     }
     common.timestamp_ms = common.timestamp_ms.saturating_add(drift);
@@ -46,6 +54,14 @@ pub fn correct_clock(
         }
         Event::Session(s) => s.started_ms = s.started_ms.saturating_add(drift),
         _ => {}
+    }
+    clamp_future(event.common_mut(), received_at_ms);
+}
+
+/// Events cannot happen after they arrive (a minute of grace for clocks).
+fn clamp_future(common: &mut trellis_schemas::Common, received_at_ms: i64) {
+    if common.timestamp_ms > received_at_ms.saturating_add(60_000) {
+        common.timestamp_ms = received_at_ms;
     }
 }
 
@@ -177,14 +193,15 @@ fn scrub_string(text: &mut String) {
 /// enough digits for a card, IBAN or phone number. Most analytics properties hold none, and are
 /// then left as they are without being parsed.
 fn may_need_scrubbing(text: &str, pii: bool, ip: IpPolicy) -> bool {
-    if ip != IpPolicy::Keep && text.contains("ip\"") {
+    // `ip` covers `$ip`, `ip_address` and `client_ip`; a `\u` escape may spell anything.
+    if text.contains("\\u") || (ip != IpPolicy::Keep && text.contains("ip")) {
         return true;
     }
     pii && (text.contains('@') || text.bytes().filter(u8::is_ascii_digit).count() >= 9)
 }
 
-/// Masks PII and applies the IP policy to a JSON-text field.
-fn scrub_json_text(text: &mut String, pii: bool, ip: IpPolicy) {
+/// Masks PII and applies the IP policy to a JSON-text field (or plain text).
+pub fn scrub_json_text(text: &mut String, pii: bool, ip: IpPolicy) {
     if !may_need_scrubbing(text, pii, ip) {
         return;
     }
@@ -278,6 +295,12 @@ mod tests {
         let mut text = r#"{"$ip": "203.0.113.9", "n": 1}"#.to_string();
         scrub_json_text(&mut text, true, IpPolicy::Drop);
         assert_eq!(text, r#"{"n":1}"#);
+        let mut text = r#"{"user": {"ip_address": "10.1.2.3"}}"#.to_string();
+        scrub_json_text(&mut text, true, IpPolicy::Drop);
+        assert_eq!(text, r#"{"user":{}}"#);
+        let mut text = r#"{"$\u0069p": "10.1.2.3"}"#.to_string();
+        scrub_json_text(&mut text, true, IpPolicy::Drop);
+        assert_eq!(text, "{}");
         let mut text = r#"{"phone": "+1 415-555-2671"}"#.to_string();
         scrub_json_text(&mut text, true, IpPolicy::Keep);
         assert_eq!(text, r#"{"phone":"[phone]"}"#);
@@ -306,5 +329,19 @@ mod tests {
         correct_clock(&mut e, Some(t + 1_000), t + 2_000, 60_000);
         assert_eq!(e.common().timestamp_ms, t, "small drift is left alone");
         assert_eq!(e.common().received_at_ms, t + 2_000);
+        let mut e = trellis_schemas::sample::event("p", 1, 0);
+        correct_clock(&mut e, Some(0), t + 2_000, 60_000);
+        assert_eq!(
+            e.common().timestamp_ms,
+            t,
+            "sent_at 0 is not a clock: no correction"
+        );
+        let mut e = trellis_schemas::sample::event("p", 1, 0);
+        correct_clock(&mut e, None, t - 3_600_000, 60_000);
+        assert_eq!(
+            e.common().timestamp_ms,
+            t - 3_600_000,
+            "a future event is clamped to its arrival"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! `$expo_runtime_version` / `$runtime_version`; `$environment` names the environment.
 //! `$consent: false` refuses consent.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use trellis_schemas::model::*;
 
@@ -35,41 +36,194 @@ fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Parses a PostHog body (already decompressed).
-pub fn parse(body: &[u8], max_event_bytes: usize) -> Result<Parsed, IngestError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| IngestError::BadRequest(format!("body is not JSON: {e}")))?;
-    let (mut api_key, sent_at, events) = match value {
-        Value::Object(mut o) => {
-            let key = text(o.get("api_key")).or(text(o.get("token")));
-            let sent_at = o.get("sent_at").and_then(native_ms);
-            match o.remove("batch") {
-                Some(Value::Array(batch)) => (key, sent_at, batch),
-                Some(_) => return Err(IngestError::BadRequest("batch is not a list".into())),
-                None => (key, sent_at, vec![Value::Object(o)]),
-            }
+/// A PostHog body as read: its key, `sent_at`, and the events still as raw JSON.
+pub struct Body<'a> {
+    /// The project key: `api_key` or `token` at the top, or the first event's.
+    pub api_key: Option<String>,
+    sent_at_ms: Option<i64>,
+    events: Vec<std::borrow::Cow<'a, RawValue>>,
+}
+
+/// Reads a PostHog body's shape: a batch, a list or one event. More than `max_events` events is
+/// refused while reading; events stay raw until [`Body::items`], so nothing is converted before
+/// the key is checked.
+pub fn read(body: &[u8], max_events: usize) -> Result<Body<'_>, IngestError> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    enum Shape<'a> {
+        Batch {
+            key: Option<String>,
+            sent_at: Option<Value>,
+            events: Vec<&'a RawValue>,
+        },
+        Single(Map<String, Value>),
+        List(Vec<&'a RawValue>),
+    }
+    struct V(usize);
+    impl<'de> Visitor<'de> for V {
+        type Value = Shape<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an event, a list of events or a batch")
         }
-        Value::Array(events) => (None, None, events),
-        _ => {
-            return Err(IngestError::BadRequest(
-                "body is neither an event, a list nor a batch".into(),
-            ));
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Shape<'de>, A::Error> {
+            crate::capped::Capped::new(self.0)
+                .visit_seq(seq)
+                .map(Shape::List)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape<'de>, A::Error> {
+            let mut rest = Map::new();
+            let mut events = None;
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "batch" {
+                    events = Some(map.next_value_seed(crate::capped::Capped::new(self.0))?);
+                } else {
+                    rest.insert(key, map.next_value()?);
+                }
+            }
+            Ok(match events {
+                Some(events) => Shape::Batch {
+                    key: text(rest.get("api_key")).or(text(rest.get("token"))),
+                    sent_at: rest.remove("sent_at"),
+                    events,
+                },
+                None => Shape::Single(rest),
+            })
+        }
+    }
+    struct Seed(usize);
+    impl<'de> DeserializeSeed<'de> for Seed {
+        type Value = Shape<'de>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Shape<'de>, D::Error> {
+            d.deserialize_any(V(self.0))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let shape = Seed(max_events)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| {
+            if crate::capped::is_too_many(&e) {
+                IngestError::TooLarge(e.to_string())
+            } else {
+                IngestError::BadRequest(format!(
+                    "body is neither an event, a list nor a batch: {e}"
+                ))
+            }
+        })?;
+    let raw = |v: &Value| -> std::borrow::Cow<'static, RawValue> {
+        std::borrow::Cow::Owned(
+            RawValue::from_string(v.to_string()).expect("a Value serializes to JSON"),
+        )
+    };
+    let (mut api_key, sent_at, events) = match shape {
+        Shape::Batch {
+            key,
+            sent_at,
+            events,
+        } => (
+            key,
+            sent_at.as_ref().and_then(native_ms),
+            events.into_iter().map(std::borrow::Cow::Borrowed).collect(),
+        ),
+        Shape::List(events) => (
+            None,
+            None,
+            events
+                .into_iter()
+                .map(std::borrow::Cow::Borrowed)
+                .collect::<Vec<_>>(),
+        ),
+        Shape::Single(map) => {
+            let key = text(map.get("api_key")).or(text(map.get("token")));
+            let sent_at = map.get("sent_at").and_then(native_ms);
+            (key, sent_at, vec![raw(&Value::Object(map))])
         }
     };
     if api_key.is_none() {
-        api_key = events
-            .iter()
-            .find_map(|e| text(e.get("api_key")).or(text(e.pointer("/properties/token"))));
+        // posthog-js puts the key in each event: the first event's names the request's project.
+        api_key = events.first().and_then(|e| event_key(e.get()));
     }
-    let received = now_ms();
-    let items = events
-        .into_iter()
-        .map(|e| item(e, max_event_bytes, sent_at.unwrap_or(received)))
-        .collect();
-    Ok(Parsed {
+    Ok(Body {
         api_key,
         sent_at_ms: sent_at,
-        items,
+        events,
+    })
+}
+
+/// The key an event carries itself (`api_key`, `token` or `properties.token`), if any.
+fn event_key(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        api_key: Option<String>,
+        token: Option<String>,
+        properties: Option<TokenOnly>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TokenOnly {
+        token: Option<String>,
+    }
+    let k: Keys = serde_json::from_str(raw).ok()?;
+    k.api_key
+        .or(k.token)
+        .or(k.properties.and_then(|p| p.token))
+        .filter(|k| !k.is_empty())
+}
+
+impl Body<'_> {
+    /// When the SDK sent the request.
+    pub fn sent_at_ms(&self) -> Option<i64> {
+        self.sent_at_ms
+    }
+
+    /// Converts the events. One that carries a key other than the request's is refused: a key
+    /// writes only to its own project.
+    pub fn items(&self, max_event_bytes: usize) -> Vec<Item> {
+        let received = now_ms();
+        let default_time = self.sent_at_ms.unwrap_or(received);
+        self.events
+            .iter()
+            .map(|raw| {
+                let raw = raw.get();
+                if let Some(key) = event_key(raw)
+                    && Some(&key) != self.api_key.as_ref()
+                {
+                    return Item::Invalid {
+                        reason: "event carries another project key than the request".into(),
+                        raw: Vec::new(),
+                        too_large: false,
+                    };
+                }
+                if raw.len() > max_event_bytes {
+                    return Item::Invalid {
+                        reason: format!(
+                            "event of {} bytes is over the {max_event_bytes}-byte limit",
+                            raw.len()
+                        ),
+                        raw: raw.as_bytes()[..raw.len().min(4096)].to_vec(),
+                        too_large: true,
+                    };
+                }
+                match serde_json::from_str::<Value>(raw) {
+                    Ok(v) => item(v, max_event_bytes, default_time),
+                    Err(e) => Item::Invalid {
+                        reason: format!("event is not JSON: {e}"),
+                        raw: raw.as_bytes().to_vec(),
+                        too_large: false,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Parses a PostHog body (already decompressed) in one go: [`read`] then [`Body::items`].
+pub fn parse(body: &[u8], max_event_bytes: usize) -> Result<Parsed, IngestError> {
+    let body = read(body, 10_000)?;
+    Ok(Parsed {
+        items: body.items(max_event_bytes),
+        api_key: body.api_key.clone(),
+        sent_at_ms: body.sent_at_ms,
     })
 }
 

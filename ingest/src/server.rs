@@ -159,7 +159,11 @@ async fn native_batch(State(state): State<AppState>, request: Request) -> Respon
             .map(str::trim);
         let (key, project) = state.project(key)?;
         let body = read_body(&state, &parts.headers, body).await?;
-        let (sent_at, items) = native::parse(&body, state.config.limits.max_event_bytes)?;
+        let (sent_at, items) = native::parse(
+            &body,
+            state.config.limits.max_event_bytes,
+            state.config.limits.max_events_per_request,
+        )?;
         let outcome = state.accept(key, &project, sent_at, items).await?;
         Ok(axum::Json(outcome).into_response())
     }

@@ -265,7 +265,14 @@ async fn limits_answer_413_with_the_reason() {
     let many: Vec<Value> = (0..51).map(|i| analytics(100 + i)).collect();
     let r = send(&h, &key, json!({"events": many})).await;
     assert_eq!(r.status, 413);
-    assert!(r.json()["reason"].as_str().unwrap().contains("51 events"));
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 50"),
+        "{}",
+        r.body
+    );
 
     // An attachment over its limit refuses the envelope.
     let mut config2 = common::config();
@@ -355,6 +362,7 @@ async fn rate_limits_answer_429_and_store_nothing_of_the_request() {
         global_per_second: 0,
         global_burst: 0,
     };
+    config.limits.max_events_per_request = 10;
     config.retry_after = Duration::from_secs(7);
     let h = Harness::embedded(config).await;
     let r = send(
@@ -537,5 +545,115 @@ async fn metrics_count_what_was_accepted_by_kind() {
         metrics
             .body
             .contains("trellis_ingest_requests_total{endpoint=\"native\",status=\"200\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn small_bodies_cannot_expand_into_many_events() {
+    let (mut config, project, key) = config();
+    config.limits.max_events_per_request = 100;
+    let h = Harness::embedded(config).await;
+    let auth = bearer(&key);
+    // 2 MB of `0,` compresses to a few KB; it must be refused while reading, not after building.
+    let zeros = |prefix: &str| {
+        let mut body = prefix.as_bytes().to_vec();
+        body.extend(std::iter::repeat_n(b"0,".as_slice(), 1_000_000).flatten());
+        body.extend_from_slice(b"0]}");
+        gzip(&body)
+    };
+    let r = h
+        .post(
+            "/v1/batch",
+            &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+            zeros("{\"events\": ["),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too many events"),
+        "{}",
+        r.body
+    );
+    let posthog = zeros(&format!("{{\"api_key\": \"{key}\", \"batch\": ["));
+    let r = h
+        .post("/batch/", &[("Content-Encoding", "gzip")], posthog)
+        .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let envelope = format!("{{}}\n{}", "{\"type\":\"x\"}\n{}\n".repeat(200));
+    let r = h
+        .post(
+            &format!("/api/{project}/envelope/?sentry_key={key}"),
+            &[],
+            envelope.into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(
+        h.events(&project, 0, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_posthog_key_writes_only_its_own_events() {
+    let (mut config, project, key) = config();
+    config.projects.push(trellis_ingest::config::ProjectConfig {
+        name: "other".into(),
+        keys: vec!["other_key_456".into()],
+        ..Default::default()
+    });
+    let h = Harness::embedded(config).await;
+    let body = json!([
+        {"event": "a", "distinct_id": "u", "properties": {"token": key}},
+        {"event": "b", "distinct_id": "u", "properties": {"token": "other_key_456"}},
+        {"event": "c", "distinct_id": "u", "api_key": "unknown_key_789"},
+    ]);
+    let r = h.post("/e/", &[], body.to_string().into_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = h.events(&project, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "only the event with the request's key is stored"
+    );
+    let letters = h.dead_letters(&project, 2, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 2);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason.contains("another project key") && l.payload.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_are_scrubbed_and_bounded() {
+    let (config, project, key) = config();
+    let h = Harness::embedded(config).await;
+    let bad = json!({"kind": "analytics", "event_id": "nope", "timestamp": 1, "release": {"platform": "ios", "app_version": "1"},
+        "name": "x", "properties": {"email": "jane@example.com", "$ip": "203.0.113.5", "blob": "é".repeat(3000)}});
+    send(&h, &key, json!({"events": [bad]})).await;
+    let letters = h.dead_letters(&project, 1, Duration::from_secs(5)).await;
+    let payload =
+        String::from_utf8(letters[0].payload.clone()).expect("cut on a character boundary");
+    assert!(payload.len() <= 4096);
+    assert!(
+        !payload.contains("jane@example.com") && !payload.contains("203.0.113.5"),
+        "{payload}"
+    );
+}
+
+#[test]
+fn a_rate_limit_burst_below_the_request_cap_is_refused_at_start_up() {
+    let (mut config, _, _) = config();
+    config.rate_limit.per_key_burst = 50;
+    config.limits.max_events_per_request = 100;
+    let err = config.validate().unwrap_err();
+    assert!(
+        err.contains("per_key_burst") && err.contains("max_events_per_request"),
+        "{err}"
     );
 }

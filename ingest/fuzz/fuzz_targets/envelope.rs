@@ -23,7 +23,7 @@ fn check_items(items: &[Item]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let framing = envelope::parse(data);
+    let framing = envelope::parse(data, 10_000);
     if let Err(e) = &framing {
         assert!(!e.to_string().is_empty(), "{e:?} has no text");
     }

@@ -10,7 +10,7 @@ use trellis_ingest::native;
 
 fuzz_target!(|data: &[u8]| {
     for max_event_bytes in [LimitsConfig::default().max_event_bytes, 64] {
-        match native::parse(data, max_event_bytes) {
+        match native::parse(data, max_event_bytes, 10_000) {
             Ok((_, items)) => {
                 for item in &items {
                     if let Item::Invalid { reason, .. } = item {

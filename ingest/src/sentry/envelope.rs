@@ -19,6 +19,9 @@ pub enum EnvelopeError {
         /// The JSON error.
         reason: String,
     },
+    /// More items than a request may carry.
+    #[error("more than {0} items in one envelope")]
+    TooManyItems(usize),
     /// An item says it is longer than what is left.
     #[error("item {index} declares {length} bytes but only {left} remain")]
     Truncated {
@@ -89,8 +92,9 @@ fn trim(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
 }
 
-/// Parses an envelope.
-pub fn parse(body: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+/// Parses an envelope of at most `max_items` items (an item costs a header line, so a few bytes
+/// each; the cap keeps a small body from becoming millions of them).
+pub fn parse(body: &[u8], max_items: usize) -> Result<Envelope<'_>, EnvelopeError> {
     if trim(body).is_empty() {
         return Err(EnvelopeError::Empty);
     }
@@ -113,6 +117,9 @@ pub fn parse(body: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
             break;
         }
         let index = items.len();
+        if index == max_items {
+            return Err(EnvelopeError::TooManyItems(max_items));
+        }
         let (head, after) = line(rest);
         let item_header: ItemHeader =
             serde_json::from_slice(trim(head)).map_err(|e| EnvelopeError::Header {
@@ -157,7 +164,8 @@ mod tests {
             {\"type\":\"attachment\",\"length\":10,\"filename\":\"a.txt\"}\n\xef\xbb\xbfHello\r\n\n\
             {\"type\":\"event\"}\n{\"message\":\"hi\"}\n\
             {\"type\":\"session\"}\n{\"sid\":\"x\"}";
-        let env = parse(body).unwrap();
+        let env = parse(body, 10).unwrap();
+        assert_eq!(parse(body, 2).unwrap_err(), EnvelopeError::TooManyItems(2));
         assert_eq!(
             env.header.event_id.as_deref(),
             Some("9ec79c33ec9942ab8353589fcb2e04dc")
@@ -171,13 +179,13 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_read() {
-        assert_eq!(parse(b"").unwrap_err(), EnvelopeError::Empty);
+        assert_eq!(parse(b"", 10).unwrap_err(), EnvelopeError::Empty);
         assert!(matches!(
-            parse(b"not json\n").unwrap_err(),
+            parse(b"not json\n", 10).unwrap_err(),
             EnvelopeError::Header { .. }
         ));
         assert!(matches!(
-            parse(b"{}\n{\"type\":\"event\",\"length\":100}\n{}").unwrap_err(),
+            parse(b"{}\n{\"type\":\"event\",\"length\":100}\n{}", 10).unwrap_err(),
             EnvelopeError::Truncated {
                 index: 0,
                 length: 100,
@@ -185,7 +193,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            parse(b"{}\n{\"length\":1}\nx").unwrap_err(),
+            parse(b"{}\n{\"length\":1}\nx", 10).unwrap_err(),
             EnvelopeError::Header { .. }
         ));
     }

@@ -87,8 +87,10 @@ pub fn parse_envelope(
     metrics: &Metrics,
     project: &str,
 ) -> Result<Parsed, IngestError> {
-    let env =
-        envelope::parse(body).map_err(|e| IngestError::BadRequest(format!("envelope: {e}")))?;
+    let env = envelope::parse(body, limits.max_events_per_request).map_err(|e| match e {
+        envelope::EnvelopeError::TooManyItems(_) => IngestError::TooLarge(format!("envelope: {e}")),
+        e => IngestError::BadRequest(format!("envelope: {e}")),
+    })?;
     let sent_at_ms = env.header.sent_at.as_ref().and_then(sentry_ms);
     let header_id = env.header.event_id.clone();
     let mut items = Vec::new();
@@ -106,9 +108,11 @@ pub fn parse_envelope(
             break;
         }
     }
+    // Session ids of a `sessions` item derive from the envelope: its event id, or its content,
+    // so a resent envelope yields the same sessions and two different ones never collide.
     let envelope_key = header_id
         .clone()
-        .unwrap_or_else(|| format!("{:x}", body.len()));
+        .unwrap_or_else(|| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body).to_string());
     for item in env.items {
         let payload = item.payload;
         match item.header.item_type.as_str() {
@@ -239,6 +243,34 @@ mod tests {
             Some("publickey")
         );
         assert_eq!(auth_key("Sentry sentry_version=7"), None);
+    }
+
+    #[test]
+    fn sessions_of_different_envelopes_never_share_ids() {
+        let metrics = Metrics::default();
+        let limits = crate::config::LimitsConfig::default();
+        let body = |n: u8| {
+            format!(
+                "{{}}\n{{\"type\":\"sessions\"}}\n{{\"aggregates\":[{{\"started\":\"2026-11-25T16:00:0{n}Z\",\"exited\":2}}]}}\n"
+            )
+        };
+        let (a, b) = (body(1), body(2));
+        assert_eq!(a.len(), b.len());
+        let ids = |body: &str| -> Vec<String> {
+            parse_envelope(body.as_bytes(), &limits, &metrics, "p")
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|i| match i {
+                    Item::Event { event, .. } => event.common().event_id.clone(),
+                    Item::Invalid { reason, .. } => panic!("{reason}"),
+                })
+                .collect()
+        };
+        let (ia, ib) = (ids(&a), ids(&b));
+        assert_eq!(ia.len(), 2);
+        assert!(ia.iter().all(|id| !ib.contains(id)), "{ia:?} {ib:?}");
+        assert_eq!(ia, ids(&a), "a resent envelope yields the same ids");
     }
 
     #[test]
