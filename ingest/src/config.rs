@@ -109,6 +109,9 @@ pub struct LimitsConfig {
     pub max_attachment_bytes: usize,
     /// Most events in one request.
     pub max_events_per_request: usize,
+    /// Most requests read at once; more wait their turn. With `max_decompressed_bytes`, this
+    /// bounds the memory bodies can take: at most their product.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for LimitsConfig {
@@ -119,6 +122,7 @@ impl Default for LimitsConfig {
             max_event_bytes: 1024 * 1024,
             max_attachment_bytes: 20 * 1024 * 1024,
             max_events_per_request: 10_000,
+            max_concurrent_requests: 256,
         }
     }
 }
@@ -197,6 +201,7 @@ impl IngestConfig {
             ("max_decompressed_bytes", l.max_decompressed_bytes),
             ("max_event_bytes", l.max_event_bytes),
             ("max_events_per_request", l.max_events_per_request),
+            ("max_concurrent_requests", l.max_concurrent_requests),
         ] {
             if value == 0 {
                 return Err(format!("ingest.limits.{name} must be greater than 0"));

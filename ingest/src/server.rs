@@ -4,7 +4,8 @@
 //! the wire bytes of a streamed body are counted as they arrive (`RequestBodyLimitLayer`); and
 //! the body is decompressed as it streams (`RequestDecompressionLayer`: gzip, deflate, br, zstd)
 //! into a buffer that stops at `max_decompressed_bytes`. Memory per request is bounded by that
-//! limit, whatever the compression ratio.
+//! limit, whatever the compression ratio, and at most `max_concurrent_requests` bodies are read
+//! at once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,6 +55,9 @@ pub fn router(state: AppState) -> Router {
         .route("/i/v0/e/", post(posthog_capture))
         .route("/i/v0/e", post(posthog_capture))
         .layer(RequestDecompressionLayer::new())
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            state.config.limits.max_concurrent_requests,
+        ))
         .layer(axum::middleware::map_request_with_state(
             state.clone(),
             wire_limit,
