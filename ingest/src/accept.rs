@@ -39,6 +39,21 @@ pub enum Item {
     },
 }
 
+impl Item {
+    /// An event refused for its size: what it was, how big, and the limit. Its dead letter keeps
+    /// only the first bytes.
+    pub fn too_large(raw: &[u8], what: &str, limit: usize) -> Item {
+        Item::Invalid {
+            reason: format!(
+                "{what} of {} bytes is over the {limit}-byte limit",
+                raw.len()
+            ),
+            raw: raw[..raw.len().min(4096)].to_vec(),
+            too_large: true,
+        }
+    }
+}
+
 /// One refused event of a request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rejection {

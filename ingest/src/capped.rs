@@ -56,6 +56,25 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Capped<T> {
     }
 }
 
+/// Reads `body` with `seed` (which holds [`Capped`] lists). More elements than allowed is a 413;
+/// any other JSON error a 400 saying what the body should have been.
+pub fn read<'de, S: DeserializeSeed<'de>>(
+    body: &'de [u8],
+    seed: S,
+    expected: &str,
+) -> Result<S::Value, crate::accept::IngestError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    seed.deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| {
+            if is_too_many(&e) {
+                crate::accept::IngestError::TooLarge(e.to_string())
+            } else {
+                crate::accept::IngestError::BadRequest(format!("body is not {expected}: {e}"))
+            }
+        })
+}
+
 /// Whether a JSON error came from a [`Capped`] list.
 pub fn is_too_many(e: &serde_json::Error) -> bool {
     e.to_string().starts_with(TOO_MANY)

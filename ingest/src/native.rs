@@ -59,19 +59,8 @@ pub fn parse(
         }
     }
 
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let (sent_at, events) = Seed(max_events)
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|_| v))
-        .map_err(|e| {
-            if crate::capped::is_too_many(&e) {
-                IngestError::TooLarge(e.to_string())
-            } else {
-                IngestError::BadRequest(format!(
-                    "body is not a batch {{sent_at, events: [...]}}: {e}"
-                ))
-            }
-        })?;
+    let (sent_at, events) =
+        crate::capped::read(body, Seed(max_events), "a batch {sent_at, events: [...]}")?;
     let sent_at = match &sent_at {
         None | Some(Value::Null) => None,
         Some(v) => Some(native_ms(v).ok_or_else(|| {
@@ -95,14 +84,7 @@ fn invalid(raw: &str, reason: impl Into<String>) -> Item {
 
 fn parse_event(raw: &str, max_event_bytes: usize) -> Item {
     if raw.len() > max_event_bytes {
-        return Item::Invalid {
-            reason: format!(
-                "event of {} bytes is over the {max_event_bytes}-byte limit",
-                raw.len()
-            ),
-            raw: raw.as_bytes()[..raw.len().min(4096)].to_vec(),
-            too_large: true,
-        };
+        return Item::too_large(raw.as_bytes(), "event", max_event_bytes);
     }
     match build(raw) {
         Ok((event, consent)) => Item::Event {

@@ -98,19 +98,11 @@ pub fn read(body: &[u8], max_events: usize) -> Result<Body<'_>, IngestError> {
         }
     }
 
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let shape = Seed(max_events)
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|_| v))
-        .map_err(|e| {
-            if crate::capped::is_too_many(&e) {
-                IngestError::TooLarge(e.to_string())
-            } else {
-                IngestError::BadRequest(format!(
-                    "body is neither an event, a list nor a batch: {e}"
-                ))
-            }
-        })?;
+    let shape = crate::capped::read(
+        body,
+        Seed(max_events),
+        "an event, a list of events or a batch",
+    )?;
     let raw = |v: &Value| -> std::borrow::Cow<'static, RawValue> {
         std::borrow::Cow::Owned(
             RawValue::from_string(v.to_string()).expect("a Value serializes to JSON"),
@@ -195,14 +187,7 @@ impl Body<'_> {
                     };
                 }
                 if raw.len() > max_event_bytes {
-                    return Item::Invalid {
-                        reason: format!(
-                            "event of {} bytes is over the {max_event_bytes}-byte limit",
-                            raw.len()
-                        ),
-                        raw: raw.as_bytes()[..raw.len().min(4096)].to_vec(),
-                        too_large: true,
-                    };
+                    return Item::too_large(raw.as_bytes(), "event", max_event_bytes);
                 }
                 match serde_json::from_str::<Value>(raw) {
                     Ok(v) => item(v, max_event_bytes, default_time),
@@ -230,14 +215,7 @@ pub fn parse(body: &[u8], max_event_bytes: usize) -> Result<Parsed, IngestError>
 fn item(event: Value, max_event_bytes: usize, default_time: i64) -> Item {
     let raw = event.to_string();
     if raw.len() > max_event_bytes {
-        return Item::Invalid {
-            reason: format!(
-                "event of {} bytes is over the {max_event_bytes}-byte limit",
-                raw.len()
-            ),
-            raw: raw.as_bytes()[..raw.len().min(4096)].to_vec(),
-            too_large: true,
-        };
+        return Item::too_large(raw.as_bytes(), "event", max_event_bytes);
     }
     match convert(&event, &raw, default_time) {
         Ok((e, consent)) => Item::Event {
@@ -345,24 +323,7 @@ fn exception(common: Common, props: &Map<String, Value>) -> Result<ErrorEvent, S
             value: text(x.get("value")),
             module: text(x.get("module")),
             mechanism: text(x.pointer("/mechanism/type")),
-            frames: x
-                .pointer("/stacktrace/frames")
-                .and_then(Value::as_array)
-                .map(|frames| {
-                    frames
-                        .iter()
-                        .map(|f| Frame {
-                            function: text(f.get("function")),
-                            module: text(f.get("module")),
-                            filename: text(f.get("filename")),
-                            abs_path: text(f.get("abs_path")),
-                            lineno: f.get("lineno").and_then(Value::as_i64),
-                            colno: f.get("colno").and_then(Value::as_i64),
-                            in_app: f.get("in_app").and_then(Value::as_bool).unwrap_or(false),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            frames: crate::sentry::convert::frames(x.get("stacktrace")),
         })
         .collect();
     // PostHog, like Sentry, lists the chain innermost last.

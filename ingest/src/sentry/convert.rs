@@ -147,7 +147,8 @@ pub fn common(event: &Value, tags: &[Tag], event_id: String) -> Common {
     }
 }
 
-fn frames(stacktrace: Option<&Value>) -> Vec<Frame> {
+/// Stack frames in Sentry's shape (`stacktrace.frames`), which PostHog's `$exception_list` uses too.
+pub fn frames(stacktrace: Option<&Value>) -> Vec<Frame> {
     let Some(frames) = stacktrace
         .and_then(|st| st.get("frames"))
         .and_then(Value::as_array)

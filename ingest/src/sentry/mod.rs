@@ -25,17 +25,6 @@ pub struct Parsed {
     pub id: Option<String>,
 }
 
-fn too_large(raw: &[u8], what: &str, limit: usize) -> Item {
-    Item::Invalid {
-        reason: format!(
-            "{what} of {} bytes is over the {limit}-byte limit",
-            raw.len()
-        ),
-        raw: raw[..raw.len().min(4096)].to_vec(),
-        too_large: true,
-    }
-}
-
 fn invalid(raw: &[u8], reason: String) -> Item {
     Item::Invalid {
         reason,
@@ -51,7 +40,7 @@ fn event_item(
     max_event_bytes: usize,
 ) -> (Item, Option<String>) {
     if payload.len() > max_event_bytes {
-        return (too_large(payload, "event", max_event_bytes), None);
+        return (Item::too_large(payload, "event", max_event_bytes), None);
     }
     let value: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
@@ -128,7 +117,7 @@ pub fn parse_envelope(
             }
             "session" => {
                 if payload.len() > limits.max_event_bytes {
-                    items.push(too_large(payload, "session", limits.max_event_bytes));
+                    items.push(Item::too_large(payload, "session", limits.max_event_bytes));
                     continue;
                 }
                 let parsed = serde_json::from_slice::<Value>(payload)
