@@ -38,6 +38,12 @@ ensure_tools() {
     if [ -x "$HOME/.cargo/bin/tansu" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
   fi
   if ! command -v tansu >/dev/null; then
+    # tansu's SQLite (libsql-ffi) and TLS (aws-lc-sys) dependencies build with cmake.
+    local build_deps=()
+    command -v cmake >/dev/null || build_deps+=(cmake)
+    command -v pkg-config >/dev/null || build_deps+=(pkg-config)
+    command -v g++ >/dev/null || build_deps+=(g++)
+    if [ ${#build_deps[@]} -gt 0 ]; then apt_install "${build_deps[@]}"; fi
     log "building the tansu broker $TANSU_VERSION (once, about 9 minutes)"
     cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql >&2
   fi
@@ -61,7 +67,8 @@ ensure_sdks() {
     python3 -m venv "$venv" >&2
     "$venv/bin/pip" install -q "sentry-sdk==$SENTRY_PY_VERSION" "posthog==$POSTHOG_PY_VERSION" >&2
   fi
-  if command -v npm >/dev/null && [ ! -f "$node/.installed-$SENTRY_NODE_VERSION-$POSTHOG_NODE_VERSION" ]; then
+  command -v npm >/dev/null || apt_install nodejs npm
+  if [ ! -f "$node/.installed-$SENTRY_NODE_VERSION-$POSTHOG_NODE_VERSION" ]; then
     log "installing @sentry/node $SENTRY_NODE_VERSION and posthog-node $POSTHOG_NODE_VERSION into $node"
     mkdir -p "$node"
     (cd "$node" && [ -f package.json ] || echo '{"private": true}' >package.json)
