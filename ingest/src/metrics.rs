@@ -111,30 +111,6 @@ impl Default for Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_from_requests_cannot_grow_without_bound() {
-        let m = Metrics::default();
-        for i in 0..1000 {
-            m.skipped(&format!("type_{i}"));
-        }
-        m.skipped("Not A Type!");
-        let text = m.render();
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("trellis_ingest_items_skipped_total{"))
-            .count();
-        assert_eq!(series, MAX_CLIENT_LABEL_VALUES + 1, "64 values and `other`");
-        assert!(
-            text.contains("trellis_ingest_items_skipped_total{item_type=\"other\"} 937"),
-            "{text}"
-        );
-    }
-}
-
 impl Metrics {
     /// Counts accepted events.
     pub fn accepted(&self, project: &str, kind: &str, n: u64) {
@@ -197,5 +173,29 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_from_requests_cannot_grow_without_bound() {
+        let m = Metrics::default();
+        for i in 0..1000 {
+            m.skipped(&format!("type_{i}"));
+        }
+        m.skipped("Not A Type!");
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("trellis_ingest_items_skipped_total{"))
+            .count();
+        assert_eq!(series, MAX_CLIENT_LABEL_VALUES + 1, "64 values and `other`");
+        assert!(
+            text.contains("trellis_ingest_items_skipped_total{item_type=\"other\"} 937"),
+            "{text}"
+        );
     }
 }

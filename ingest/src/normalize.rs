@@ -138,7 +138,7 @@ fn luhn(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Masks emails, card numbers (Luhn-valid), IBANs and phone numbers in free text.
