@@ -9,7 +9,7 @@ fn pick<'a>(seed: u64, options: &[&'a str]) -> &'a str {
 }
 
 fn opt(seed: u64, value: String) -> Option<String> {
-    (seed % 5 != 0).then_some(value)
+    (!seed.is_multiple_of(5)).then_some(value)
 }
 
 /// The fields every event carries, for the `n`th event of `device` in `project`.
@@ -92,12 +92,12 @@ pub fn event(project: &str, device: u64, n: u64) -> Event {
         }),
         1 => Event::Error(ErrorEvent {
             common,
-            level: if seed % 4 == 0 {
+            level: if seed.is_multiple_of(4) {
                 Level::Fatal
             } else {
                 Level::Error
             },
-            handled: seed % 4 != 0,
+            handled: !seed.is_multiple_of(4),
             message: opt(seed, "Could not load plant".to_string()),
             exceptions: vec![Exception {
                 exception_type: pick(seed, &["TypeError", "RangeError"]).to_string(),
@@ -140,7 +140,7 @@ pub fn event(project: &str, device: u64, n: u64) -> Event {
                 key: "screen".to_string(),
                 value: "PlantDetail".to_string(),
             }],
-            fingerprint: if seed % 3 == 0 {
+            fingerprint: if seed.is_multiple_of(3) {
                 vec!["{{ default }}".to_string(), "plant".to_string()]
             } else {
                 vec![]
