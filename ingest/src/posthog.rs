@@ -134,7 +134,12 @@ pub fn read(body: &[u8], max_events: usize) -> Result<Body<'_>, IngestError> {
     };
     if api_key.is_none() {
         // posthog-js puts the key in each event: the first event's names the request's project.
-        api_key = events.first().and_then(|e| event_key(e.get()));
+        api_key = events.first().and_then(|e| {
+            serde_json::from_str::<Value>(e.get())
+                .ok()
+                .as_ref()
+                .and_then(event_key)
+        });
     }
     Ok(Body {
         api_key,
@@ -144,22 +149,10 @@ pub fn read(body: &[u8], max_events: usize) -> Result<Body<'_>, IngestError> {
 }
 
 /// The key an event carries itself (`api_key`, `token` or `properties.token`), if any.
-fn event_key(raw: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        api_key: Option<String>,
-        token: Option<String>,
-        properties: Option<TokenOnly>,
-    }
-    #[derive(serde::Deserialize)]
-    struct TokenOnly {
-        token: Option<String>,
-    }
-    let k: Keys = serde_json::from_str(raw).ok()?;
-    k.api_key
-        .or(k.token)
-        .or(k.properties.and_then(|p| p.token))
-        .filter(|k| !k.is_empty())
+fn event_key(event: &Value) -> Option<String> {
+    text(event.get("api_key"))
+        .or(text(event.get("token")))
+        .or(text(event.pointer("/properties/token")))
 }
 
 impl Body<'_> {
@@ -177,7 +170,20 @@ impl Body<'_> {
             .iter()
             .map(|raw| {
                 let raw = raw.get();
-                if let Some(key) = event_key(raw)
+                if raw.len() > max_event_bytes {
+                    return Item::too_large(raw.as_bytes(), "event", max_event_bytes);
+                }
+                let event = match serde_json::from_str::<Value>(raw) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Item::Invalid {
+                            reason: format!("event is not JSON: {e}"),
+                            raw: raw.as_bytes().to_vec(),
+                            too_large: false,
+                        };
+                    }
+                };
+                if let Some(key) = event_key(&event)
                     && Some(&key) != self.api_key.as_ref()
                 {
                     return Item::Invalid {
@@ -186,17 +192,7 @@ impl Body<'_> {
                         too_large: false,
                     };
                 }
-                if raw.len() > max_event_bytes {
-                    return Item::too_large(raw.as_bytes(), "event", max_event_bytes);
-                }
-                match serde_json::from_str::<Value>(raw) {
-                    Ok(v) => item(v, max_event_bytes, default_time),
-                    Err(e) => Item::Invalid {
-                        reason: format!("event is not JSON: {e}"),
-                        raw: raw.as_bytes().to_vec(),
-                        too_large: false,
-                    },
-                }
+                item(event, max_event_bytes, default_time)
             })
             .collect()
     }

@@ -113,11 +113,7 @@ async fn wire_limit(State(state): State<AppState>, request: Request) -> Result<R
 }
 
 /// Reads the (decompressed) body within the limits.
-async fn read_body(
-    state: &Ingest,
-    _headers: &HeaderMap,
-    body: Body,
-) -> Result<axum::body::Bytes, IngestError> {
+async fn read_body(state: &Ingest, body: Body) -> Result<axum::body::Bytes, IngestError> {
     let limits = &state.config.limits;
     axum::body::to_bytes(body, limits.max_decompressed_bytes)
         .await
@@ -162,7 +158,7 @@ async fn native_batch(State(state): State<AppState>, request: Request) -> Respon
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let (key, project) = state.project(key)?;
-        let body = read_body(&state, &parts.headers, body).await?;
+        let body = read_body(&state, body).await?;
         let (sent_at, items) = native::parse(
             &body,
             state.config.limits.max_event_bytes,
@@ -218,7 +214,7 @@ async fn sentry_endpoint(
             "this key does not write to project {project_path:?}"
         )));
     }
-    let body = read_body(state, &parts.headers, body).await?;
+    let body = read_body(state, body).await?;
     let parsed = if envelope {
         sentry::parse_envelope(
             &body,
@@ -269,8 +265,7 @@ async fn posthog_capture(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let (parts, body) = request.into_parts();
-        let mut body = read_body(&state, &parts.headers, body).await?;
+        let mut body = read_body(&state, request.into_body()).await?;
         // posthog-js marks gzip in the query instead of Content-Encoding.
         if query.get("compression").map(String::as_str) == Some("gzip-js") {
             use std::io::Read;

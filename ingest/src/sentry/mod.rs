@@ -84,12 +84,17 @@ pub fn parse_envelope(
     let header_id = env.header.event_id.clone();
     let mut items = Vec::new();
     let mut id = header_id.clone();
-    // Sessions carry no SDK block; the envelope's events usually do.
+    // Sessions carry no SDK block; the envelope's events usually do. Looked up only when the
+    // envelope has sessions, since it costs parsing an event a second time.
     let mut sdk = trellis_schemas::Sdk {
         name: "sentry.unknown".into(),
         version: String::new(),
     };
-    for item in &env.items {
+    let has_sessions = env
+        .items
+        .iter()
+        .any(|i| matches!(i.header.item_type.as_str(), "session" | "sessions"));
+    for item in env.items.iter().filter(|_| has_sessions) {
         if matches!(item.header.item_type.as_str(), "event" | "transaction")
             && let Ok(v) = serde_json::from_slice::<Value>(item.payload)
         {
