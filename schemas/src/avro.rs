@@ -53,6 +53,23 @@ pub enum CodecError {
         /// How many bytes were left over.
         left: usize,
     },
+    /// A derived record (session, health partial) does not match its schema.
+    #[error("{record} payload does not match its schema: {source}")]
+    Record {
+        /// The record type's name.
+        record: &'static str,
+        /// What Avro reported.
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    /// Bytes follow a derived record's datum.
+    #[error("{record} payload has {left} bytes after its datum")]
+    RecordTrailingBytes {
+        /// The record type's name.
+        record: &'static str,
+        /// How many bytes were left over.
+        left: usize,
+    },
     /// The event cannot be written with its schema (a bug: the types and schemas disagree).
     #[error("{kind} event cannot be encoded: {source}")]
     Encode {

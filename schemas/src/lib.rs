@@ -13,6 +13,7 @@ pub mod arrow;
 pub mod avro;
 pub mod clickhouse;
 pub mod model;
+pub mod records;
 pub mod sample;
 
 pub use model::*;

@@ -1,0 +1,297 @@
+//! Records the processors derive from events: sessions and release-health partials.
+//!
+//! They travel on the `sessions` and `aggregates` topics in the same Avro single-object encoding
+//! as events ([`crate::avro`]), with their schemas committed under `schemas/avro/` beside the
+//! event kinds'. Every record carries a deterministic id, so a processor that replays its input
+//! after a crash writes records equal to the ones it wrote before, and sinks collapse them.
+
+use std::sync::OnceLock;
+
+use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
+use apache_avro::{AvroSchema, GenericSingleObjectReader, Schema};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::avro::CodecError;
+use crate::model::{Release, SessionStatus};
+
+/// One app session, as the processors closed it.
+///
+/// Explicit sessions come from an SDK's session updates (Sentry `sid`) or from the session id
+/// events carry (PostHog `$session_id`); implicit sessions are cut from a device's events that
+/// carry none, by a 30-minute inactivity gap and a 24-hour maximum.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct SessionRecord {
+    /// The session id: the SDK's, or for an implicit session one derived from the project, the
+    /// device and the id of the event that opened it.
+    pub session_id: String,
+    /// The project.
+    pub project: String,
+    /// The device the session ran on.
+    pub device_id: String,
+    /// The user, if any event of the session named one.
+    pub user_id: Option<String>,
+    /// The release the session ran (from its first event).
+    pub release: Release,
+    /// Whether the SDK tracked the session itself.
+    pub explicit: bool,
+    /// Start, in ms since the epoch.
+    pub started_ms: i64,
+    /// End (the last event or update), in ms since the epoch.
+    pub ended_ms: i64,
+    /// Duration in ms: the SDK's when it reported one, else end minus start.
+    pub duration_ms: i64,
+    /// Final status: `exited`, `crashed`, `abnormal`, `errored` (ended with errors), or `ok`
+    /// (closed by inactivity without a final update).
+    pub status: SessionStatus,
+    /// Events counted into the session (session updates excluded).
+    pub events: i64,
+    /// Screen views.
+    pub screen_views: i64,
+    /// The distinct screens viewed, in first-view order (at most 64).
+    pub screens: Vec<String>,
+    /// Errors: the larger of the SDK's count and the error events seen.
+    pub errors: i64,
+    /// Whether the session crashed.
+    pub crashed: bool,
+    /// Whether the session was built from events behind the watermark.
+    pub late: bool,
+    /// Version of this record: a later version of the same session id replaces an earlier one.
+    pub version: i64,
+}
+
+/// Performance samples of one metric, release, device class and screen, in a mergeable sketch.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct PerfSketch {
+    /// The metric, for example `app_start_cold`.
+    pub metric: String,
+    /// The device class (operating system and model family, for example `iOS/iPhone`).
+    pub device_class: String,
+    /// The screen, or empty.
+    pub screen: String,
+    /// Samples.
+    pub count: i64,
+    /// The DDSketch (relative accuracy 1%) as JSON; merge sketches of one key to combine partials.
+    pub sketch: String,
+}
+
+/// How many events of one kind a window saw.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct KindCount {
+    /// The kind (`analytics`, `error`, ...).
+    pub kind: String,
+    /// Events of that kind.
+    pub count: i64,
+}
+
+/// One input partition's share of one release's one-minute window of release health.
+///
+/// A window's answer is the merge of all partials with the same (project, release,
+/// `window_start_ms`): counts add, user sets unite, sketches merge. Partials from different
+/// partitions, and corrections built from late events, are merged the same way.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct HealthPartial {
+    /// Deterministic id: project, release, window, input partition and the offset that opened it.
+    pub partial_id: String,
+    /// The project.
+    pub project: String,
+    /// The release.
+    pub release: Release,
+    /// Window start, in ms since the epoch.
+    pub window_start_ms: i64,
+    /// Window length in ms.
+    pub window_ms: i64,
+    /// The input partition this partial comes from.
+    pub partition: i32,
+    /// Whether this is a correction built from events that arrived after the window closed.
+    pub correction: bool,
+    /// Sessions that ended in the window.
+    pub sessions: i64,
+    /// Of those, crashed.
+    pub crashed_sessions: i64,
+    /// Of those, ended abnormally.
+    pub abnormal_sessions: i64,
+    /// Of those, with errors but not crashed or abnormal.
+    pub errored_sessions: i64,
+    /// Hashes (xxh3-64 of the user id, or the device id) of the users whose sessions ended here.
+    pub users: Vec<i64>,
+    /// Hashes of the users with a crashed session among them.
+    pub crashed_users: Vec<i64>,
+    /// Events in the window by kind.
+    pub events: Vec<KindCount>,
+    /// Performance percentiles, per metric, device class and screen.
+    pub perf: Vec<PerfSketch>,
+}
+
+/// A record type with a committed Avro schema.
+pub trait Record: AvroSchema + Serialize + DeserializeOwned {
+    /// Its name, as used for its `.avsc` file.
+    const NAME: &'static str;
+    /// Its committed `.avsc` text.
+    const AVSC: &'static str;
+    /// Its codec, built once.
+    fn codec() -> &'static RecordCodec;
+}
+
+/// A record type's parsed schema, single-object header and reader.
+pub struct RecordCodec {
+    schema: Schema,
+    header: [u8; 10],
+    reader: GenericSingleObjectReader,
+}
+
+impl RecordCodec {
+    fn new(name: &str, avsc: &str) -> Self {
+        let schema = Schema::parse_str(avsc)
+            .unwrap_or_else(|e| panic!("schemas/avro/{name}.avsc is not valid Avro: {e}"));
+        let header: [u8; 10] = RabinFingerprintHeader::from_schema(&schema)
+            .build_header()
+            .try_into()
+            .expect("a Rabin single-object header is 10 bytes");
+        let reader = GenericSingleObjectReader::new(schema.clone()).expect("a parsed schema resolves");
+        RecordCodec {
+            schema,
+            header,
+            reader,
+        }
+    }
+}
+
+macro_rules! record {
+    ($ty:ty, $name:literal) => {
+        impl Record for $ty {
+            const NAME: &'static str = $name;
+            const AVSC: &'static str = include_str!(concat!("../avro/", $name, ".avsc"));
+            fn codec() -> &'static RecordCodec {
+                static CODEC: OnceLock<RecordCodec> = OnceLock::new();
+                CODEC.get_or_init(|| RecordCodec::new($name, Self::AVSC))
+            }
+        }
+    };
+}
+
+record!(SessionRecord, "session_record");
+record!(HealthPartial, "health_partial");
+
+/// The `.avsc` text a record type implies, as `trellis schema export` writes it.
+pub fn derived_avsc<T: Record>() -> String {
+    let mut text =
+        serde_json::to_string_pretty(&T::get_schema()).expect("a schema always serializes");
+    text.push('\n');
+    text
+}
+
+/// Encodes a record as an Avro single-object payload.
+pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, CodecError> {
+    let codec = T::codec();
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(&codec.header);
+    apache_avro::write_avro_datum_ref(&codec.schema, record, &mut buf).map_err(|e| {
+        CodecError::Record {
+            record: T::NAME,
+            source: Box::new(e),
+        }
+    })?;
+    Ok(buf)
+}
+
+/// Decodes an Avro single-object payload written by [`encode`] for the same type.
+pub fn decode<T: Record>(payload: &[u8]) -> Result<T, CodecError> {
+    let codec = T::codec();
+    if payload.len() < 10 {
+        return Err(CodecError::Truncated { len: payload.len() });
+    }
+    if payload[..10] != codec.header {
+        return Err(CodecError::UnknownSchema(u64::from_le_bytes(
+            payload[2..10].try_into().expect("8 bytes"),
+        )));
+    }
+    let datum = |source| CodecError::Record {
+        record: T::NAME,
+        source: Box::new(source),
+    };
+    let mut reader = payload;
+    let value = codec.reader.read_value(&mut reader).map_err(datum)?;
+    if !reader.is_empty() {
+        return Err(CodecError::RecordTrailingBytes {
+            record: T::NAME,
+            left: reader.len(),
+        });
+    }
+    apache_avro::from_value(&value).map_err(datum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_committed<T: Record>() {
+        let path = format!("{}/avro/{}.avsc", env!("CARGO_MANIFEST_DIR"), T::NAME);
+        let derived = derived_avsc::<T>();
+        if std::env::var_os("UPDATE_AVSC").is_some() {
+            std::fs::write(&path, &derived).unwrap();
+            return;
+        }
+        let committed = Schema::parse_str(T::AVSC).unwrap();
+        assert_eq!(
+            committed.canonical_form(),
+            T::get_schema().canonical_form(),
+            "{path} is out of date; run `UPDATE_AVSC=1 cargo test -p trellis-schemas --lib records`"
+        );
+    }
+
+    #[test]
+    fn committed_avsc_files_match_the_record_types() {
+        check_committed::<SessionRecord>();
+        check_committed::<HealthPartial>();
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_other_payloads() {
+        let session = SessionRecord {
+            session_id: "s1".into(),
+            project: "p".into(),
+            device_id: "d".into(),
+            user_id: Some("u".into()),
+            status: SessionStatus::Crashed,
+            screens: vec!["Home".into(), "Plant".into()],
+            events: 3,
+            crashed: true,
+            version: 2,
+            ..Default::default()
+        };
+        let bytes = encode(&session).unwrap();
+        assert_eq!(decode::<SessionRecord>(&bytes).unwrap(), session);
+        assert!(matches!(
+            decode::<HealthPartial>(&bytes),
+            Err(CodecError::UnknownSchema(_))
+        ));
+        let partial = HealthPartial {
+            partial_id: "x".into(),
+            users: vec![-1, 7],
+            events: vec![KindCount {
+                kind: "error".into(),
+                count: 2,
+            }],
+            perf: vec![PerfSketch {
+                metric: "app_start_cold".into(),
+                count: 1,
+                sketch: "{}".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let bytes = encode(&partial).unwrap();
+        assert_eq!(decode::<HealthPartial>(&bytes).unwrap(), partial);
+        let mut cut = bytes.clone();
+        cut.push(0);
+        assert!(matches!(
+            decode::<HealthPartial>(&cut),
+            Err(CodecError::RecordTrailingBytes { .. })
+        ));
+    }
+}
