@@ -35,6 +35,38 @@ pub async fn run_ingest(
         .context("serving ingest")
 }
 
+/// Runs the processors until `shutdown` resolves; they checkpoint before returning.
+pub async fn run_processors(
+    config: &Config,
+    bus: Arc<dyn trellis_bus::Bus>,
+    metrics: Arc<trellis_processors::Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let p = &config.processors;
+    let runner = trellis_processors::runtime::RunnerConfig {
+        group: p.group.clone(),
+        topic: topics::RAW.to_string(),
+        poll_max: p.poll_max,
+        poll_timeout: std::time::Duration::from_millis(200),
+        checkpoint_interval: p.checkpoint_interval,
+        idle_timeout: p.idle_timeout,
+    };
+    let checkpoints = trellis_processors::runtime::Checkpoints::new(
+        &p.checkpoint_dir,
+        trellis_processors::pipeline::STAGE,
+    );
+    trellis_processors::runtime::run(
+        bus,
+        trellis_processors::PipelineFactory::new(p),
+        checkpoints,
+        runner,
+        metrics,
+        shutdown,
+    )
+    .await
+    .context("running the processors")
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 use trellis_bus::BusConfig;
 use trellis_ingest::IngestConfig;
+use trellis_processors::ProcessorConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,8 @@ pub struct Config {
     pub topics: TopicsConfig,
     /// The HTTP ingest.
     pub ingest: IngestConfig,
+    /// The processors: dedupe, sessions, release health.
+    pub processors: ProcessorConfig,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
     pub log: String,
 }
@@ -38,6 +41,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             topics: TopicsConfig::default(),
             ingest: IngestConfig::default(),
+            processors: ProcessorConfig::default(),
             log: "info".into(),
         }
     }
@@ -137,6 +141,10 @@ impl Config {
             let key = "ingest";
             return Err(ConfigError::Invalid { key, reason });
         }
+        if let Err(reason) = self.processors.validate() {
+            let key = "processors";
+            return Err(ConfigError::Invalid { key, reason });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid {
                 key: "log",
@@ -151,6 +159,9 @@ impl Config {
             && e.path.is_relative()
         {
             e.path = self.data_dir.join(&e.path);
+        }
+        if self.processors.checkpoint_dir.is_relative() {
+            self.processors.checkpoint_dir = self.data_dir.join(&self.processors.checkpoint_dir);
         }
     }
 }
@@ -176,6 +187,10 @@ mod tests {
             panic!("default bus is embedded")
         };
         assert_eq!(e.path, PathBuf::from("data/bus.redb"));
+        assert_eq!(
+            config.processors.checkpoint_dir,
+            PathBuf::from("data/checkpoints")
+        );
     }
 
     #[test]
@@ -221,6 +236,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bus.compression"), "{err}");
+        let err = load("[processors]\nsession_gap = \"0s\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("processors.session_gap"), "{err}");
         let err = load("[ingest]\nlisten = \"not an address\"\n", &[])
             .unwrap_err()
             .to_string();

@@ -13,6 +13,7 @@ mod config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     Run,
     /// Runs only the HTTP ingest (scale-out: several ingest processes share one Kafka).
     Ingest,
+    /// Runs only the processors (scale-out: instances in one consumer group split the
+    /// partitions and share `processors.checkpoint_dir`).
+    Process,
     /// Prints the effective configuration, after the file and the environment, as TOML.
     Config,
     /// Schema tools.
@@ -61,6 +65,12 @@ enum SchemaCommand {
         #[arg(long, default_value = "trellis")]
         database: String,
     },
+}
+
+async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.ingest.listen)
+        .await
+        .with_context(|| format!("listening on {} (ingest.listen)", config.ingest.listen))
 }
 
 fn init_tracing(filter: &str) {
@@ -113,17 +123,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run | Command::Ingest => {
+        Command::Ingest => {
             let config = Config::load(cli.config.as_deref())?;
             init_tracing(&config.log);
             let bus = app::open_bus(&config).await?;
-            let listener = tokio::net::TcpListener::bind(config.ingest.listen)
-                .await
-                .with_context(|| {
-                    format!("listening on {} (ingest.listen)", config.ingest.listen)
-                })?;
-            tracing::info!(bus = ?config.bus, "trellis started.");
+            let listener = bind(&config).await?;
+            tracing::info!(bus = ?config.bus, "trellis ingest started.");
             app::run_ingest(&config, bus, listener, app::shutdown_signal()).await
+        }
+        Command::Process => {
+            let config = Config::load(cli.config.as_deref())?;
+            init_tracing(&config.log);
+            let bus = app::open_bus(&config).await?;
+            let metrics = Arc::new(trellis_processors::Metrics::default());
+            tracing::info!(bus = ?config.bus, "trellis processors started.");
+            app::run_processors(&config, bus, metrics, app::shutdown_signal()).await
+        }
+        Command::Run => {
+            let config = Config::load(cli.config.as_deref())?;
+            init_tracing(&config.log);
+            let bus = app::open_bus(&config).await?;
+            let listener = bind(&config).await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            let metrics = Arc::new(trellis_processors::Metrics::default());
+            tracing::info!(bus = ?config.bus, "trellis started.");
+            tokio::try_join!(
+                app::run_ingest(&config, bus.clone(), listener, on_stop(stopped.clone())),
+                app::run_processors(&config, bus, metrics, on_stop(stopped)),
+            )?;
+            Ok(())
         }
     }
 }

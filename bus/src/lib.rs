@@ -189,6 +189,11 @@ impl Offsets {
         *next = (*next).max(record.offset + 1);
     }
 
+    /// Sets the next offset to read on a partition.
+    pub fn set(&mut self, topic: &str, partition: u32, next: u64) {
+        self.0.insert((topic.to_string(), partition), next);
+    }
+
     /// Merges later offsets into these.
     pub fn merge(&mut self, other: &Offsets) {
         for ((topic, partition), &next) in &other.0 {

@@ -152,7 +152,8 @@ impl RecordCodec {
             .build_header()
             .try_into()
             .expect("a Rabin single-object header is 10 bytes");
-        let reader = GenericSingleObjectReader::new(schema.clone()).expect("a parsed schema resolves");
+        let reader =
+            GenericSingleObjectReader::new(schema.clone()).expect("a parsed schema resolves");
         RecordCodec {
             schema,
             header,

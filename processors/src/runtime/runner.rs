@@ -1,0 +1,306 @@
+//! The consumer loop around processors: poll, process, publish, checkpoint, commit.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record};
+
+use super::{Checkpoint, CheckpointError, Checkpoints, Factory, Output, Processor, StateError};
+use crate::metrics::Metrics;
+
+/// How the loop reads, checkpoints and idles.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The consumer group.
+    pub group: String,
+    /// The input topic.
+    pub topic: String,
+    /// Most records per poll.
+    pub poll_max: usize,
+    /// Longest wait for a poll.
+    pub poll_timeout: Duration,
+    /// How often each partition's state is checkpointed and its offset committed.
+    pub checkpoint_interval: Duration,
+    /// How long a partition must be quiet, with the consumer caught up, before `on_idle`.
+    pub idle_timeout: Duration,
+}
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The bus failed in a way retrying does not fix.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A processor's state could not be saved or restored.
+    #[error("partition {partition}: {source}")]
+    State {
+        /// The partition.
+        partition: u32,
+        /// What failed.
+        #[source]
+        source: StateError,
+    },
+}
+
+struct Slot<P> {
+    processor: P,
+    /// The next offset this state expects.
+    next_offset: u64,
+    /// The offset of the last checkpoint saved or restored.
+    checkpointed: Option<u64>,
+    last_record: Instant,
+    idle_done: bool,
+}
+
+struct Loop<F: Factory> {
+    factory: F,
+    config: RunnerConfig,
+    checkpoints: Checkpoints,
+    metrics: Arc<Metrics>,
+    slots: HashMap<u32, Slot<F::Processor>>,
+}
+
+/// Runs `factory`'s stage on `bus` until `shutdown` resolves, then checkpoints and commits what
+/// was processed.
+pub async fn run<F: Factory>(
+    bus: Arc<dyn Bus>,
+    factory: F,
+    checkpoints: Checkpoints,
+    config: RunnerConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut consumer = bus
+        .consumer(&config.group, &[config.topic.as_str()])
+        .await?;
+    let producer = bus.producer()?;
+    let mut state = Loop {
+        factory,
+        config,
+        checkpoints,
+        metrics,
+        slots: HashMap::new(),
+    };
+    tracing::info!(stage = state.factory.stage(), group = %state.config.group, "Processor started.");
+    let mut last_checkpoint = Instant::now();
+    tokio::pin!(shutdown);
+    loop {
+        let polled = tokio::select! {
+            _ = &mut shutdown => break,
+            polled = consumer.poll(state.config.poll_max, state.config.poll_timeout) => polled,
+        };
+        let records = match polled {
+            Ok(records) => records,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "Poll failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Output::default();
+        state.process(&records, &mut out)?;
+        if records.is_empty() {
+            state.idle(&mut out);
+        }
+        publish(producer.as_ref(), out.messages).await?;
+        state.drain_counters();
+        state.drop_revoked(consumer.as_ref());
+        if last_checkpoint.elapsed() >= state.config.checkpoint_interval {
+            state.checkpoint(consumer.as_mut()).await?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    state.checkpoint(consumer.as_mut()).await?;
+    tracing::info!(
+        stage = state.factory.stage(),
+        "Processor stopped after a final checkpoint."
+    );
+    Ok(())
+}
+
+/// Publishes until the bus acknowledges; a bus that is down is waited for, not skipped.
+async fn publish(producer: &dyn Producer, messages: Vec<Message>) -> Result<(), RunError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match producer.publish(messages.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Publishing outputs failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl<F: Factory> Loop<F> {
+    fn process(&mut self, records: &[Record], out: &mut Output) -> Result<(), RunError> {
+        let stage = self.factory.stage();
+        let (mut processed, mut skipped) = (0, 0);
+        for record in records {
+            let slot = self.slot_for(record)?;
+            if record.offset < slot.next_offset {
+                skipped += 1;
+                continue;
+            }
+            slot.processor.process(record, out);
+            slot.next_offset = record.offset + 1;
+            slot.last_record = Instant::now();
+            slot.idle_done = false;
+            processed += 1;
+        }
+        self.metrics.record(stage, "processed", processed);
+        if skipped > 0 {
+            self.metrics.record(stage, "skipped_replayed", skipped);
+        }
+        Ok(())
+    }
+
+    /// The state for `record`'s partition, restored from its checkpoint when this loop has none
+    /// or when the input jumped ahead of it (another instance owned the partition meanwhile).
+    fn slot_for(&mut self, record: &Record) -> Result<&mut Slot<F::Processor>, RunError> {
+        let partition = record.partition;
+        let current = self.slots.get(&partition).map(|s| s.next_offset);
+        if current.is_none_or(|next| record.offset > next) {
+            let restored = self.checkpoints.load(&self.config.topic, partition)?;
+            let (processor, next_offset, checkpointed) = match restored {
+                Some(Checkpoint { offset, state }) => {
+                    let processor = self
+                        .factory
+                        .create(partition, Some(&state))
+                        .map_err(|source| RunError::State { partition, source })?;
+                    (processor, offset, Some(offset))
+                }
+                None => {
+                    let processor = self
+                        .factory
+                        .create(partition, None)
+                        .map_err(|source| RunError::State { partition, source })?;
+                    (processor, record.offset, None)
+                }
+            };
+            let next_offset = if next_offset < record.offset {
+                if checkpointed.is_some() || record.offset > 0 {
+                    tracing::warn!(
+                        partition,
+                        from = next_offset,
+                        to = record.offset,
+                        "Input offsets skipped ahead of the checkpoint."
+                    );
+                    self.metrics.gap(self.factory.stage());
+                }
+                record.offset
+            } else {
+                next_offset
+            };
+            tracing::debug!(partition, next_offset, "Partition state restored.");
+            self.slots.insert(
+                partition,
+                Slot {
+                    processor,
+                    next_offset,
+                    checkpointed,
+                    last_record: Instant::now(),
+                    idle_done: false,
+                },
+            );
+        }
+        Ok(self.slots.get_mut(&partition).expect("inserted above"))
+    }
+
+    fn idle(&mut self, out: &mut Output) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        for slot in self.slots.values_mut() {
+            if !slot.idle_done && slot.last_record.elapsed() >= self.config.idle_timeout {
+                slot.processor.on_idle(now_ms, out);
+                slot.idle_done = true;
+            }
+        }
+    }
+
+    fn drain_counters(&mut self) {
+        let stage = self.factory.stage();
+        let metrics = &self.metrics;
+        for slot in self.slots.values_mut() {
+            slot.processor
+                .drain_counters(&mut |name, n| metrics.record(stage, name, n));
+        }
+    }
+
+    /// Forgets partitions the group moved elsewhere: their next owner restores them.
+    fn drop_revoked(&mut self, consumer: &dyn Consumer) {
+        let assigned = consumer.assignment();
+        self.slots.retain(|partition, _| {
+            assigned
+                .iter()
+                .any(|(t, p)| *t == self.config.topic && p == partition)
+        });
+    }
+
+    /// Saves every partition whose state moved since its last checkpoint, then commits those
+    /// offsets: the group never resumes past what a checkpoint holds.
+    async fn checkpoint(&mut self, consumer: &mut dyn Consumer) -> Result<(), RunError> {
+        let mut offsets = Offsets::default();
+        let mut saved = Vec::new();
+        for (&partition, slot) in &self.slots {
+            if slot.checkpointed == Some(slot.next_offset) {
+                continue;
+            }
+            let state = slot
+                .processor
+                .snapshot()
+                .map_err(|source| RunError::State { partition, source })?;
+            saved.push((partition, slot.next_offset, state));
+        }
+        if saved.is_empty() {
+            return Ok(());
+        }
+        let store = self.checkpoints.clone();
+        let topic = self.config.topic.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut done = Vec::with_capacity(saved.len());
+            for (partition, offset, state) in saved {
+                store.save(&topic, partition, &Checkpoint { offset, state })?;
+                done.push((partition, offset));
+            }
+            Ok::<_, CheckpointError>(done)
+        })
+        .await
+        .map_err(|e| CheckpointError::Io {
+            path: "checkpoint writer".into(),
+            source: std::io::Error::other(e),
+        })??;
+        for (partition, offset) in &saved {
+            if let Some(slot) = self.slots.get_mut(partition) {
+                slot.checkpointed = Some(*offset);
+            }
+            offsets.set(&self.config.topic, *partition, *offset);
+            self.metrics.checkpoint(self.factory.stage());
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match consumer.commit(&offsets).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "Committing offsets failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
