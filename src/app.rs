@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use trellis_schemas::topics;
 
 use crate::config::Config;
 
@@ -14,7 +13,7 @@ pub async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn trellis_bus::Bu
     let bus = trellis_bus::open(&config.bus)
         .await
         .context("opening the bus")?;
-    for topic in topics::ALL {
+    for topic in config.topics.names().all() {
         bus.create_topic(topic, config.topics.partitions)
             .await
             .with_context(|| format!("creating topic {topic}"))?;
@@ -29,7 +28,11 @@ pub async fn run_ingest(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = trellis_ingest::state(config.ingest.clone(), bus.producer()?);
+    let state = trellis_ingest::state_with_topics(
+        config.ingest.clone(),
+        bus.producer()?,
+        config.topics.names(),
+    );
     trellis_ingest::run(listener, state, shutdown)
         .await
         .context("serving ingest")
@@ -45,7 +48,7 @@ pub async fn run_processors(
     let p = &config.processors;
     let runner = trellis_processors::runtime::RunnerConfig {
         group: p.group.clone(),
-        topic: topics::RAW.to_string(),
+        topic: config.topics.names().raw,
         poll_max: p.poll_max,
         poll_timeout: std::time::Duration::from_millis(200),
         checkpoint_interval: p.checkpoint_interval,
@@ -57,7 +60,7 @@ pub async fn run_processors(
     );
     trellis_processors::runtime::run(
         bus,
-        trellis_processors::PipelineFactory::new(p),
+        trellis_processors::PipelineFactory::new(p, config.topics.names()),
         checkpoints,
         runner,
         metrics,

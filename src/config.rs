@@ -54,11 +54,24 @@ pub struct TopicsConfig {
     /// Partitions of each topic trellis creates: the most processor instances that can share
     /// the work. Changing it later moves keys between partitions, so pick it once.
     pub partitions: u32,
+    /// Put before every topic name, for example `staging.`, so that several deployments can
+    /// share one Kafka cluster. Letters, digits, `.`, `_` and `-`; empty by default.
+    pub prefix: String,
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        TopicsConfig { partitions: 8 }
+        TopicsConfig {
+            partitions: 8,
+            prefix: String::new(),
+        }
+    }
+}
+
+impl TopicsConfig {
+    /// The topic names, with the prefix.
+    pub fn names(&self) -> trellis_schemas::topics::Names {
+        trellis_schemas::topics::Names::new(&self.prefix)
     }
 }
 
@@ -112,6 +125,21 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "topics.partitions",
                 reason: format!("{} is not between 1 and 10000", self.topics.partitions),
+            });
+        }
+        if !self
+            .topics
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || self.topics.prefix.len() > 100
+        {
+            return Err(ConfigError::Invalid {
+                key: "topics.prefix",
+                reason: format!(
+                    "{:?} may hold only letters, digits, '.', '_' and '-' (at most 100)",
+                    self.topics.prefix
+                ),
             });
         }
         if let BusConfig::Kafka(k) = &self.bus {

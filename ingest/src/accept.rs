@@ -161,6 +161,8 @@ pub struct Ingest {
     pub producer: Arc<dyn Producer>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The topics events and dead letters go to.
+    pub topics: topics::Names,
     by_key: HashMap<String, (String, Arc<Project>)>,
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     global: Option<DefaultDirectRateLimiter>,
@@ -186,6 +188,7 @@ impl Ingest {
             global: quota(r.global_per_second, r.global_burst).map(RateLimiter::direct),
             by_key,
             metrics: Metrics::default(),
+            topics: topics::Names::default(),
             producer,
             config,
         }
@@ -300,7 +303,11 @@ impl Ingest {
                     match avro::encode(&event) {
                         Ok(payload) => {
                             *accepted_kinds.entry(event.kind().as_str()).or_default() += 1;
-                            events.push(Message::new(topics::RAW, event.partition_key(), payload));
+                            events.push(Message::new(
+                                self.topics.raw.as_str(),
+                                event.partition_key(),
+                                payload,
+                            ));
                         }
                         Err(e) => {
                             invalid += 1;
@@ -327,7 +334,10 @@ impl Ingest {
         }
         outcome.accepted = events.len();
         let mut messages = events;
-        messages.extend(letters);
+        messages.extend(letters.into_iter().map(|mut letter| {
+            letter.topic.clone_from(&self.topics.dlq);
+            letter
+        }));
         if !messages.is_empty() {
             let started = Instant::now();
             let publish = self.producer.publish(messages);

@@ -38,6 +38,17 @@ pub fn state(config: IngestConfig, producer: Arc<dyn Producer>) -> AppState {
     Arc::new(Ingest::new(config, producer))
 }
 
+/// The state of an ingest that writes to `topics` (a deployment with a topic prefix).
+pub fn state_with_topics(
+    config: IngestConfig,
+    producer: Arc<dyn Producer>,
+    topics: trellis_schemas::topics::Names,
+) -> AppState {
+    let mut ingest = Ingest::new(config, producer);
+    ingest.topics = topics;
+    Arc::new(ingest)
+}
+
 /// The ingest routes.
 pub fn router(state: AppState) -> Router {
     let ingest_routes = Router::new()

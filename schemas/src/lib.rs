@@ -36,4 +36,62 @@ pub mod topics {
     pub const DLQ: &str = "dlq";
     /// Every topic trellis creates at start-up.
     pub const ALL: [&str; 7] = [RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, ALERTS, DLQ];
+
+    /// The topic names of one deployment: the names above behind an optional prefix, so that
+    /// several deployments (or test runs) can share one Kafka cluster.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Names {
+        /// The prefix, for example `staging.`; empty by default.
+        pub prefix: String,
+        /// [`RAW`] with the prefix.
+        pub raw: String,
+        /// [`EVENTS`] with the prefix.
+        pub events: String,
+        /// [`SESSIONS`] with the prefix.
+        pub sessions: String,
+        /// [`ISSUES`] with the prefix.
+        pub issues: String,
+        /// [`AGGREGATES`] with the prefix.
+        pub aggregates: String,
+        /// [`ALERTS`] with the prefix.
+        pub alerts: String,
+        /// [`DLQ`] with the prefix.
+        pub dlq: String,
+    }
+
+    impl Names {
+        /// The names behind `prefix`.
+        pub fn new(prefix: &str) -> Self {
+            let p = |name: &str| format!("{prefix}{name}");
+            Names {
+                prefix: prefix.to_string(),
+                raw: p(RAW),
+                events: p(EVENTS),
+                sessions: p(SESSIONS),
+                issues: p(ISSUES),
+                aggregates: p(AGGREGATES),
+                alerts: p(ALERTS),
+                dlq: p(DLQ),
+            }
+        }
+
+        /// Every topic, prefixed.
+        pub fn all(&self) -> [&str; 7] {
+            [
+                &self.raw,
+                &self.events,
+                &self.sessions,
+                &self.issues,
+                &self.aggregates,
+                &self.alerts,
+                &self.dlq,
+            ]
+        }
+    }
+
+    impl Default for Names {
+        fn default() -> Self {
+            Names::new("")
+        }
+    }
 }
