@@ -86,6 +86,7 @@ struct Counters {
 /// One partition's processor.
 pub struct Pipeline {
     rules: Rules,
+    topics: Arc<topics::Names>,
     /// Newest event time seen (capped at receipt), or `i64::MIN`.
     max_event_ms: i64,
     /// The offset after the last record handled.
@@ -119,10 +120,16 @@ pub enum Handled {
 }
 
 impl Pipeline {
-    /// An empty processor for `partition`.
+    /// An empty processor for `partition`, writing to the default topics.
     pub fn new(rules: Rules, partition: u32) -> Self {
+        Pipeline::with_topics(rules, partition, Arc::new(topics::Names::default()))
+    }
+
+    /// An empty processor for `partition`, writing to `topics`.
+    pub fn with_topics(rules: Rules, partition: u32, topics: Arc<topics::Names>) -> Self {
         Pipeline {
             rules,
+            topics,
             max_event_ms: i64::MIN,
             next_offset: 0,
             dedupe: Dedupe::new(rules.dedupe_window_ms, rules.dedupe_max_ids),
@@ -137,8 +144,18 @@ impl Pipeline {
 
     /// Restores a processor from [`Processor::snapshot`]'s bytes.
     pub fn restore(rules: Rules, partition: u32, bytes: &[u8]) -> Result<Self, StateError> {
+        Pipeline::restore_with_topics(rules, partition, bytes, Arc::new(topics::Names::default()))
+    }
+
+    /// Restores a processor that writes to `topics`.
+    pub fn restore_with_topics(
+        rules: Rules,
+        partition: u32,
+        bytes: &[u8],
+        topics: Arc<topics::Names>,
+    ) -> Result<Self, StateError> {
         let state: State = postcard::from_bytes(bytes)?;
-        let mut p = Pipeline::new(rules, partition);
+        let mut p = Pipeline::with_topics(rules, partition, topics);
         p.max_event_ms = state.max_event_ms;
         p.next_offset = state.next_offset;
         p.dedupe = Dedupe::restore(rules.dedupe_window_ms, rules.dedupe_max_ids, state.dedupe);
@@ -237,11 +254,17 @@ impl Pipeline {
         )
     }
 
+    fn dead_letter(&self, record: &Record, reason: &str) -> Message {
+        let mut letter = dead_letter(record, STAGE, reason);
+        letter.topic.clone_from(&self.topics.dlq);
+        letter
+    }
+
     fn emit_closed(&mut self, out: &mut Output) {
         for s in self.closed.drain(..) {
             match records::encode(&s) {
                 Ok(payload) => out.emit(Message::new(
-                    topics::SESSIONS,
+                    self.topics.sessions.as_str(),
                     format!("{}\0{}", s.project, s.device_id).into_bytes(),
                     payload,
                 )),
@@ -251,7 +274,7 @@ impl Pipeline {
         for p in self.partials.drain(..) {
             match records::encode(&p) {
                 Ok(payload) => out.emit(Message::new(
-                    topics::AGGREGATES,
+                    self.topics.aggregates.as_str(),
                     format!("{}\0{}", p.project, p.release.app_version).into_bytes(),
                     payload,
                 )),
@@ -267,16 +290,20 @@ impl Processor for Pipeline {
             Ok(event) => event,
             Err(e) => {
                 self.counters.invalid += 1;
-                out.emit(dead_letter(record, STAGE, &e.to_string()));
+                out.emit(self.dead_letter(record, &e.to_string()));
                 return;
             }
         };
         if let Handled::Passed(event) = self.handle(event, record.offset) {
             match avro::encode(&event) {
-                Ok(payload) => out.emit(Message::new(topics::EVENTS, record.key.clone(), payload)),
+                Ok(payload) => out.emit(Message::new(
+                    self.topics.events.as_str(),
+                    record.key.clone(),
+                    payload,
+                )),
                 Err(e) => {
                     self.counters.invalid += 1;
-                    out.emit(dead_letter(record, STAGE, &e.to_string()));
+                    out.emit(self.dead_letter(record, &e.to_string()));
                 }
             }
         }
@@ -327,13 +354,15 @@ impl Processor for Pipeline {
 #[derive(Debug, Clone)]
 pub struct PipelineFactory {
     rules: Rules,
+    topics: Arc<topics::Names>,
 }
 
 impl PipelineFactory {
-    /// Pipelines with the rules of `config`.
-    pub fn new(config: &ProcessorConfig) -> Self {
+    /// Pipelines with the rules of `config`, writing to `topics`.
+    pub fn new(config: &ProcessorConfig, topics: topics::Names) -> Self {
         PipelineFactory {
             rules: Rules::from(config),
+            topics: Arc::new(topics),
         }
     }
 }
@@ -347,11 +376,14 @@ impl Factory for PipelineFactory {
 
     fn create(&self, partition: u32, state: Option<&[u8]>) -> Result<Pipeline, StateError> {
         match state {
-            Some(bytes) => Pipeline::restore(self.rules, partition, bytes),
-            None => Ok(Pipeline::new(self.rules, partition)),
+            Some(bytes) => {
+                Pipeline::restore_with_topics(self.rules, partition, bytes, self.topics.clone())
+            }
+            None => Ok(Pipeline::with_topics(
+                self.rules,
+                partition,
+                self.topics.clone(),
+            )),
         }
     }
 }
-
-/// Shared handle used by the binary to read processor metrics.
-pub type SharedMetrics = Arc<crate::metrics::Metrics>;

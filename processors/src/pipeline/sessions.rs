@@ -67,7 +67,8 @@ struct Open {
     error_events: i64,
     events: i64,
     screen_views: i64,
-    screens: Vec<String>,
+    /// Distinct screens with the time each was first viewed.
+    screens: Vec<(i64, String)>,
     crashed: bool,
     late: bool,
     seq: i64,
@@ -186,11 +187,8 @@ impl Open {
                 if a.name == "$screen" || a.name == "screen_view" {
                     self.screen_views += 1;
                 }
-                if let Some(screen) = &a.screen
-                    && self.screens.len() < MAX_SCREENS
-                    && !self.screens.contains(screen)
-                {
-                    self.screens.push(screen.clone());
+                if let Some(screen) = &a.screen {
+                    self.saw_screen(t, screen);
                 }
             }
             Event::Error(e) => {
@@ -203,6 +201,15 @@ impl Open {
         }
     }
 
+    /// Remembers that `screen` was viewed at `t` (events arrive out of order: keep the first).
+    fn saw_screen(&mut self, t: i64, screen: &str) {
+        if let Some((first, _)) = self.screens.iter_mut().find(|(_, s)| s == screen) {
+            *first = (*first).min(t);
+        } else if self.screens.len() < MAX_SCREENS {
+            self.screens.push((t, screen.to_string()));
+        }
+    }
+
     fn merge(&mut self, other: Open) {
         self.started_ms = self.started_ms.min(other.started_ms);
         self.last_ms = self.last_ms.max(other.last_ms);
@@ -212,10 +219,8 @@ impl Open {
         }
         self.events += other.events;
         self.screen_views += other.screen_views;
-        for s in other.screens {
-            if self.screens.len() < MAX_SCREENS && !self.screens.contains(&s) {
-                self.screens.push(s);
-            }
+        for (t, s) in other.screens {
+            self.saw_screen(t, &s);
         }
         self.error_events += other.error_events;
         self.crashed |= other.crashed;
@@ -251,7 +256,11 @@ impl Open {
             status,
             events: self.events,
             screen_views: self.screen_views,
-            screens: self.screens.clone(),
+            screens: {
+                let mut screens = self.screens.clone();
+                screens.sort();
+                screens.into_iter().map(|(_, s)| s).collect()
+            },
             errors,
             crashed,
             late: self.late,

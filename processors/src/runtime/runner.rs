@@ -104,6 +104,7 @@ pub async fn run<F: Factory>(
             Err(e) => return Err(e.into()),
         };
         let mut out = Output::default();
+        state.restore_assigned(consumer.as_ref())?;
         state.process(&records, &mut out)?;
         if records.is_empty() {
             state.idle(&mut out);
@@ -216,6 +217,36 @@ impl<F: Factory> Loop<F> {
             );
         }
         Ok(self.slots.get_mut(&partition).expect("inserted above"))
+    }
+
+    /// Restores every assigned partition that has a checkpoint but no state here yet, so that
+    /// a partition whose input is all processed still closes its windows when it goes idle.
+    fn restore_assigned(&mut self, consumer: &dyn Consumer) -> Result<(), RunError> {
+        for (topic, partition) in consumer.assignment() {
+            if topic != self.config.topic || self.slots.contains_key(&partition) {
+                continue;
+            }
+            let Some(Checkpoint { offset, state }) = self.checkpoints.load(&topic, partition)?
+            else {
+                continue;
+            };
+            let processor = self
+                .factory
+                .create(partition, Some(&state))
+                .map_err(|source| RunError::State { partition, source })?;
+            tracing::debug!(partition, offset, "Partition state restored on assignment.");
+            self.slots.insert(
+                partition,
+                Slot {
+                    processor,
+                    next_offset: offset,
+                    checkpointed: Some(offset),
+                    last_record: Instant::now(),
+                    idle_done: false,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn idle(&mut self, out: &mut Output) {

@@ -1,0 +1,360 @@
+//! The processors against a simulated fleet: exact dedupe counts, sessions and crash-free rates,
+//! computed independently from the fleet's truth, on the pure pipeline, on the embedded log, on
+//! the real broker with two instances in one group, and across a SIGKILL and restart.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::oracle::{self, Expected, Observed};
+use trellis_bus::{Bus, Message};
+use trellis_processors::pipeline::{Handled, Rules};
+use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
+use trellis_processors::sim::{Fleet, FleetSpec};
+use trellis_processors::{Metrics, Pipeline, PipelineFactory, ProcessorConfig};
+use trellis_schemas::{avro, records, topics};
+
+const PARTITIONS: u32 = 4;
+
+fn fleet(devices: usize, seed: u64) -> Fleet {
+    Fleet::simulate(&FleetSpec {
+        devices,
+        seed,
+        ..Default::default()
+    })
+}
+
+fn unique(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000
+    )
+}
+
+/// Drives the pure pipeline: each partition's records in arrival order, then the idle flush.
+fn drive(fleet: &Fleet, partitions: u32) -> Observed {
+    let rules = Rules::from(&ProcessorConfig::default());
+    let mut parts = vec![Vec::new(); partitions as usize];
+    for e in fleet.wire() {
+        parts[trellis_bus::partition_for(&e.partition_key(), partitions) as usize].push(e);
+    }
+    let mut observed = Observed::default();
+    for (partition, events) in parts.into_iter().enumerate() {
+        let mut p = Pipeline::new(rules, partition as u32);
+        let collect = |p: &mut Pipeline, observed: &mut Observed| {
+            let (sessions, partials) = p.take_closed();
+            for s in sessions {
+                observed.add("sessions", &records::encode(&s).unwrap());
+            }
+            for h in partials {
+                observed.add("aggregates", &records::encode(&h).unwrap());
+            }
+        };
+        for (offset, e) in events.into_iter().enumerate() {
+            if let Handled::Passed(e) = p.handle(e.clone(), offset as u64) {
+                observed.add("events", &avro::encode(&e).unwrap());
+            }
+            collect(&mut p, &mut observed);
+        }
+        p.idle(i64::MAX / 4);
+        collect(&mut p, &mut observed);
+    }
+    observed
+}
+
+#[test]
+fn the_pipeline_matches_the_fleet_oracle_exactly() {
+    let fleet = fleet(3000, 11);
+    let expected = oracle::expect(&fleet, 60_000);
+    assert!(
+        expected.wire > expected.unique,
+        "the fleet sends duplicates"
+    );
+    assert!(
+        fleet.sessions.iter().any(|s| s.offline),
+        "some sessions arrive hours late"
+    );
+    let observed = drive(&fleet, 8);
+    oracle::check(&expected, &observed);
+    println!(
+        "{} devices: {} events sent, {} distinct, {} sessions, {} windows",
+        3000,
+        expected.wire,
+        expected.unique,
+        expected.sessions.len(),
+        expected.windows.len()
+    );
+}
+
+async fn publish_fleet(bus: &Arc<dyn Bus>, names: &topics::Names, fleet: &Fleet) {
+    for name in names.all() {
+        bus.create_topic(name, PARTITIONS).await.unwrap();
+    }
+    let producer = bus.producer().unwrap();
+    let messages: Vec<Message> = fleet
+        .wire()
+        .map(|e| {
+            Message::new(
+                names.raw.as_str(),
+                e.partition_key(),
+                avro::encode(e).unwrap(),
+            )
+        })
+        .collect();
+    for chunk in messages.chunks(5000) {
+        producer.publish(chunk.to_vec()).await.unwrap();
+    }
+}
+
+fn test_config() -> ProcessorConfig {
+    ProcessorConfig {
+        checkpoint_interval: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(1),
+        poll_max: 500,
+        ..ProcessorConfig::default()
+    }
+}
+
+/// Starts `instances` processors in one group; returns the stop switch and their tasks.
+fn start_processors(
+    bus: &Arc<dyn Bus>,
+    names: &topics::Names,
+    group: &str,
+    checkpoint_dir: &Path,
+    instances: usize,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<Result<(), runtime::RunError>>>,
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let config = test_config();
+    let tasks = (0..instances)
+        .map(|_| {
+            let mut stopped = stopped.clone();
+            let runner = RunnerConfig {
+                group: group.to_string(),
+                topic: names.raw.clone(),
+                poll_max: config.poll_max,
+                poll_timeout: Duration::from_millis(100),
+                checkpoint_interval: config.checkpoint_interval,
+                idle_timeout: config.idle_timeout,
+            };
+            tokio::spawn(runtime::run(
+                bus.clone(),
+                PipelineFactory::new(&config, names.clone()),
+                Checkpoints::new(checkpoint_dir, "process"),
+                runner,
+                Arc::new(Metrics::default()),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        })
+        .collect();
+    (stop, tasks)
+}
+
+/// Reads the outputs until every expected event and session has arrived and nothing new came
+/// for two seconds.
+async fn collect(bus: &Arc<dyn Bus>, names: &topics::Names, expected: &Expected) -> Observed {
+    let mut consumer = bus
+        .consumer(
+            &unique("reader"),
+            &[&names.events, &names.sessions, &names.aggregates],
+        )
+        .await
+        .unwrap();
+    let mut observed = Observed::default();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut quiet_since = Instant::now();
+    loop {
+        let records = consumer
+            .poll(2000, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if records.is_empty() {
+            let complete = observed.events.len() >= expected.unique
+                && observed.sessions.len() >= expected.sessions.len();
+            if complete && quiet_since.elapsed() > Duration::from_secs(2) {
+                return observed;
+            }
+        } else {
+            quiet_since = Instant::now();
+        }
+        for r in &records {
+            let kind = r.topic.strip_prefix(&names.prefix).unwrap();
+            observed.add(kind, &r.payload);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outputs incomplete after 240 s: {} of {} events, {} of {} sessions",
+            observed.events.len(),
+            expected.unique,
+            observed.sessions.len(),
+            expected.sessions.len()
+        );
+    }
+}
+
+async fn one_and_two_instances_agree(bus: Arc<dyn Bus>, dir: &Path) {
+    let fleet = fleet(500, 23);
+    let expected = oracle::expect(&fleet, 60_000);
+    let mut results = Vec::new();
+    for instances in [1, 2] {
+        let names = topics::Names::new(&format!("{}.", unique("agree")));
+        publish_fleet(&bus, &names, &fleet).await;
+        let checkpoints = dir.join(format!("ckpt-{instances}"));
+        let (stop, tasks) = start_processors(&bus, &names, &unique("g"), &checkpoints, instances);
+        let observed = collect(&bus, &names, &expected).await;
+        stop.send(true).unwrap();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        oracle::check(&expected, &observed);
+        results.push(observed.windows());
+    }
+    assert_eq!(
+        results[0], results[1],
+        "two instances give the totals of one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_log_two_instances_give_the_totals_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = trellis_bus::config::EmbeddedConfig {
+        path: dir.path().join("bus.redb"),
+    };
+    let bus: Arc<dyn Bus> = Arc::new(trellis_bus::embedded::EmbeddedBus::open(&config).unwrap());
+    one_and_two_instances_agree(bus, dir.path()).await;
+}
+
+fn brokers() -> String {
+    std::env::var("TEST_TRELLIS_KAFKA").expect(
+        "TEST_TRELLIS_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker",
+    )
+}
+
+fn kafka() -> Arc<dyn Bus> {
+    let config = trellis_bus::config::KafkaConfig {
+        brokers: brokers(),
+        session_timeout: Duration::from_secs(6),
+        ..Default::default()
+    };
+    Arc::new(trellis_bus::kafka::KafkaBus::new(&config).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_two_instances_give_the_totals_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    one_and_two_instances_agree(kafka(), dir.path()).await;
+}
+
+/// A `trellis process` child, killed when dropped (also when the test fails).
+struct ProcessChild(Child);
+
+impl ProcessChild {
+    fn spawn(config: &Path) -> Self {
+        ProcessChild(
+            Command::new(env!("CARGO_BIN_EXE_trellis"))
+                .args(["--config", config.to_str().unwrap(), "process"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// SIGKILL: no shutdown hook, no final checkpoint.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ProcessChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupted_run_does() {
+    let bus = kafka();
+    let fleet = fleet(800, 31);
+    let expected = oracle::expect(&fleet, 60_000);
+    let prefix = format!("{}.", unique("crash"));
+    let names = topics::Names::new(&prefix);
+    publish_fleet(&bus, &names, &fleet).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n\
+             [bus]\nkind = \"kafka\"\nbrokers = {brokers:?}\nsession_timeout = \"6s\"\n\
+             [topics]\npartitions = {PARTITIONS}\nprefix = {prefix:?}\n\
+             [processors]\ngroup = {group:?}\ncheckpoint_interval = \"300ms\"\n\
+             idle_timeout = \"1s\"\npoll_max = 200\n",
+            data = dir.path().display().to_string(),
+            brokers = brokers(),
+            group = unique("g"),
+        ),
+    )
+    .unwrap();
+
+    // Kill the processor once part of the output is out: mid-stream, between checkpoints.
+    let mut first = ProcessChild::spawn(&config);
+    let mut watcher = bus
+        .consumer(&unique("watch"), &[&names.events])
+        .await
+        .unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen < expected.unique / 3 {
+        seen += watcher
+            .poll(1000, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .len();
+        assert!(Instant::now() < deadline, "the processor produced nothing");
+    }
+    first.kill();
+    let checkpoints = std::fs::read_dir(dir.path().join("checkpoints/process"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+
+    let mut second = ProcessChild::spawn(&config);
+    let observed = collect(&bus, &names, &expected).await;
+    second.kill();
+
+    assert!(
+        checkpoints > 0,
+        "the first process checkpointed before it was killed"
+    );
+    assert!(
+        observed.records_read > observed.events.len() + observed.sessions.len(),
+        "the restart replayed part of the input ({} records for {} events and {} sessions)",
+        observed.records_read,
+        observed.events.len(),
+        observed.sessions.len()
+    );
+    oracle::check(&expected, &observed);
+    // Exactly what an uninterrupted run emits, record for record (ids included).
+    let straight = drive(&fleet, PARTITIONS);
+    assert_eq!(observed.events, straight.events);
+    assert_eq!(observed.sessions, straight.sessions);
+    assert_eq!(observed.partials, straight.partials);
+}
