@@ -22,16 +22,19 @@ pub async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn trellis_bus::Bu
 }
 
 /// Runs the ingest stage on `listener` until `shutdown` resolves.
+/// `other_metrics` are served on `/metrics` beside ingest's own.
 pub async fn run_ingest(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
     listener: TcpListener,
+    other_metrics: Vec<trellis_ingest::MetricsSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = trellis_ingest::state_with_topics(
+    let state = trellis_ingest::state_with(
         config.ingest.clone(),
         bus.producer()?,
         config.topics.names(),
+        other_metrics,
     );
     trellis_ingest::run(listener, state, shutdown)
         .await
@@ -68,6 +71,33 @@ pub async fn run_processors(
     )
     .await
     .context("running the processors")
+}
+
+/// Serves `metrics` on `GET /metrics` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<trellis_processors::Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving processor metrics")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -129,13 +129,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&config).await?;
             let listener = bind(&config).await?;
             tracing::info!(bus = ?config.bus, "trellis ingest started.");
-            app::run_ingest(&config, bus, listener, app::shutdown_signal()).await
+            app::run_ingest(&config, bus, listener, Vec::new(), app::shutdown_signal()).await
         }
         Command::Process => {
             let config = Config::load(cli.config.as_deref())?;
             init_tracing(&config.log);
             let bus = app::open_bus(&config).await?;
             let metrics = Arc::new(trellis_processors::Metrics::default());
+            if let Some(addr) = config.processors.metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr} (processors.metrics_listen)"))?;
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let serving = app::serve_metrics(listener, metrics, std::future::pending());
+                    if let Err(e) = serving.await {
+                        tracing::error!(error = %e, "Metrics endpoint failed.");
+                    }
+                });
+            }
             tracing::info!(bus = ?config.bus, "trellis processors started.");
             app::run_processors(&config, bus, metrics, app::shutdown_signal()).await
         }
@@ -153,9 +165,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = rx.wait_for(|stop| *stop).await;
             };
             let metrics = Arc::new(trellis_processors::Metrics::default());
+            let processor_metrics = metrics.clone();
+            let sources: Vec<trellis_ingest::MetricsSource> =
+                vec![Arc::new(move || processor_metrics.encode())];
             tracing::info!(bus = ?config.bus, "trellis started.");
             tokio::try_join!(
-                app::run_ingest(&config, bus.clone(), listener, on_stop(stopped.clone())),
+                app::run_ingest(
+                    &config,
+                    bus.clone(),
+                    listener,
+                    sources,
+                    on_stop(stopped.clone())
+                ),
                 app::run_processors(&config, bus, metrics, on_stop(stopped)),
             )?;
             Ok(())

@@ -163,6 +163,8 @@ pub struct Ingest {
     pub metrics: Metrics,
     /// The topics events and dead letters go to.
     pub topics: topics::Names,
+    /// Metrics of other stages in this process, appended on `/metrics`.
+    pub other_metrics: Vec<crate::server::MetricsSource>,
     by_key: HashMap<String, (String, Arc<Project>)>,
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     global: Option<DefaultDirectRateLimiter>,
@@ -189,6 +191,7 @@ impl Ingest {
             by_key,
             metrics: Metrics::default(),
             topics: topics::Names::default(),
+            other_metrics: Vec::new(),
             producer,
             config,
         }

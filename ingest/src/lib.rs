@@ -26,4 +26,4 @@ mod server;
 pub mod time;
 
 pub use config::IngestConfig;
-pub use server::{AppState, OPENAPI, router, run, state, state_with_topics};
+pub use server::{AppState, MetricsSource, OPENAPI, router, run, state, state_with};

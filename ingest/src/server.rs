@@ -38,14 +38,20 @@ pub fn state(config: IngestConfig, producer: Arc<dyn Producer>) -> AppState {
     Arc::new(Ingest::new(config, producer))
 }
 
-/// The state of an ingest that writes to `topics` (a deployment with a topic prefix).
-pub fn state_with_topics(
+/// Renders another component's metrics in Prometheus text format, for `/metrics`.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The state of an ingest that writes to `topics` (a deployment with a topic prefix) and also
+/// serves the metrics of the stages running beside it (`trellis run`).
+pub fn state_with(
     config: IngestConfig,
     producer: Arc<dyn Producer>,
     topics: trellis_schemas::topics::Names,
+    other_metrics: Vec<MetricsSource>,
 ) -> AppState {
     let mut ingest = Ingest::new(config, producer);
     ingest.topics = topics;
+    ingest.other_metrics = other_metrics;
     Arc::new(ingest)
 }
 
@@ -96,12 +102,21 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Each registry ends its text with `# EOF`; one response may hold only the last.
+    const EOF: &str = "# EOF\n";
+    let mut text = state.metrics.render();
+    for source in &state.other_metrics {
+        if text.ends_with(EOF) {
+            text.truncate(text.len() - EOF.len());
+        }
+        text.push_str(&source());
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        text,
     )
 }
 

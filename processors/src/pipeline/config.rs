@@ -45,6 +45,9 @@ pub struct ProcessorConfig {
     pub idle_timeout: Duration,
     /// Most records handled per poll.
     pub poll_max: usize,
+    /// Where `trellis process` serves `/metrics` (Prometheus text); off when unset. Under
+    /// `trellis run` the processors' metrics are on ingest's `/metrics` instead.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ProcessorConfig {
@@ -62,6 +65,7 @@ impl Default for ProcessorConfig {
             checkpoint_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             poll_max: 2000,
+            metrics_listen: None,
         }
     }
 }

@@ -4,8 +4,7 @@
 //! same event can arrive again long after the first copy. Each partition remembers the ids it has
 //! passed on for `window` of event time (default 7 days):
 //!
-//! - `seen`: a hash map from the 128-bit xxh3 hash of `project \0 event_id` to the hour bucket
-//!   the id expires with. 128 bits make a false "duplicate" practically impossible (about
+//! - `seen`: a hash set of the 128-bit xxh3 hashes of `project \0 event_id`. 128 bits make a false "duplicate" practically impossible (about
 //!   n²/2¹²⁹: for 10⁹ ids, 10⁻²¹), so within the window the check is exact;
 //! - `buckets`: for each hour of event time, the ids first seen in it, so expiry walks only the
 //!   hours that fell out of the window (`BTreeMap::pop_first`), never the whole map.
@@ -15,7 +14,7 @@
 //! benchmarks/README.md. An event older than the window cannot be checked and is passed on,
 //! counted as `dedupe_beyond_window`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
@@ -47,7 +46,7 @@ pub fn event_key(project: &str, event_id: &str) -> u128 {
 pub struct Dedupe {
     window_ms: i64,
     max_ids: usize,
-    seen: HashMap<u128, i32>,
+    seen: HashSet<u128>,
     buckets: BTreeMap<i32, Vec<u128>>,
     /// Ids forgotten before their window ended, since the last drain.
     pub evicted_early: u64,
@@ -74,24 +73,21 @@ impl Dedupe {
     pub fn check(&mut self, key: u128, event_ms: i64, watermark_ms: i64) -> Verdict {
         let floor = watermark_ms.saturating_sub(self.window_ms);
         if event_ms < floor {
-            return if self.seen.contains_key(&key) {
+            return if self.seen.contains(&key) {
                 Verdict::Duplicate
             } else {
                 Verdict::BeyondWindow
             };
         }
         let hour = (event_ms.div_euclid(HOUR_MS)) as i32;
-        match self.seen.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => Verdict::Duplicate,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(hour);
-                self.buckets.entry(hour).or_default().push(key);
-                if self.seen.len() > self.max_ids {
-                    self.evict_oldest();
-                }
-                Verdict::New
-            }
+        if !self.seen.insert(key) {
+            return Verdict::Duplicate;
         }
+        self.buckets.entry(hour).or_default().push(key);
+        if self.seen.len() > self.max_ids {
+            self.evict_oldest();
+        }
+        Verdict::New
     }
 
     /// Forgets the hours that fell out of the window.
@@ -135,9 +131,9 @@ impl Dedupe {
         if self.seen.is_empty() {
             return 0.0;
         }
-        // hashbrown: one control byte per slot plus the (key, value) pair.
+        // hashbrown: one control byte per slot plus the key.
         let map = self.seen.capacity() as f64
-            * (std::mem::size_of::<(u128, i32)>() as f64 + 1.0)
+            * (std::mem::size_of::<u128>() as f64 + 1.0)
             // capacity() is what fits before growing, at a 7/8 load: slots are 8/7 of it.
             * 8.0
             / 7.0;
@@ -166,9 +162,7 @@ impl Dedupe {
         let total = state.buckets.iter().map(|(_, k)| k.len()).sum();
         dedupe.seen.reserve(total);
         for (hour, keys) in state.buckets {
-            for key in &keys {
-                dedupe.seen.insert(*key, hour);
-            }
+            dedupe.seen.extend(keys.iter().copied());
             dedupe.buckets.insert(hour, keys);
         }
         dedupe

@@ -90,27 +90,20 @@ pub struct HealthState {
 }
 
 fn release_key(project: &str, r: &Release) -> u64 {
-    let mut h = Xxh3::new();
-    for part in [
-        Some(project),
-        Some(r.platform.as_str()),
-        Some(r.app_version.as_str()),
-        r.build.as_deref(),
-        r.runtime_version.as_deref(),
-        r.update_id.as_deref(),
-        r.channel.as_deref(),
-        r.environment.as_deref(),
-    ] {
-        match part {
-            Some(p) => {
-                h.update(&[1]);
-                h.update(p.as_bytes());
-            }
-            None => h.update(&[0]),
-        }
-        h.update(&[0]);
+    // Absent fields hash differently from empty ones.
+    fn opt(o: &Option<String>) -> &str {
+        o.as_deref().unwrap_or("\u{1}")
     }
-    h.digest()
+    crate::pipeline::sessions::key(&[
+        project,
+        &r.platform,
+        &r.app_version,
+        opt(&r.build),
+        opt(&r.runtime_version),
+        opt(&r.update_id),
+        opt(&r.channel),
+        opt(&r.environment),
+    ])
 }
 
 /// The hash a user is counted by: the user id, else the device id.
@@ -124,6 +117,11 @@ pub fn user_hash(user_id: Option<&str>, device_id: &str) -> u64 {
 /// The device class performance is split by: the OS and the model's family (the model without
 /// its generation digits), for example `iOS/iPhone` or `Android/Pixel`.
 pub fn device_class(device: &Device, platform: &str) -> String {
+    let (os, family) = device_class_parts(device, platform);
+    format!("{os}/{family}")
+}
+
+fn device_class_parts<'a>(device: &'a Device, platform: &'a str) -> (&'a str, &'a str) {
     let os = device.os_name.as_deref().unwrap_or(platform);
     let family = device
         .model
@@ -136,7 +134,7 @@ pub fn device_class(device: &Device, platform: &str) -> String {
         })
         .filter(|f| !f.is_empty())
         .unwrap_or("unknown");
-    format!("{os}/{family}")
+    (os, family)
 }
 
 fn kind_index(kind: Kind) -> usize {
@@ -168,18 +166,14 @@ impl Partial {
     fn add_event(&mut self, event: &Event) {
         self.events[kind_index(event.kind())] += 1;
         if let Event::Performance(p) = event {
-            let class = device_class(&p.common.device, &p.common.release.platform);
+            let (os, family) = device_class_parts(&p.common.device, &p.common.release.platform);
             let screen = p.screen.as_deref().unwrap_or("");
-            let mut h = Xxh3::new();
-            for part in [p.metric.as_str(), class.as_str(), screen] {
-                h.update(part.as_bytes());
-                h.update(&[0]);
-            }
+            let k = crate::pipeline::sessions::key(&[&p.metric, os, family, screen]);
             self.perf
-                .entry(h.digest())
+                .entry(k)
                 .or_insert_with(|| Perf {
                     metric: p.metric.clone(),
-                    device_class: class,
+                    device_class: format!("{os}/{family}"),
                     screen: screen.to_string(),
                     sketch: sketch(),
                 })

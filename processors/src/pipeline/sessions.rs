@@ -110,13 +110,26 @@ pub struct SessionsState {
     ended: Vec<(u64, Ended)>,
 }
 
-fn key(parts: &[&str]) -> u64 {
-    let mut h = Xxh3::new();
+/// The 64-bit hash of `parts`, each followed by a 0 byte (one-shot xxh3 over a stack buffer
+/// for short keys: the streaming hasher costs more than the hash at these sizes).
+pub(crate) fn key(parts: &[&str]) -> u64 {
+    let mut buf = [0u8; 256];
+    let mut len = 0;
     for p in parts {
-        h.update(p.as_bytes());
-        h.update(&[0]);
+        let bytes = p.as_bytes();
+        if len + bytes.len() + 1 > buf.len() {
+            let mut h = Xxh3::new();
+            for p in parts {
+                h.update(p.as_bytes());
+                h.update(&[0]);
+            }
+            return h.digest();
+        }
+        buf[len..len + bytes.len()].copy_from_slice(bytes);
+        buf[len + bytes.len()] = 0;
+        len += bytes.len() + 1;
     }
-    h.digest()
+    xxhash_rust::xxh3::xxh3_64(&buf[..len])
 }
 
 /// The device an event came from, as partitioning sees it.
