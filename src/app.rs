@@ -41,36 +41,56 @@ pub async fn run_ingest(
         .context("serving ingest")
 }
 
-/// Runs the processors until `shutdown` resolves; they checkpoint before returning.
+/// Runs the processors (the `process` and `issues` stages) until `shutdown` resolves; they
+/// checkpoint before returning.
 pub async fn run_processors(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
     metrics: Arc<trellis_processors::Metrics>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
     let p = &config.processors;
-    let runner = trellis_processors::runtime::RunnerConfig {
-        group: p.group.clone(),
-        topic: config.topics.names().raw,
+    let names = config.topics.names();
+    let runner = |group: &str, topic: &str| RunnerConfig {
+        group: group.to_string(),
+        topic: topic.to_string(),
         poll_max: p.poll_max,
         poll_timeout: std::time::Duration::from_millis(200),
         checkpoint_interval: p.checkpoint_interval,
         idle_timeout: p.idle_timeout,
     };
-    let checkpoints = trellis_processors::runtime::Checkpoints::new(
-        &p.checkpoint_dir,
-        trellis_processors::pipeline::STAGE,
+    let groupers = trellis_processors::issues::Groupers::new(&p.grouping, &p.project_grouping)
+        .map_err(|reason| anyhow::anyhow!("configuration: {reason}"))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let process = runtime::run(
+        bus.clone(),
+        trellis_processors::PipelineFactory::new(p, names.clone()),
+        Checkpoints::new(&p.checkpoint_dir, trellis_processors::pipeline::STAGE),
+        runner(&p.group, &names.raw),
+        metrics.clone(),
+        on_stop(stopped.clone()),
     );
-    trellis_processors::runtime::run(
+    let issues = runtime::run(
         bus,
-        trellis_processors::PipelineFactory::new(p, config.topics.names()),
-        checkpoints,
-        runner,
+        trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone()),
+        Checkpoints::new(&p.checkpoint_dir, trellis_processors::issues::STAGE),
+        runner(&p.issues_group, &names.grouped),
         metrics,
-        shutdown,
-    )
-    .await
-    .context("running the processors")
+        on_stop(stopped),
+    );
+    tokio::try_join!(
+        async { process.await.context("running the process stage") },
+        async { issues.await.context("running the issues stage") },
+    )?;
+    Ok(())
 }
 
 /// Serves `metrics` on `GET /metrics` until `shutdown` resolves.

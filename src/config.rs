@@ -106,8 +106,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        // TRELLIS_CONFIG names the file itself (the `--config` flag), not a key in it.
-        let env = Env::prefixed("TRELLIS_").ignore(&["CONFIG"]).split("__");
+        // TRELLIS_CONFIG names the file itself (the `--config` flag) and TRELLIS_ADMIN_TOKEN the
+        // token `trellis issues` sends; neither is a key in it.
+        let env = Env::prefixed("TRELLIS_")
+            .ignore(&["CONFIG", "ADMIN_TOKEN"])
+            .split("__");
         Self::from_figment(figment.merge(env))
     }
 

@@ -6,6 +6,7 @@
 
 mod app;
 mod config;
+mod issues;
 
 /// Ingest allocates and frees small buffers per event; mimalloc does that in a fraction of the
 /// time glibc's allocator takes (profile in benchmarks/README.md).
@@ -49,6 +50,8 @@ enum Command {
     /// Schema tools.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Changes an issue through the admin API of a running trellis.
+    Issues(issues::IssuesArgs),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Issues(args) => issues::run(args),
         Command::Config => {
             let config = Config::load(cli.config.as_deref())?;
             print!(

@@ -28,6 +28,9 @@ pub struct IngestConfig {
     /// clock when it exceeds this (Sentry's clock-drift correction).
     #[serde(with = "humantime_serde")]
     pub clock_drift_threshold: Duration,
+    /// Bearer tokens of the admin API (`/v1/projects/{project}/issues/{id}/{action}`): change
+    /// issue status, merge issues. Empty turns the admin API off. At least 16 characters each.
+    pub admin_tokens: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -45,6 +48,7 @@ impl Default for IngestConfig {
             publish_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(5),
             clock_drift_threshold: Duration::from_secs(60),
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -155,6 +159,11 @@ impl Default for RateLimitConfig {
 impl IngestConfig {
     /// Checks what serde cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(i) = self.admin_tokens.iter().position(|t| t.trim().len() < 16) {
+            return Err(format!(
+                "ingest.admin_tokens[{i}]: must be at least 16 characters"
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut sentry_ids = std::collections::HashSet::new();
         for (i, p) in self.projects.iter().enumerate() {

@@ -10,11 +10,15 @@
 //! and count it in their next client report. Refused events go to the dead-letter topic with
 //! their reason.
 //!
+//! The same server carries the admin API ([`admin`]): authenticated issue commands, published
+//! to the issues stage.
+//!
 //! [`run`] serves on a listener until the shutdown future resolves, then drains in-flight
 //! requests, so tests start it on port 0 in-process.
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod admin;
 mod capped;
 pub mod config;
 pub mod metrics;

@@ -84,6 +84,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
+            "/v1/projects/{project}/issues/{id}/{action}",
+            post(crate::admin::issue_command),
+        )
+        .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod grouping;
+pub mod issues;
 pub mod metrics;
 pub mod pipeline;
 pub mod runtime;

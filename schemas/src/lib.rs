@@ -34,8 +34,13 @@ pub mod topics {
     pub const ALERTS: &str = "alerts";
     /// Dead letters: what a stage could not use, with the reason.
     pub const DLQ: &str = "dlq";
+    /// Error events and issue commands keyed by project and issue id, from the processors (and
+    /// the admin API) to the issues stage, so one instance owns each issue.
+    pub const GROUPED: &str = "errors.grouped";
     /// Every topic trellis creates at start-up.
-    pub const ALL: [&str; 7] = [RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, ALERTS, DLQ];
+    pub const ALL: [&str; 8] = [
+        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, ALERTS, DLQ, GROUPED,
+    ];
 
     /// The topic names of one deployment: the names above behind an optional prefix, so that
     /// several deployments (or test runs) can share one Kafka cluster.
@@ -57,6 +62,8 @@ pub mod topics {
         pub alerts: String,
         /// [`DLQ`] with the prefix.
         pub dlq: String,
+        /// [`GROUPED`] with the prefix.
+        pub grouped: String,
     }
 
     impl Names {
@@ -72,11 +79,12 @@ pub mod topics {
                 aggregates: p(AGGREGATES),
                 alerts: p(ALERTS),
                 dlq: p(DLQ),
+                grouped: p(GROUPED),
             }
         }
 
         /// Every topic, prefixed.
-        pub fn all(&self) -> [&str; 7] {
+        pub fn all(&self) -> [&str; 8] {
             [
                 &self.raw,
                 &self.events,
@@ -85,6 +93,7 @@ pub mod topics {
                 &self.aggregates,
                 &self.alerts,
                 &self.dlq,
+                &self.grouped,
             ]
         }
     }

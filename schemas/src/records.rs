@@ -127,6 +127,79 @@ pub struct HealthPartial {
     pub perf: Vec<PerfSketch>,
 }
 
+/// An issue: a group of error events with one fingerprint, as the issues stage keeps it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct IssueRecord {
+    /// The issue id: 32 hex digits derived from the project and the fingerprint.
+    pub issue_id: String,
+    /// The project.
+    pub project: String,
+    /// `ExceptionType: message` of the earliest event, or its message.
+    pub title: String,
+    /// The innermost in-app frame of the earliest event, as `function @ module`.
+    pub culprit: Option<String>,
+    /// The most severe level seen.
+    pub level: String,
+    /// `new`, `ongoing`, `resolved`, `regressed`, `ignored` or `merged`.
+    pub status: String,
+    /// The status in detail (JSON): the resolution, the ignore condition, the regressing release.
+    pub status_detail: String,
+    /// The earliest event time, in ms since the epoch.
+    pub first_seen_ms: i64,
+    /// The latest event time, in ms since the epoch.
+    pub last_seen_ms: i64,
+    /// The release of the earliest event, printed (`ios 2.14.0 (1402) update …`).
+    pub first_release: String,
+    /// Events counted.
+    pub event_count: i64,
+    /// Distinct users affected.
+    pub users_affected: i64,
+    /// Every release it was seen in, printed.
+    pub releases: Vec<String>,
+    /// The earliest event's id.
+    pub sample_event_id: String,
+    /// The rule that grouped it (`stacktrace`, `sdk_fingerprint`, ...).
+    pub grouping: String,
+    /// The fingerprint's components.
+    pub fingerprint: Vec<String>,
+    /// The issue it was merged into, if any.
+    pub merged_into: Option<String>,
+    /// Issues proposed for merging into this one, most similar first.
+    pub merge_candidates: Vec<String>,
+    /// Version: a later version of the same issue replaces an earlier one.
+    pub version: i64,
+}
+
+/// An admin's command on an issue, carried on the grouped-errors topic to the issue's owner.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct IssueCommand {
+    /// A unique id for the command, echoed to the caller.
+    pub command_id: String,
+    /// The project.
+    pub project: String,
+    /// The issue.
+    pub issue_id: String,
+    /// `resolve`, `resolve_in_next_release`, `resolve_in_release`, `ignore`, `reopen`,
+    /// `merge` (this issue into `into`) or `merge_in` (internal: `issue` joins this one).
+    pub action: String,
+    /// For `resolve_in_release`: the app version (and optionally build) with the fix.
+    pub release: Option<Release>,
+    /// For `ignore`: until this many more events.
+    pub until_count: Option<i64>,
+    /// For `ignore`: until this many more users.
+    pub until_users: Option<i64>,
+    /// For `ignore`: until this time, ms since the epoch.
+    pub until_ms: Option<i64>,
+    /// For `merge`: the issue to merge into.
+    pub into: Option<String>,
+    /// For `merge_in`: the merged issue's state (JSON).
+    pub issue: Option<String>,
+    /// When the command was given, ms since the epoch.
+    pub at_ms: i64,
+}
+
 /// A record type with a committed Avro schema.
 pub trait Record: AvroSchema + Serialize + DeserializeOwned {
     /// Its name, as used for its `.avsc` file.
@@ -177,6 +250,8 @@ macro_rules! record {
 
 record!(SessionRecord, "session_record");
 record!(HealthPartial, "health_partial");
+record!(IssueRecord, "issue_record");
+record!(IssueCommand, "issue_command");
 
 /// The `.avsc` text a record type implies, as `trellis schema export` writes it.
 pub fn derived_avsc<T: Record>() -> String {
@@ -249,6 +324,8 @@ mod tests {
     fn committed_avsc_files_match_the_record_types() {
         check_committed::<SessionRecord>();
         check_committed::<HealthPartial>();
+        check_committed::<IssueRecord>();
+        check_committed::<IssueCommand>();
     }
 
     #[test]

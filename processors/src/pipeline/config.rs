@@ -48,6 +48,12 @@ pub struct ProcessorConfig {
     /// Where `trellis process` serves `/metrics` (Prometheus text); off when unset. Under
     /// `trellis run` the processors' metrics are on ingest's `/metrics` instead.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The consumer group of the issues stage.
+    pub issues_group: String,
+    /// Error grouping rules for every project (in-app rules, fingerprint rules, lifecycle).
+    pub grouping: crate::grouping::GroupingConfig,
+    /// Per-project grouping rules, replacing `grouping` for that project.
+    pub project_grouping: std::collections::BTreeMap<String, crate::grouping::GroupingConfig>,
 }
 
 impl Default for ProcessorConfig {
@@ -66,6 +72,9 @@ impl Default for ProcessorConfig {
             idle_timeout: Duration::from_secs(30),
             poll_max: 2000,
             metrics_listen: None,
+            issues_group: "trellis-issues".into(),
+            grouping: crate::grouping::GroupingConfig::default(),
+            project_grouping: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -101,6 +110,12 @@ impl ProcessorConfig {
         if self.group.trim().is_empty() {
             return Err("processors.group: is empty".into());
         }
+        if self.issues_group.trim().is_empty() || self.issues_group == self.group {
+            return Err(
+                "processors.issues_group: must be set and differ from processors.group".into(),
+            );
+        }
+        crate::issues::Groupers::new(&self.grouping, &self.project_grouping)?;
         Ok(())
     }
 }

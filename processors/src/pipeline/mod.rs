@@ -296,11 +296,21 @@ impl Processor for Pipeline {
         };
         if let Handled::Passed(event) = self.handle(event, record.offset) {
             match avro::encode(&event) {
-                Ok(payload) => out.emit(Message::new(
-                    self.topics.events.as_str(),
-                    record.key.clone(),
-                    payload,
-                )),
+                Ok(payload) => {
+                    if let Event::Error(error) = event.as_ref() {
+                        // To the issues stage, keyed so one instance owns a project's issues.
+                        out.emit(Message::new(
+                            self.topics.grouped.as_str(),
+                            crate::issues::grouped_key(&error.common.project),
+                            payload.clone(),
+                        ));
+                    }
+                    out.emit(Message::new(
+                        self.topics.events.as_str(),
+                        record.key.clone(),
+                        payload,
+                    ))
+                }
                 Err(e) => {
                     self.counters.invalid += 1;
                     out.emit(self.dead_letter(record, &e.to_string()));

@@ -22,8 +22,14 @@ use trellis_bus::{Message, Record};
 
 /// Why a processor's state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
-#[error("processor state: {0}")]
-pub struct StateError(#[from] pub postcard::Error);
+pub enum StateError {
+    /// The binary encoding failed.
+    #[error("processor state: {0}")]
+    Postcard(#[from] postcard::Error),
+    /// The JSON encoding failed.
+    #[error("processor state: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 /// What processors emit while handling records, and the counters they keep.
 #[derive(Debug, Default)]

@@ -1,0 +1,421 @@
+//! The `issues` stage: error events become issues, and admins move issues through their
+//! lifecycle.
+//!
+//! The `process` stage fingerprints every error event it passes on and also publishes it on
+//! `errors.grouped`, keyed by project, so one instance owns all of a project's issues: their
+//! release clock (the order of OTA updates by first sight), their merges and their merge
+//! candidates are then local. The admin API publishes [`IssueCommand`]s on the same topic with the
+//! same key, so commands and events reach an issue in one order, and a replay after a crash
+//! applies them alike.
+//!
+//! For each error event [`IssueProcessor`] opens or updates the issue of its fingerprint (or of
+//! the issue that fingerprint was merged into), and for each command changes the issue's status;
+//! both emit the issue's new [`IssueRecord`] on `issues`, versioned by input offset. State
+//! (issues, release clocks, aliases) is checkpointed with the input offset like every stage's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use trellis_bus::{Message, Record, dead_letter};
+use trellis_schemas::records::{self, IssueCommand, IssueRecord};
+use trellis_schemas::{Event, avro, topics};
+
+use crate::grouping::GroupingConfig;
+use crate::grouping::{
+    AliasTable, Command, Grouper, IgnoreUntil, Issue, IssueId, Outcome, ReleaseClock, ReleaseKey,
+    Signature, SimilarityIndex, Status, merge_issues,
+};
+use crate::runtime::{Factory, Output, Processor, StateError};
+
+/// Every project's grouping rules, compiled once.
+pub struct Groupers {
+    default: Grouper,
+    projects: HashMap<String, Grouper>,
+}
+
+impl Groupers {
+    /// Compiles the default rules and each project's; the error names the bad rule.
+    pub fn new(
+        default: &GroupingConfig,
+        projects: &BTreeMap<String, GroupingConfig>,
+    ) -> Result<Self, String> {
+        let default = Grouper::new(default).map_err(|e| format!("processors.grouping: {e}"))?;
+        let projects = projects
+            .iter()
+            .map(|(name, config)| {
+                Grouper::new(config)
+                    .map(|g| (name.clone(), g))
+                    .map_err(|e| format!("processors.project_grouping.{name}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Groupers { default, projects })
+    }
+
+    /// The rules of `project`.
+    pub fn for_project(&self, project: &str) -> &Grouper {
+        self.projects.get(project).unwrap_or(&self.default)
+    }
+}
+
+/// The stage name.
+pub const STAGE: &str = "issues";
+
+/// The key of a project's messages on `errors.grouped`.
+pub fn grouped_key(project: &str) -> Vec<u8> {
+    project.as_bytes().to_vec()
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    issues: BTreeMap<String, Issue>,
+    clocks: BTreeMap<String, ReleaseClock>,
+    aliases: AliasTable,
+    next_offset: u64,
+}
+
+/// Counters since the last drain.
+#[derive(Debug, Default)]
+struct Counters {
+    new_issues: u64,
+    regressions: u64,
+    commands: u64,
+    commands_rejected: u64,
+    invalid: u64,
+}
+
+/// One partition's issues.
+pub struct IssueProcessor {
+    groupers: Arc<Groupers>,
+    topics: Arc<topics::Names>,
+    state: State,
+    /// Similarity indexes per project, rebuilt from the issues on restore.
+    similar: HashMap<String, SimilarityIndex>,
+    counters: Counters,
+}
+
+fn id_of(text: &str) -> IssueId {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .expect("an issue id is any string")
+}
+
+impl IssueProcessor {
+    fn new(groupers: Arc<Groupers>, topics: Arc<topics::Names>, state: State) -> Self {
+        let mut similar: HashMap<String, SimilarityIndex> = HashMap::new();
+        for issue in state.issues.values() {
+            if let Some(signature) = Signature::of_components(&issue.components) {
+                similar
+                    .entry(issue.project.clone())
+                    .or_default()
+                    .insert(issue.id.clone(), signature);
+            }
+        }
+        IssueProcessor {
+            groupers,
+            topics,
+            state,
+            similar,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The issue with this id, if this partition holds it.
+    pub fn issue(&self, id: &str) -> Option<&Issue> {
+        self.state.issues.get(id)
+    }
+
+    fn emit(&self, id: &str, version: u64, out: &mut Output) {
+        let Some(issue) = self.state.issues.get(id) else {
+            return;
+        };
+        let merged_into = self
+            .state
+            .aliases
+            .resolve(&issue.id)
+            .as_str()
+            .ne(issue.id.as_str())
+            .then(|| self.state.aliases.resolve(&issue.id).to_string());
+        let grouper = self.groupers.for_project(&issue.project);
+        let candidates = match (&issue.status, self.similar.get(&issue.project)) {
+            (Status::New, Some(index)) if merged_into.is_none() => index
+                .candidates_for(grouper, issue)
+                .into_iter()
+                .map(|c| c.issue.to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let record = IssueRecord {
+            issue_id: issue.id.to_string(),
+            project: issue.project.clone(),
+            title: issue.title.clone(),
+            culprit: issue.culprit.clone(),
+            level: format!("{:?}", issue.level).to_ascii_lowercase(),
+            status: if merged_into.is_some() {
+                "merged".into()
+            } else {
+                issue.status.name().into()
+            },
+            status_detail: serde_json::to_string(&issue.status).unwrap_or_default(),
+            first_seen_ms: issue.first_seen_ms,
+            last_seen_ms: issue.last_seen_ms,
+            first_release: issue.first_release.to_string(),
+            event_count: issue.event_count as i64,
+            users_affected: issue.users_affected() as i64,
+            releases: issue.releases.keys().cloned().collect(),
+            sample_event_id: issue.sample_event_id.clone(),
+            grouping: serde_json::to_value(&issue.grouping)
+                .ok()
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Object(m) => m.keys().next().cloned(),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            fingerprint: issue.components.clone(),
+            merged_into,
+            merge_candidates: candidates,
+            version: version as i64,
+        };
+        match records::encode(&record) {
+            Ok(payload) => out.emit(Message::new(
+                self.topics.issues.as_str(),
+                format!("{}\0{}", record.project, record.issue_id).into_bytes(),
+                payload,
+            )),
+            Err(e) => tracing::error!(error = %e, "An issue record does not encode."),
+        }
+    }
+
+    fn on_error(&mut self, event: &trellis_schemas::ErrorEvent, offset: u64, out: &mut Output) {
+        let project = event.common.project.clone();
+        let grouper = self.groupers.for_project(&project);
+        let fingerprint = grouper.fingerprint(event);
+        let derived = IssueId::derive(&project, fingerprint.hash);
+        let id = self.state.aliases.resolve(&derived).clone();
+        let clock = self.state.clocks.entry(project.clone()).or_default();
+        match self.state.issues.get_mut(id.as_str()) {
+            Some(issue) => {
+                if matches!(
+                    issue.observe(grouper, event, clock),
+                    Outcome::Regressed { .. }
+                ) {
+                    self.counters.regressions += 1;
+                }
+            }
+            None => {
+                let (issue, _) = Issue::open(grouper, &fingerprint, event, clock);
+                if let Some(signature) = Signature::of_components(&issue.components) {
+                    self.similar
+                        .entry(project.clone())
+                        .or_default()
+                        .insert(issue.id.clone(), signature);
+                }
+                self.state.issues.insert(id.to_string(), issue);
+                self.counters.new_issues += 1;
+            }
+        }
+        self.emit(id.as_str(), offset, out);
+    }
+
+    fn on_command(&mut self, command: &IssueCommand, offset: u64) -> Result<Vec<String>, String> {
+        let id = self
+            .state
+            .aliases
+            .resolve(&id_of(&command.issue_id))
+            .to_string();
+        let clock = self
+            .state
+            .clocks
+            .get(&command.project)
+            .cloned()
+            .unwrap_or_default();
+        let lifecycle = match command.action.as_str() {
+            "resolve" => Some(Command::Resolve),
+            "resolve_in_next_release" => Some(Command::ResolveInNextRelease),
+            "resolve_in_release" => {
+                let release = command
+                    .release
+                    .as_ref()
+                    .ok_or("resolve_in_release needs a release")?;
+                Some(Command::ResolveInRelease(ReleaseKey::of(release)))
+            }
+            "ignore" => Some(Command::Ignore(
+                match (command.until_count, command.until_users, command.until_ms) {
+                    (Some(n), None, None) => IgnoreUntil::Count(n.max(0) as u64),
+                    (None, Some(n), None) => IgnoreUntil::Users(n.max(0) as u64),
+                    (None, None, Some(t)) => IgnoreUntil::UntilMs(t),
+                    (None, None, None) => IgnoreUntil::Forever,
+                    _ => {
+                        return Err(
+                            "ignore takes at most one of until_count, until_users, until_ms".into(),
+                        );
+                    }
+                },
+            )),
+            "reopen" => Some(Command::Reopen),
+            "merge" => None,
+            other => return Err(format!("unknown action {other:?}")),
+        };
+        let issue = self
+            .state
+            .issues
+            .get_mut(&id)
+            .filter(|i| i.project == command.project)
+            .ok_or_else(|| {
+                format!(
+                    "no issue {} in project {}",
+                    command.issue_id, command.project
+                )
+            })?;
+        if let Some(lifecycle) = lifecycle {
+            issue
+                .apply(&lifecycle, command.at_ms, &clock)
+                .map_err(|e| e.to_string())?;
+            let _ = offset;
+            return Ok(vec![id]);
+        }
+        // Merge this issue into `into` (both are this partition's: one project, one owner).
+        let into = command.into.as_deref().ok_or("merge needs `into`")?;
+        let into = self.state.aliases.resolve(&id_of(into)).to_string();
+        if into == id {
+            return Err("an issue cannot be merged into itself".into());
+        }
+        let from = self
+            .state
+            .issues
+            .get(&id)
+            .cloned()
+            .ok_or("no issue to merge")?;
+        let target = self
+            .state
+            .issues
+            .get_mut(&into)
+            .filter(|i| i.project == command.project)
+            .ok_or_else(|| format!("no issue {into} in project {}", command.project))?;
+        let aliases = merge_issues(target, from).map_err(|e| e.to_string())?;
+        for alias in aliases {
+            self.state.aliases.insert(alias);
+        }
+        if let Some(index) = self.similar.get_mut(&command.project) {
+            index.remove(&id_of(&id));
+        }
+        Ok(vec![id, into])
+    }
+}
+
+impl Processor for IssueProcessor {
+    fn process(&mut self, record: &Record, out: &mut Output) {
+        self.state.next_offset = record.offset + 1;
+        if let Ok(command) = records::decode::<IssueCommand>(&record.payload) {
+            self.counters.commands += 1;
+            match self.on_command(&command, record.offset) {
+                Ok(changed) => {
+                    for id in changed {
+                        self.emit(&id, record.offset, out);
+                    }
+                }
+                Err(reason) => {
+                    self.counters.commands_rejected += 1;
+                    tracing::warn!(issue = %command.issue_id, action = %command.action, %reason,
+                        "Issue command refused.");
+                    let mut letter = dead_letter(record, STAGE, &reason);
+                    letter.topic.clone_from(&self.topics.dlq);
+                    out.emit(letter);
+                }
+            }
+            return;
+        }
+        match avro::decode(&record.payload) {
+            Ok(Event::Error(error)) => self.on_error(&error, record.offset, out),
+            Ok(other) => {
+                self.counters.invalid += 1;
+                let reason = format!("a {} event on the grouped-errors topic", other.kind());
+                let mut letter = dead_letter(record, STAGE, &reason);
+                letter.topic.clone_from(&self.topics.dlq);
+                out.emit(letter);
+            }
+            Err(e) => {
+                self.counters.invalid += 1;
+                let mut letter = dead_letter(record, STAGE, &e.to_string());
+                letter.topic.clone_from(&self.topics.dlq);
+                out.emit(letter);
+            }
+        }
+    }
+
+    fn on_idle(&mut self, now_ms: i64, out: &mut Output) {
+        let mut changed = Vec::new();
+        for (id, issue) in &mut self.state.issues {
+            let policy = *self.groupers.for_project(&issue.project).policy();
+            if issue.tick(now_ms, &policy).is_some() {
+                changed.push(id.clone());
+            }
+        }
+        for id in changed {
+            self.emit(&id, self.state.next_offset, out);
+        }
+    }
+
+    fn drain_counters(&mut self, into: &mut dyn FnMut(&'static str, u64)) {
+        let c = std::mem::take(&mut self.counters);
+        for (name, n) in [
+            ("issues_new", c.new_issues),
+            ("issues_regressed", c.regressions),
+            ("issue_commands", c.commands),
+            ("issue_commands_refused", c.commands_rejected),
+            ("invalid", c.invalid),
+        ] {
+            if n > 0 {
+                into(name, n);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        // Issues hold enums postcard cannot skip through; JSON inside postcard keeps it simple.
+        let json = serde_json::to_vec(&self.state)?;
+        Ok(postcard::to_allocvec(&json)?)
+    }
+}
+
+/// Makes [`IssueProcessor`]s.
+pub struct IssueFactory {
+    groupers: Arc<Groupers>,
+    topics: Arc<topics::Names>,
+}
+
+impl IssueFactory {
+    /// Issue processors with these grouping rules, writing to `topics`.
+    pub fn new(groupers: Arc<Groupers>, topics: topics::Names) -> Self {
+        IssueFactory {
+            groupers,
+            topics: Arc::new(topics),
+        }
+    }
+}
+
+impl Factory for IssueFactory {
+    type Processor = IssueProcessor;
+
+    fn stage(&self) -> &'static str {
+        STAGE
+    }
+
+    fn create(&self, _partition: u32, state: Option<&[u8]>) -> Result<IssueProcessor, StateError> {
+        let state = match state {
+            Some(bytes) => {
+                let json: Vec<u8> = postcard::from_bytes(bytes)?;
+                serde_json::from_slice(&json)?
+            }
+            None => State::default(),
+        };
+        Ok(IssueProcessor::new(
+            self.groupers.clone(),
+            self.topics.clone(),
+            state,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

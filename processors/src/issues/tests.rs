@@ -1,0 +1,201 @@
+//! The issues stage driven record by record: opening, commands, release-aware regression, merge,
+//! and state that survives a checkpoint.
+
+use trellis_schemas::{Common, ErrorEvent, Exception, Frame, Level, Release};
+
+use super::*;
+
+fn error(id: &str, function: &str, version: &str, build: &str, t: i64) -> ErrorEvent {
+    ErrorEvent {
+        common: Common {
+            event_id: id.into(),
+            project: "plants".into(),
+            timestamp_ms: t,
+            received_at_ms: t,
+            device_id: Some(format!("device-{id}")),
+            release: Release {
+                platform: "ios".into(),
+                app_version: version.into(),
+                build: Some(build.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        level: Level::Error,
+        handled: true,
+        exceptions: vec![Exception {
+            exception_type: "TypeError".into(),
+            value: Some(format!("undefined is not an object ({id})")),
+            frames: vec![Frame {
+                function: Some(function.into()),
+                module: Some("app/screens/PlantDetail".into()),
+                lineno: Some(t % 1000),
+                in_app: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        contexts: "{}".into(),
+        ..Default::default()
+    }
+}
+
+struct Harness {
+    processor: IssueProcessor,
+    factory: IssueFactory,
+    offset: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let groupers = Groupers::new(&GroupingConfig::default(), &BTreeMap::new()).unwrap();
+        let factory = IssueFactory::new(Arc::new(groupers), topics::Names::default());
+        Harness {
+            processor: factory.create(0, None).unwrap(),
+            factory,
+            offset: 0,
+        }
+    }
+
+    fn feed(&mut self, payload: Vec<u8>) -> Vec<Message> {
+        let record = Record {
+            topic: topics::GROUPED.into(),
+            partition: 0,
+            offset: self.offset,
+            key: b"plants".to_vec(),
+            payload,
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        self.offset += 1;
+        let mut out = Output::default();
+        self.processor.process(&record, &mut out);
+        out.messages
+    }
+
+    fn error(&mut self, e: ErrorEvent) -> IssueRecord {
+        let out = self.feed(avro::encode(&Event::Error(e)).unwrap());
+        assert_eq!(out.len(), 1);
+        records::decode(&out[0].payload).unwrap()
+    }
+
+    fn command(&mut self, c: IssueCommand) -> Result<Vec<IssueRecord>, String> {
+        let out = self.feed(records::encode(&c).unwrap());
+        if out.iter().any(|m| m.topic == topics::DLQ) {
+            return Err(String::from_utf8_lossy(
+                out[0]
+                    .headers
+                    .iter()
+                    .find(|h| h.name.ends_with("reason"))
+                    .unwrap()
+                    .value
+                    .as_slice(),
+            )
+            .into_owned());
+        }
+        Ok(out
+            .iter()
+            .map(|m| records::decode(&m.payload).unwrap())
+            .collect())
+    }
+}
+
+fn command(issue: &str, action: &str) -> IssueCommand {
+    IssueCommand {
+        command_id: "c".into(),
+        project: "plants".into(),
+        issue_id: issue.into(),
+        action: action.into(),
+        at_ms: 2_000_000,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_same_bug_across_builds_is_one_issue_and_another_bug_is_another() {
+    let mut h = Harness::new();
+    let a = h.error(error("a", "waterPlant", "2.14.0", "1402", 1_000));
+    let b = h.error(error("b", "waterPlant", "2.14.1", "1405", 2_017));
+    let c = h.error(error("c", "postComment", "2.14.1", "1405", 3_000));
+    assert_eq!(a.issue_id, b.issue_id);
+    assert_ne!(a.issue_id, c.issue_id);
+    assert_eq!(
+        (b.event_count, b.users_affected, b.status.as_str()),
+        (2, 2, "new")
+    );
+    assert_eq!(b.releases.len(), 2);
+    assert!(b.version > a.version);
+}
+
+#[test]
+fn resolved_in_next_release_an_old_build_does_not_reopen_it_and_a_newer_one_does() {
+    let mut h = Harness::new();
+    let issue = h
+        .error(error("a", "waterPlant", "2.14.0", "1402", 1_000))
+        .issue_id;
+    let resolved = h
+        .command(command(&issue, "resolve_in_next_release"))
+        .unwrap();
+    assert_eq!(resolved[0].status, "resolved");
+    // The build in the field when it was resolved keeps sending the error: still resolved.
+    let old = h.error(error("b", "waterPlant", "2.14.0", "1402", 2_500_000));
+    assert_eq!(old.status, "resolved");
+    // The next release has the bug again: regressed.
+    let newer = h.error(error("c", "waterPlant", "2.15.0", "1410", 2_600_000));
+    assert_eq!(newer.status, "regressed");
+    // An older build after that changes nothing.
+    let older = h.error(error("d", "waterPlant", "2.13.0", "1300", 2_700_000));
+    assert_eq!(older.status, "regressed");
+}
+
+#[test]
+fn ignore_until_n_events_and_bad_commands_are_refused_with_a_reason() {
+    let mut h = Harness::new();
+    let issue = h
+        .error(error("a", "waterPlant", "2.14.0", "1402", 1_000))
+        .issue_id;
+    let mut ignore = command(&issue, "ignore");
+    ignore.until_count = Some(2);
+    assert_eq!(h.command(ignore).unwrap()[0].status, "ignored");
+    assert_eq!(
+        h.error(error("b", "waterPlant", "2.14.0", "1402", 2_000))
+            .status,
+        "ignored"
+    );
+    assert_eq!(
+        h.error(error("c", "waterPlant", "2.14.0", "1402", 3_000))
+            .status,
+        "ongoing"
+    );
+    let err = h.command(command(&issue, "reopen")).unwrap_err();
+    assert!(err.contains("not resolved or ignored"), "{err}");
+    let err = h.command(command("0000", "resolve")).unwrap_err();
+    assert!(err.contains("no issue 0000"), "{err}");
+    let err = h.command(command(&issue, "explode")).unwrap_err();
+    assert!(err.contains("unknown action"), "{err}");
+}
+
+#[test]
+fn merged_issues_receive_each_others_events_and_survive_a_checkpoint() {
+    let mut h = Harness::new();
+    let a = h
+        .error(error("a", "waterPlant", "2.14.0", "1402", 1_000))
+        .issue_id;
+    let b = h
+        .error(error("b", "postComment", "2.14.0", "1402", 2_000))
+        .issue_id;
+    let mut merge = command(&b, "merge");
+    merge.into = Some(a.clone());
+    let merged = h.command(merge).unwrap();
+    assert_eq!(merged.len(), 2);
+    assert_eq!(merged[0].status, "merged");
+    assert_eq!(merged[0].merged_into.as_deref(), Some(a.as_str()));
+    assert_eq!(merged[1].event_count, 2);
+
+    let bytes = h.processor.snapshot().unwrap();
+    h.processor = h.factory.create(0, Some(&bytes)).unwrap();
+    // An event of the merged issue's fingerprint now counts toward the target.
+    let next = h.error(error("c", "postComment", "2.14.0", "1402", 3_000));
+    assert_eq!(next.issue_id, a);
+    assert_eq!(next.event_count, 3);
+}
