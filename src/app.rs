@@ -72,7 +72,8 @@ pub async fn run_processors(
     });
     let process = runtime::run(
         bus.clone(),
-        trellis_processors::PipelineFactory::new(p, names.clone()),
+        trellis_processors::PipelineFactory::new(p, names.clone())
+            .map_err(|reason| anyhow::anyhow!("configuration: {reason}"))?,
         Checkpoints::new(&p.checkpoint_dir, trellis_processors::pipeline::STAGE),
         runner(&p.group, &names.raw),
         metrics.clone(),

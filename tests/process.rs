@@ -151,7 +151,7 @@ fn start_processors(
             };
             tokio::spawn(runtime::run(
                 bus.clone(),
-                PipelineFactory::new(&config, names.clone()),
+                PipelineFactory::new(&config, names.clone()).unwrap(),
                 Checkpoints::new(checkpoint_dir, "process"),
                 runner,
                 Arc::new(Metrics::default()),

@@ -477,6 +477,7 @@ fn build(raw: &str) -> Result<(Event, Option<bool>), String> {
                 fingerprint: w.fingerprint.unwrap_or_default(),
                 transaction: w.transaction,
                 contexts: object_text(w.contexts, "contexts")?,
+                issue_id: None,
             })
         }
         "performance" => Event::Performance(PerformanceSample {

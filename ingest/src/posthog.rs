@@ -356,5 +356,6 @@ fn exception(common: Common, props: &Map<String, Value>) -> Result<ErrorEvent, S
         fingerprint,
         transaction: text(props.get("$screen_name")),
         contexts: Value::Object(contexts).to_string(),
+        issue_id: None,
     })
 }

@@ -310,6 +310,7 @@ fn error(common: Common, handled: bool) -> ErrorEvent {
         fingerprint: vec![],
         transaction: None,
         contexts: "{}".into(),
+        issue_id: None,
     }
 }
 

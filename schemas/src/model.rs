@@ -270,6 +270,10 @@ pub struct ErrorEvent {
     pub transaction: Option<String>,
     /// Further SDK contexts as a JSON object (app, os, device, trace, ...).
     pub contexts: String,
+    /// The issue the processors grouped the error into (from its fingerprint; an issue merged
+    /// later keeps this id, and the issue record names the one it was merged into). Ingest leaves
+    /// it empty.
+    pub issue_id: Option<String>,
 }
 
 /// One performance measurement.

@@ -147,6 +147,7 @@ pub fn event(project: &str, device: u64, n: u64) -> Event {
             },
             transaction: opt(seed, "PlantDetail".to_string()),
             contexts: r#"{"app":{"app_start_time":"2025-11-24T12:00:00Z"}}"#.to_string(),
+            issue_id: None,
         }),
         2 => Event::Performance(PerformanceSample {
             common,

@@ -274,6 +274,13 @@ pub fn check(expected: &Expected, observed: &Observed) {
             .all(|e| e.common().session_id.is_some()),
         "every event carries its session id"
     );
+    assert!(
+        observed.events.values().all(|e| match e {
+            Event::Error(error) => error.issue_id.as_deref().is_some_and(|id| id.len() == 32),
+            _ => true,
+        }),
+        "every error event carries its issue id"
+    );
 
     let by_start: BTreeMap<(String, i64), &SessionRecord> = observed
         .sessions

@@ -254,6 +254,7 @@ pub fn error(event: &Value, event_id: String) -> Result<ErrorEvent, String> {
         fingerprint,
         transaction: s(event.get("transaction")),
         contexts: Value::Object(contexts).to_string(),
+        issue_id: None,
     })
 }
 

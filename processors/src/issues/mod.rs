@@ -52,6 +52,12 @@ impl Groupers {
         Ok(Groupers { default, projects })
     }
 
+    /// The default rules for every project.
+    pub fn default_rules() -> Self {
+        Groupers::new(&GroupingConfig::default(), &BTreeMap::new())
+            .expect("the default grouping rules compile")
+    }
+
     /// The rules of `project`.
     pub fn for_project(&self, project: &str) -> &Grouper {
         self.projects.get(project).unwrap_or(&self.default)

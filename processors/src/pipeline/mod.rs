@@ -87,6 +87,7 @@ struct Counters {
 pub struct Pipeline {
     rules: Rules,
     topics: Arc<topics::Names>,
+    groupers: Arc<crate::issues::Groupers>,
     /// Newest event time seen (capped at receipt), or `i64::MIN`.
     max_event_ms: i64,
     /// The offset after the last record handled.
@@ -130,6 +131,7 @@ impl Pipeline {
         Pipeline {
             rules,
             topics,
+            groupers: default_groupers(),
             max_event_ms: i64::MIN,
             next_offset: 0,
             dedupe: Dedupe::new(rules.dedupe_window_ms, rules.dedupe_max_ids),
@@ -140,6 +142,12 @@ impl Pipeline {
             closed: Vec::new(),
             partials: Vec::new(),
         }
+    }
+
+    /// The same processor, grouping errors with `groupers` instead of the default rules.
+    pub fn with_groupers(mut self, groupers: Arc<crate::issues::Groupers>) -> Self {
+        self.groupers = groupers;
+        self
     }
 
     /// Restores a processor from [`Processor::snapshot`]'s bytes.
@@ -202,6 +210,13 @@ impl Pipeline {
         }
         // A device clock far ahead must not drag the watermark into the future: ingest's receipt
         // time caps it.
+        if let Event::Error(error) = &mut event {
+            let grouper = self.groupers.for_project(&error.common.project);
+            let fingerprint = grouper.fingerprint(error);
+            let id = crate::grouping::IssueId::derive(&error.common.project, fingerprint.hash);
+            error.issue_id = Some(id.to_string());
+        }
+        let common = event.common();
         let capped = if common.received_at_ms > 0 {
             t.min(common.received_at_ms)
         } else {
@@ -360,20 +375,32 @@ impl Processor for Pipeline {
     }
 }
 
+fn default_groupers() -> Arc<crate::issues::Groupers> {
+    static DEFAULT: std::sync::OnceLock<Arc<crate::issues::Groupers>> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| Arc::new(crate::issues::Groupers::default_rules()))
+        .clone()
+}
+
 /// Makes [`Pipeline`]s.
-#[derive(Debug, Clone)]
 pub struct PipelineFactory {
     rules: Rules,
     topics: Arc<topics::Names>,
+    groupers: Arc<crate::issues::Groupers>,
 }
 
 impl PipelineFactory {
-    /// Pipelines with the rules of `config`, writing to `topics`.
-    pub fn new(config: &ProcessorConfig, topics: topics::Names) -> Self {
-        PipelineFactory {
+    /// Pipelines with the rules of `config`, writing to `topics`; the error names a grouping
+    /// rule that does not compile.
+    pub fn new(config: &ProcessorConfig, topics: topics::Names) -> Result<Self, String> {
+        Ok(PipelineFactory {
             rules: Rules::from(config),
             topics: Arc::new(topics),
-        }
+            groupers: Arc::new(crate::issues::Groupers::new(
+                &config.grouping,
+                &config.project_grouping,
+            )?),
+        })
     }
 }
 
@@ -388,12 +415,12 @@ impl Factory for PipelineFactory {
         match state {
             Some(bytes) => {
                 Pipeline::restore_with_topics(self.rules, partition, bytes, self.topics.clone())
+                    .map(|p| p.with_groupers(self.groupers.clone()))
             }
-            None => Ok(Pipeline::with_topics(
-                self.rules,
-                partition,
-                self.topics.clone(),
-            )),
+            None => Ok(
+                Pipeline::with_topics(self.rules, partition, self.topics.clone())
+                    .with_groupers(self.groupers.clone()),
+            ),
         }
     }
 }
