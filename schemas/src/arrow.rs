@@ -68,3 +68,90 @@ pub fn from_batch<T: DeserializeOwned>(
 ) -> Result<Vec<T>, ArrowError> {
     serde_arrow::from_record_batch(batch).map_err(|source| ArrowError { kind, source })
 }
+
+/// The table that stores the [`crate::records::SessionRecord`]s of the `sessions` topic.
+pub const SESSIONS_TABLE: &str = "sessions";
+/// The table that stores the [`crate::records::HealthPartial`]s of the `aggregates` topic.
+pub const AGGREGATES_TABLE: &str = "aggregates";
+
+/// Why derived records (sessions, health partials) could not be converted to or from Arrow.
+#[derive(Debug, thiserror::Error)]
+#[error("arrow conversion of {record} records failed: {source}")]
+pub struct RecordArrowError {
+    /// The record type's name (`session_record`, `health_partial`).
+    pub record: &'static str,
+    /// What serde_arrow reported.
+    #[source]
+    pub source: serde_arrow::Error,
+}
+
+/// The Arrow fields of a derived record type's table, traced like the event kinds'.
+pub fn record_fields<T: crate::records::Record>() -> Vec<FieldRef> {
+    Vec::<FieldRef>::from_type::<T>(options())
+        .unwrap_or_else(|e| panic!("the {} type cannot be traced to Arrow: {e}", T::NAME))
+}
+
+/// The Arrow schema of a derived record type's table.
+pub fn record_schema<T: crate::records::Record>() -> Arc<Schema> {
+    Arc::new(Schema::new(record_fields::<T>()))
+}
+
+/// Converts derived records into a record batch with [`record_fields`] as its schema.
+pub fn records_to_batch<T: crate::records::Record>(
+    records: &[T],
+) -> Result<RecordBatch, RecordArrowError> {
+    serde_arrow::to_record_batch(&record_fields::<T>(), &records).map_err(|source| {
+        RecordArrowError {
+            record: T::NAME,
+            source,
+        }
+    })
+}
+
+/// Converts a record batch back into derived records.
+pub fn records_from_batch<T: crate::records::Record>(
+    batch: &RecordBatch,
+) -> Result<Vec<T>, RecordArrowError> {
+    serde_arrow::from_record_batch(batch).map_err(|source| RecordArrowError {
+        record: T::NAME,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use crate::records::{HealthPartial, KindCount, SessionRecord};
+
+    #[test]
+    fn derived_records_round_trip_through_arrow() {
+        let sessions = vec![SessionRecord {
+            session_id: "s1".into(),
+            project: "p".into(),
+            screens: vec!["Home".into()],
+            started_ms: 1_700_000_000_000,
+            version: 2,
+            ..Default::default()
+        }];
+        let batch = records_to_batch(&sessions).unwrap();
+        assert_eq!(batch.schema(), record_schema::<SessionRecord>());
+        assert_eq!(
+            records_from_batch::<SessionRecord>(&batch).unwrap(),
+            sessions
+        );
+        let partials = vec![HealthPartial {
+            partial_id: "x".into(),
+            users: vec![-1, 7],
+            events: vec![KindCount {
+                kind: "error".into(),
+                count: 2,
+            }],
+            ..Default::default()
+        }];
+        let batch = records_to_batch(&partials).unwrap();
+        assert_eq!(
+            records_from_batch::<HealthPartial>(&batch).unwrap(),
+            partials
+        );
+    }
+}

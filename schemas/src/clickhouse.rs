@@ -208,3 +208,108 @@ pub fn physical_columns(kind: Kind) -> Vec<(String, String)> {
     out.push(("event_date".into(), "Date".into()));
     out
 }
+
+/// The tables of the records the processors derive (see [`crate::records`]), beside the event
+/// tables. They follow the same flattening rules as the event tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordTable {
+    /// [`crate::records::SessionRecord`]s from the `sessions` topic:
+    /// `ReplacingMergeTree(version)` ordered by `(project, session_id)`, so the latest version of
+    /// a session replaces the earlier ones and a replayed record collapses.
+    Sessions,
+    /// [`crate::records::HealthPartial`]s from the `aggregates` topic: `ReplacingMergeTree`
+    /// ordered by `(project, window_start_ms, partial_id)`; a window's answer is the merge of its
+    /// partials (counts add, user hashes unite).
+    HealthPartials,
+}
+
+impl RecordTable {
+    /// Every record table.
+    pub const ALL: [RecordTable; 2] = [RecordTable::Sessions, RecordTable::HealthPartials];
+
+    /// The table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            RecordTable::Sessions => "sessions",
+            RecordTable::HealthPartials => "health_partials",
+        }
+    }
+
+    /// The materialized date column and the engine clause.
+    fn tail(self) -> (&'static str, &'static str) {
+        match self {
+            RecordTable::Sessions => (
+                "    `started_date` Date MATERIALIZED toDate(toDateTime(intDiv(started_ms, 1000)))\n",
+                // No date partition: a later version of a session may move its start (late
+                // events), and ReplacingMergeTree only collapses rows within one partition.
+                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, session_id)\n",
+            ),
+            RecordTable::HealthPartials => (
+                "    `window_date` Date MATERIALIZED toDate(toDateTime(intDiv(window_start_ms, 1000)))\n",
+                ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(window_date)\n\
+                 ORDER BY (project, window_start_ms, partial_id)\n",
+            ),
+        }
+    }
+}
+
+fn record_fields(table: RecordTable) -> Vec<arrow_schema::FieldRef> {
+    use serde_arrow::schema::{SchemaLike, TracingOptions};
+    let options = TracingOptions::default()
+        .enums_without_data_as_strings(true)
+        .strings_as_large_utf8(false)
+        .sequence_as_large_list(false);
+    let traced = match table {
+        RecordTable::Sessions => {
+            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::SessionRecord>(options)
+        }
+        RecordTable::HealthPartials => {
+            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::HealthPartial>(options)
+        }
+    };
+    traced.unwrap_or_else(|e| panic!("{} cannot be traced to Arrow: {e}", table.table()))
+}
+
+/// The columns of a record table, in field order.
+pub fn record_columns(table: RecordTable) -> Vec<Column> {
+    let mut out = Vec::new();
+    for field in record_fields(table) {
+        flatten(&field, "", &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+/// The `CREATE TABLE` statement of a record table in `database`.
+pub fn create_record_table(database: &str, table: RecordTable) -> String {
+    let mut ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{name}\n(\n",
+        name = table.table()
+    );
+    for column in record_columns(table) {
+        ddl.push_str(&format!("    `{}` {},\n", column.name, column.column_type));
+    }
+    let (date, engine) = table.tail();
+    ddl.push_str(date);
+    ddl.push_str(engine);
+    ddl
+}
+
+/// The column names and types `system.columns` lists for a record table.
+pub fn record_physical_columns(table: RecordTable) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for column in record_columns(table) {
+        match &column.column_type {
+            ColumnType::Nested(cols) => {
+                for (name, t) in cols {
+                    out.push((format!("{}.{name}", column.name), format!("Array({t})")));
+                }
+            }
+            t => out.push((column.name.clone(), t.to_string())),
+        }
+    }
+    out.push(match table {
+        RecordTable::Sessions => ("started_date".into(), "Date".into()),
+        RecordTable::HealthPartials => ("window_date".into(), "Date".into()),
+    });
+    out
+}

@@ -1,3 +1,15 @@
 //! trellis sinks: read the processed topics and write Parquet files and ClickHouse tables.
 //! (Being built: see ARCHITECTURE.md for the plan.)
+//!
+//! [`parquet`]: a consumer group on `events`, `sessions` and `aggregates` writes zstd Parquet
+//! files under `ROOT/<table>/project=<p>/date=YYYY-MM-DD/hour=HH/`, each named by the input
+//! offset range it holds (`<topic>-<partition>-<first>-<last>.parquet`), written under a hidden
+//! temporary name and renamed, with the offsets committed only after the rename is durable; a
+//! replay after a crash rebuilds the same files, so every row is stored exactly once.
+//! [`query`] answers SQL over those files with DataFusion, one table per directory, while the
+//! sink writes.
 #![warn(missing_docs)]
+
+pub mod clickhouse;
+pub mod parquet;
+pub mod query;

@@ -1,0 +1,363 @@
+//! Bus records to ClickHouse `RowBinary` rows: pure, no I/O.
+//!
+//! Each table's insert plan is derived from the schema crate's column mapping
+//! ([`trellis_schemas::clickhouse`]), so a row can only hold the columns the DDL created, in the
+//! order the `INSERT` names them. A record is decoded (Avro), turned into its serde tree, and
+//! each column's value is looked up by its path in the model and written in `RowBinary`:
+//! little-endian numbers, strings and arrays prefixed with a LEB128 length, `Nullable` with a
+//! null byte, `Nested` as one array per sub-column, deep lists as JSON text.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding, RecordTable};
+use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::topics::Names;
+use trellis_schemas::{Event, Kind, avro};
+
+/// Why a record cannot become a row. Never retryable: the record goes to the dead-letter topic.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The payload is not a record of its topic's type.
+    #[error("payload does not decode: {0}")]
+    Decode(#[from] avro::CodecError),
+    /// A value does not fit its column (for example a float that is not a number).
+    #[error("column {column}: {reason}")]
+    Value {
+        /// The column.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The record came from a topic the sink does not write.
+    #[error("topic {0:?} is not written to ClickHouse")]
+    Topic(String),
+}
+
+/// The tables the sink writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// An event kind's table.
+    Kind(Kind),
+    /// A derived record's table.
+    Record(RecordKey),
+}
+
+/// [`RecordTable`] with an order, for maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKey {
+    /// `sessions`.
+    Sessions,
+    /// `health_partials`.
+    HealthPartials,
+}
+
+impl From<RecordKey> for RecordTable {
+    fn from(k: RecordKey) -> Self {
+        match k {
+            RecordKey::Sessions => RecordTable::Sessions,
+            RecordKey::HealthPartials => RecordTable::HealthPartials,
+        }
+    }
+}
+
+impl Target {
+    /// Every table, in a fixed order.
+    pub fn all() -> impl Iterator<Item = Target> {
+        Kind::ALL
+            .into_iter()
+            .map(Target::Kind)
+            .chain([RecordKey::Sessions, RecordKey::HealthPartials].map(Target::Record))
+    }
+
+    /// The table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Target::Kind(k) => k.table(),
+            Target::Record(r) => RecordTable::from(r).table(),
+        }
+    }
+
+    /// The table's insert plan.
+    pub fn plan(self) -> &'static Plan {
+        static PLANS: OnceLock<Vec<(Target, Plan)>> = OnceLock::new();
+        let plans = PLANS.get_or_init(|| Target::all().map(|t| (t, Plan::new(t))).collect());
+        plans
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map(|(_, p)| p)
+            .expect("every target has a plan")
+    }
+}
+
+/// How to write one table's rows.
+#[derive(Debug)]
+pub struct Plan {
+    columns: Vec<Column>,
+    insert_columns: String,
+}
+
+impl Plan {
+    fn new(target: Target) -> Plan {
+        let columns = match target {
+            Target::Kind(k) => ddl::columns(k),
+            Target::Record(r) => ddl::record_columns(r.into()),
+        };
+        let mut names = Vec::new();
+        for c in &columns {
+            match &c.column_type {
+                ColumnType::Nested(subs) => {
+                    names.extend(subs.iter().map(|(s, _)| format!("`{}.{s}`", c.name)))
+                }
+                _ => names.push(format!("`{}`", c.name)),
+            }
+        }
+        Plan {
+            columns,
+            insert_columns: names.join(", "),
+        }
+    }
+
+    /// The `INSERT` statement for this table in `database`.
+    pub fn insert_sql(&self, database: &str, table: &str) -> String {
+        format!(
+            "INSERT INTO {database}.{table} ({}) FORMAT RowBinary",
+            self.insert_columns
+        )
+    }
+
+    /// Appends one row, taken from the serde tree of a model value, to `out`. On an error `out`
+    /// is left as it was.
+    pub fn encode(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let start = out.len();
+        let result = self
+            .columns
+            .iter()
+            .try_for_each(|c| encode_column(c, value, out));
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+}
+
+fn lookup<'a>(value: &'a Value, path: &[String]) -> &'a Value {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .unwrap_or(&Value::Null)
+}
+
+fn encode_column(column: &Column, root: &Value, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let value = lookup(root, &column.path);
+    let err = |reason: String| EncodeError::Value {
+        column: column.name.clone(),
+        reason,
+    };
+    match (&column.encoding, &column.column_type) {
+        (Encoding::Json, _) => {
+            let text = match value {
+                Value::Null => "[]".to_string(),
+                v => serde_json::to_string(v).map_err(|e| err(e.to_string()))?,
+            };
+            write_str(&text, out);
+            Ok(())
+        }
+        (Encoding::Direct, ColumnType::Nested(subs)) => {
+            let items = array(value).map_err(err)?;
+            for (name, t) in subs {
+                write_len(items.len(), out);
+                for item in items {
+                    write_typed(t, item.get(name).unwrap_or(&Value::Null), out)
+                        .map_err(|r| err(format!("{name}: {r}")))?;
+                }
+            }
+            Ok(())
+        }
+        (Encoding::Direct, t) => write_typed(t, value, out).map_err(err),
+    }
+}
+
+fn array(value: &Value) -> Result<&[Value], String> {
+    match value {
+        Value::Null => Ok(&[]),
+        Value::Array(items) => Ok(items),
+        other => Err(format!("expected a list, got {other}")),
+    }
+}
+
+fn write_typed(t: &ColumnType, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    let wrong = || format!("expected {t}, got {value}");
+    match t {
+        ColumnType::String => write_str(value.as_str().ok_or_else(wrong)?, out),
+        ColumnType::Int64 => {
+            out.extend_from_slice(&value.as_i64().ok_or_else(wrong)?.to_le_bytes())
+        }
+        ColumnType::Int32 => {
+            let v = value.as_i64().and_then(|v| i32::try_from(v).ok());
+            out.extend_from_slice(&v.ok_or_else(wrong)?.to_le_bytes())
+        }
+        // serde_json turns NaN and infinities into null: they land here and are refused.
+        ColumnType::Float64 => {
+            out.extend_from_slice(&value.as_f64().ok_or_else(wrong)?.to_le_bytes())
+        }
+        ColumnType::UInt8 => out.push(match value {
+            Value::Bool(b) => u8::from(*b),
+            v => v
+                .as_u64()
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or_else(wrong)?,
+        }),
+        ColumnType::Nullable(inner) => {
+            if value.is_null() {
+                out.push(1);
+            } else {
+                out.push(0);
+                write_typed(inner, value, out)?;
+            }
+        }
+        ColumnType::Array(inner) => {
+            let items = array(value)?;
+            write_len(items.len(), out);
+            for item in items {
+                write_typed(inner, item, out)?;
+            }
+        }
+        ColumnType::Nested(_) => return Err("Nested inside a list".into()),
+    }
+    Ok(())
+}
+
+fn write_len(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    write_len(s.len(), out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn tree<T: serde::Serialize>(value: &T) -> Result<Value, EncodeError> {
+    serde_json::to_value(value).map_err(|e| EncodeError::Value {
+        column: "*".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes a record of `events`, `sessions` or `aggregates` and appends its row to `out`;
+/// returns the table it belongs to.
+pub fn encode_record(
+    topics: &Names,
+    topic: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Target, EncodeError> {
+    let (target, value) = if topic == topics.events {
+        let event = avro::decode(payload)?;
+        let target = Target::Kind(event.kind());
+        let value = match &event {
+            Event::Analytics(e) => tree(e)?,
+            Event::Error(e) => tree(e)?,
+            Event::Performance(e) => tree(e)?,
+            Event::Transaction(e) => tree(e)?,
+            Event::Session(e) => tree(e)?,
+            Event::Notification(e) => tree(e)?,
+        };
+        (target, value)
+    } else if topic == topics.sessions {
+        let record = records::decode::<SessionRecord>(payload)?;
+        (Target::Record(RecordKey::Sessions), tree(&record)?)
+    } else if topic == topics.aggregates {
+        let record = records::decode::<HealthPartial>(payload)?;
+        (Target::Record(RecordKey::HealthPartials), tree(&record)?)
+    } else {
+        return Err(EncodeError::Topic(topic.to_string()));
+    };
+    target.plan().encode(&value, out)?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_schemas::{Common, PerformanceSample, Tag};
+
+    #[test]
+    fn lengths_are_leb128() {
+        let mut out = Vec::new();
+        write_len(300, &mut out);
+        assert_eq!(out, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn a_perf_row_is_the_columns_in_order() {
+        let sample = PerformanceSample {
+            common: Common {
+                event_id: "e".into(),
+                project: "p".into(),
+                timestamp_ms: 5,
+                ..Default::default()
+            },
+            metric: "m".into(),
+            value: 1.5,
+            unit: "ms".into(),
+            screen: None,
+            attributes: vec![Tag {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+        };
+        let event = Event::Performance(sample.clone());
+        let names = Names::new("t.");
+        let mut out = Vec::new();
+        let target = encode_record(
+            &names,
+            &names.events,
+            &avro::encode(&event).unwrap(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(target, Target::Kind(Kind::Performance));
+        // Starts with event_id, project, timestamp_ms, sent_at_ms (null) ...
+        assert_eq!(&out[..4], &[1, b'e', 1, b'p']);
+        assert_eq!(&out[4..12], &5i64.to_le_bytes());
+        assert_eq!(out[12], 1);
+        // ... and ends with screen (null), attributes.key, attributes.value.
+        assert!(out.ends_with(&[1, 1, 1, b'k', 1, 1, b'v']));
+        let sql = target.plan().insert_sql("db", target.table());
+        assert!(
+            sql.ends_with("`attributes.key`, `attributes.value`) FORMAT RowBinary"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn bad_payloads_and_values_are_refused_without_a_partial_row() {
+        let names = Names::new("");
+        let mut out = vec![9];
+        assert!(matches!(
+            encode_record(&names, &names.events, b"nope", &mut out),
+            Err(EncodeError::Decode(_))
+        ));
+        let plan = Target::Kind(Kind::Performance).plan();
+        let mut v = tree(&PerformanceSample::default()).unwrap();
+        v["value"] = Value::Null; // what NaN becomes
+        let e = plan.encode(&v, &mut out).unwrap_err();
+        assert!(
+            e.to_string().starts_with("column value: expected Float64"),
+            "{e}"
+        );
+        assert_eq!(out, [9]);
+        assert!(matches!(
+            encode_record(&names, "other", b"", &mut out),
+            Err(EncodeError::Topic(_))
+        ));
+    }
+}

@@ -1,0 +1,323 @@
+//! The I/O shell: consume, batch, insert with retries, dead-letter refused rows, commit.
+
+use std::future::Future;
+use std::ops::Range;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clickhouse::Client;
+use trellis_bus::{Bus, BusError, Consumer, Message, Producer, dead_letter};
+use trellis_schemas::topics::Names;
+
+use super::batch::{Batch, Rows};
+use super::config::ClickHouseConfig;
+use super::encode::Target;
+use super::error::{Class, Error, classify};
+use super::migrations::{client, migrate};
+
+/// The stage name dead letters carry.
+pub const STAGE: &str = "sink.clickhouse";
+
+/// The most records asked of the bus in one poll.
+const POLL_MAX: usize = 5_000;
+
+/// The shutdown future, polled without blocking between steps.
+struct Shutdown<'a, F: Future<Output = ()>> {
+    future: Pin<&'a mut F>,
+    fired: bool,
+}
+
+impl<F: Future<Output = ()>> Shutdown<'_, F> {
+    fn fired(&mut self) -> bool {
+        if !self.fired {
+            let mut cx = Context::from_waker(Waker::noop());
+            self.fired = self.future.as_mut().poll(&mut cx) == Poll::Ready(());
+        }
+        self.fired
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait up to `initial * 2^attempt`, capped.
+fn backoff(config: &ClickHouseConfig, attempt: u32) -> Duration {
+    let ceiling = config
+        .retry_initial_backoff
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(config.retry_max_backoff);
+    let ms = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(fastrand::u64(ms / 2..=ms))
+}
+
+/// What became of one insert.
+enum Outcome {
+    Written,
+    /// The server refused the data, with its reason.
+    Refused(String),
+    /// Shut down while retrying.
+    Stopped,
+}
+
+struct Writer {
+    client: Client,
+    config: ClickHouseConfig,
+    dedup_tokens: bool,
+}
+
+impl Writer {
+    async fn insert_once(
+        &self,
+        target: Target,
+        rows: &Rows,
+        range: Range<usize>,
+        token: String,
+    ) -> Result<(), clickhouse::error::Error> {
+        let sql = target
+            .plan()
+            .insert_sql(&self.config.database, target.table());
+        let timeout = Some(self.config.request_timeout);
+        let mut insert = self
+            .client
+            .insert_formatted_with(sql)
+            .with_timeouts(timeout, timeout);
+        if self.dedup_tokens {
+            insert = insert.with_option("insert_deduplication_token", token);
+        }
+        insert
+            .send(Bytes::copy_from_slice(rows.bytes(range)))
+            .await?;
+        insert.end().await
+    }
+
+    /// One insert, retried with backoff while it fails for a retryable reason.
+    async fn insert<F: Future<Output = ()>>(
+        &self,
+        batch: &Batch,
+        target: Target,
+        rows: &Rows,
+        range: Range<usize>,
+        shutdown: &mut Shutdown<'_, F>,
+    ) -> Result<Outcome, Error> {
+        let token = batch.token(target, range.clone());
+        let mut attempt = 0;
+        loop {
+            let Err(e) = self
+                .insert_once(target, rows, range.clone(), token.clone())
+                .await
+            else {
+                return Ok(Outcome::Written);
+            };
+            match classify(&e) {
+                Class::BadData => return Ok(Outcome::Refused(e.to_string())),
+                Class::Fatal => {
+                    return Err(Error::ClickHouse {
+                        what: format!("INSERT INTO {}", target.table()),
+                        source: e,
+                    });
+                }
+                Class::Retryable if shutdown.fired() => return Ok(Outcome::Stopped),
+                Class::Retryable => {
+                    let wait = backoff(&self.config, attempt);
+                    tracing::warn!(table = target.table(), attempt, ?wait, error = %e, "Insert failed, retrying.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Writes a table's rows. When the server refuses the data, halves the rows until the
+    /// refused ones are found; returns them (row index, reason), or `None` if shut down first.
+    async fn write<F: Future<Output = ()>>(
+        &self,
+        batch: &Batch,
+        target: Target,
+        rows: &Rows,
+        shutdown: &mut Shutdown<'_, F>,
+    ) -> Result<Option<Vec<(usize, String)>>, Error> {
+        let mut pending = Vec::new();
+        pending.push(0..rows.len());
+        let mut refused = Vec::new();
+        while let Some(range) = pending.pop() {
+            match self
+                .insert(batch, target, rows, range.clone(), shutdown)
+                .await?
+            {
+                Outcome::Written => {}
+                Outcome::Stopped => return Ok(None),
+                Outcome::Refused(reason) if range.len() == 1 => refused.push((range.start, reason)),
+                Outcome::Refused(_) => {
+                    let mid = range.start + range.len() / 2;
+                    pending.push(mid..range.end);
+                    pending.push(range.start..mid);
+                }
+            }
+        }
+        if rows.len() > 1 && refused.len() == rows.len() {
+            return Err(Error::SchemaMismatch {
+                table: target.table(),
+                rows: rows.len(),
+                reason: refused.pop().map(|(_, r)| r).unwrap_or_default(),
+            });
+        }
+        Ok(Some(refused))
+    }
+}
+
+/// Retries a bus operation while it fails for a retryable reason and the sink is not stopping.
+async fn bus_retry<T, Fut, F>(
+    config: &ClickHouseConfig,
+    shutdown: &mut Shutdown<'_, F>,
+    mut op: impl FnMut() -> Fut,
+) -> Result<Option<T>, Error>
+where
+    Fut: Future<Output = Result<T, BusError>>,
+    F: Future<Output = ()>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if e.is_retryable() && !shutdown.fired() => {
+                tracing::warn!(attempt, error = %e, "Bus operation failed, retrying.");
+                tokio::time::sleep(backoff(config, attempt)).await;
+                attempt += 1;
+            }
+            Err(e) if e.is_retryable() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes a batch, dead-letters what ClickHouse refused, then commits its offsets. Returns
+/// `false` if the sink was shut down before the batch was durable (nothing committed).
+async fn flush<F: Future<Output = ()>>(
+    writer: &Writer,
+    batch: &Batch,
+    topics: &Names,
+    producer: &Arc<dyn Producer>,
+    consumer: &mut Box<dyn Consumer>,
+    shutdown: &mut Shutdown<'_, F>,
+) -> Result<bool, Error> {
+    let started = Instant::now();
+    let letter = |index: usize, reason: &str| Message {
+        topic: topics.dlq.clone(),
+        ..dead_letter(batch.record(index), STAGE, reason)
+    };
+    let mut dead: Vec<Message> = batch.refused().iter().map(|(i, r)| letter(*i, r)).collect();
+    let mut written = 0;
+    for (target, rows) in batch.tables() {
+        let Some(refused) = writer.write(batch, target, rows, shutdown).await? else {
+            return Ok(false);
+        };
+        written += rows.len() - refused.len();
+        for (row, reason) in refused {
+            let reason = format!(
+                "clickhouse refused the row for {}: {reason}",
+                target.table()
+            );
+            dead.push(letter(rows.source(row), &reason));
+        }
+    }
+    if !dead.is_empty() {
+        tracing::warn!(records = dead.len(), "Records dead-lettered.");
+        let published = bus_retry(&writer.config, shutdown, || producer.publish(dead.clone()));
+        if published.await?.is_none() {
+            return Ok(false);
+        }
+    }
+    let offsets = batch.offsets();
+    let mut attempt = 0;
+    while let Err(e) = consumer.commit(&offsets).await {
+        if !e.is_retryable() {
+            return Err(e.into());
+        }
+        if shutdown.fired() {
+            return Ok(false);
+        }
+        tracing::warn!(attempt, error = %e, "Commit failed, retrying.");
+        tokio::time::sleep(backoff(&writer.config, attempt)).await;
+        attempt += 1;
+    }
+    tracing::debug!(records = batch.len(), rows = written, dead = dead.len(), elapsed = ?started.elapsed(), "Batch written.");
+    Ok(true)
+}
+
+/// Runs the ClickHouse sink until `shutdown` completes: migrates the schema, then reads
+/// `events`, `sessions` and `aggregates` in the configured consumer group and writes their
+/// rows. On shutdown the batch in hand is written (one attempt per insert) before returning.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    topics: Names,
+    config: ClickHouseConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let migrated = migrate(&config).await?;
+    tracing::info!(server = %migrated.server, database = %config.database, applied = ?migrated.applied, "ClickHouse schema ready.");
+    let writer = Writer {
+        client: client(&config),
+        dedup_tokens: migrated.server.has_dedup_tokens(),
+        config,
+    };
+    let config = &writer.config;
+    let mut consumer = bus
+        .consumer(
+            &config.group,
+            &[&topics.events, &topics.sessions, &topics.aggregates],
+        )
+        .await?;
+    let producer = bus.producer()?;
+    let mut shutdown = Shutdown {
+        future: pin!(shutdown),
+        fired: false,
+    };
+    let mut batch = Batch::default();
+    while !shutdown.fired() {
+        let room = config
+            .batch_rows
+            .saturating_sub(batch.len())
+            .clamp(1, POLL_MAX);
+        let records = match consumer.poll(room, Duration::from_millis(100)).await {
+            Ok(records) => records,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "Poll failed, retrying.");
+                tokio::time::sleep(config.retry_initial_backoff).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let now = Instant::now();
+        for record in records {
+            batch.push(&topics, record, now);
+        }
+        let ready = batch.is_ready(config.batch_rows, config.batch_bytes, config.batch_age, now);
+        if !batch.is_empty() && ready {
+            if !flush(
+                &writer,
+                &batch,
+                &topics,
+                &producer,
+                &mut consumer,
+                &mut shutdown,
+            )
+            .await?
+            {
+                return Ok(());
+            }
+            batch = Batch::default();
+        }
+    }
+    if !batch.is_empty() {
+        flush(
+            &writer,
+            &batch,
+            &topics,
+            &producer,
+            &mut consumer,
+            &mut shutdown,
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The Parquet sink's metrics, in Prometheus text format (prefix `trellis_sink_parquet`).
+//!
+//! - `trellis_sink_parquet_rows_written_total{table}`: rows in files that were renamed into place
+//!   (a replayed segment counts again: the rename replaced the earlier file).
+//! - `trellis_sink_parquet_files_written_total{table}`: files renamed into place.
+//! - `trellis_sink_parquet_dead_letters_total{topic}`: input records that did not decode, sent to
+//!   the dead-letter topic.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The Parquet sink's counters and their registry.
+pub struct Metrics {
+    registry: Registry,
+    rows: Family<Labels, Counter>,
+    files: Family<Labels, Counter>,
+    dead: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("trellis_sink_parquet");
+        let rows = Family::<Labels, Counter>::default();
+        let files = Family::<Labels, Counter>::default();
+        let dead = Family::<Labels, Counter>::default();
+        registry.register(
+            "rows_written",
+            "Rows in files renamed into place",
+            rows.clone(),
+        );
+        registry.register("files_written", "Files renamed into place", files.clone());
+        registry.register(
+            "dead_letters",
+            "Input records that did not decode",
+            dead.clone(),
+        );
+        Metrics {
+            registry,
+            rows,
+            files,
+            dead,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one file of `table` with `rows` rows renamed into place.
+    pub fn file_written(&self, table: &str, rows: u64) {
+        let labels = vec![("table", table.to_string())];
+        self.rows.get_or_create(&labels).inc_by(rows);
+        self.files.get_or_create(&labels).inc();
+    }
+
+    /// Counts a dead-lettered input record of `topic`.
+    pub fn dead_letter(&self, topic: &str) {
+        self.dead
+            .get_or_create(&vec![("topic", topic.to_string())])
+            .inc();
+    }
+
+    /// Rows written to `table` so far.
+    pub fn rows_written(&self, table: &str) -> u64 {
+        self.rows
+            .get_or_create(&vec![("table", table.to_string())])
+            .get()
+    }
+
+    /// Files written to `table` so far.
+    pub fn files_written(&self, table: &str) -> u64 {
+        self.files
+            .get_or_create(&vec![("table", table.to_string())])
+            .get()
+    }
+
+    /// Dead letters from `topic` so far.
+    pub fn dead_letters(&self, topic: &str) -> u64 {
+        self.dead
+            .get_or_create(&vec![("topic", topic.to_string())])
+            .get()
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

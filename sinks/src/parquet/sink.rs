@@ -1,0 +1,279 @@
+//! The consumer loop: poll, decode, write segments, dead-letter, commit after the rename.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
+use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::{avro, topics::Names};
+
+use super::Error;
+use super::config::ParquetConfig;
+use super::metrics::Metrics;
+use super::segment::{Finished, Limits, PartitionWriter};
+use super::writer::Row;
+
+/// The stage name on dead letters.
+pub const STAGE: &str = "sink.parquet";
+
+/// Runs the Parquet sink until `shutdown` resolves, then ends every open segment, commits and
+/// returns. Counters go to a private [`Metrics`]; use [`run_with_metrics`] to export them.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    topics: Names,
+    config: ParquetConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    run_with_metrics(bus, topics, config, Arc::new(Metrics::default()), shutdown).await
+}
+
+/// [`run`], counting into `metrics`.
+pub async fn run_with_metrics(
+    bus: Arc<dyn Bus>,
+    topics: Names,
+    config: ParquetConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
+    // `issues` joins this list once issue records exist (see `layout::Table::Issues`).
+    let inputs = [
+        topics.events.as_str(),
+        topics.sessions.as_str(),
+        topics.aggregates.as_str(),
+    ];
+    let mut consumer = bus.consumer(&config.group, &inputs).await?;
+    let producer = bus.producer()?;
+    let mut state = State {
+        root: config.root.clone(),
+        limits: Limits {
+            max_rows: config.max_rows,
+            max_bytes: config.max_bytes,
+            max_age_ms: i64::try_from(config.max_age.as_millis()).unwrap_or(i64::MAX),
+            zstd_level: config.zstd_level,
+        },
+        topics: topics.clone(),
+        writers: HashMap::new(),
+        metrics,
+    };
+    tracing::info!(root = %config.root.display(), group = %config.group, "Parquet sink started.");
+    tokio::pin!(shutdown);
+    loop {
+        let polled = tokio::select! {
+            _ = &mut shutdown => break,
+            polled = consumer.poll(config.poll_max, config.poll_timeout) => polled,
+        };
+        let records = match polled {
+            Ok(records) => records,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "Poll failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        state.drop_revoked(&consumer.assignment());
+        let step;
+        (state, step) = blocking(state, move |s| s.ingest(records, now_ms())).await?;
+        deliver(&state.metrics, producer.as_ref(), consumer.as_mut(), step).await?;
+    }
+    let step;
+    (state, step) = blocking(state, |s| s.finish_all()).await?;
+    deliver(&state.metrics, producer.as_ref(), consumer.as_mut(), step).await?;
+    tracing::info!("Parquet sink stopped after writing every open segment.");
+    Ok(())
+}
+
+/// What one step produced: dead letters to publish, then segments to commit.
+#[derive(Default)]
+struct Step {
+    dead: Vec<Message>,
+    finished: Vec<Finished>,
+}
+
+struct State {
+    root: PathBuf,
+    limits: Limits,
+    topics: Names,
+    writers: HashMap<(String, u32), PartitionWriter>,
+    metrics: Arc<Metrics>,
+}
+
+impl State {
+    fn ingest(&mut self, records: Vec<Record>, now_ms: i64) -> Result<Step, Error> {
+        let mut step = Step::default();
+        for record in &records {
+            let key = (record.topic.clone(), record.partition);
+            let rewound = self
+                .writers
+                .get(&key)
+                .and_then(PartitionWriter::next_offset)
+                .is_some_and(|next| record.offset < next);
+            if rewound {
+                // The group moved the partition away and back: start over from what is on disk.
+                if let Some(mut writer) = self.writers.remove(&key) {
+                    writer.abort();
+                }
+            }
+            let writer = match self.writers.entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let writer = PartitionWriter::open(
+                        &self.root,
+                        &record.topic,
+                        record.partition,
+                        self.limits,
+                    )?;
+                    v.insert(writer)
+                }
+            };
+            let row = match decode(&self.topics, record) {
+                Ok(row) => Some(row),
+                Err(reason) => {
+                    tracing::debug!(topic = %record.topic, partition = record.partition,
+                        offset = record.offset, %reason, "Record dead-lettered.");
+                    let mut message = dead_letter(record, STAGE, &reason);
+                    message.topic = self.topics.dlq.clone();
+                    step.dead.push(message);
+                    self.metrics.dead_letter(&record.topic);
+                    None
+                }
+            };
+            writer.push(
+                record.offset,
+                record.payload.len(),
+                row,
+                now_ms,
+                &mut step.finished,
+            )?;
+        }
+        for writer in self.writers.values_mut() {
+            writer.tick(now_ms, &mut step.finished)?;
+        }
+        Ok(step)
+    }
+
+    fn finish_all(&mut self) -> Result<Step, Error> {
+        let mut step = Step::default();
+        for writer in self.writers.values_mut() {
+            writer.finish(&mut step.finished)?;
+        }
+        Ok(step)
+    }
+
+    /// Forgets partitions the group moved elsewhere; their open segments were never committed.
+    fn drop_revoked(&mut self, assigned: &[(String, u32)]) {
+        self.writers.retain(|(topic, partition), writer| {
+            let keep = assigned.iter().any(|(t, p)| t == topic && p == partition);
+            if !keep {
+                writer.abort();
+            }
+            keep
+        });
+    }
+}
+
+fn decode(topics: &Names, record: &Record) -> Result<Row, String> {
+    let payload = &record.payload;
+    let result = if record.topic == topics.events {
+        avro::decode(payload).map(Row::Event)
+    } else if record.topic == topics.sessions {
+        records::decode::<SessionRecord>(payload).map(Row::Session)
+    } else if record.topic == topics.aggregates {
+        records::decode::<HealthPartial>(payload).map(Row::Aggregate)
+    } else {
+        return Err(format!(
+            "the Parquet sink does not read topic {:?}",
+            record.topic
+        ));
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Runs `f` on the state on a blocking thread (it writes files) and hands the state back.
+async fn blocking(
+    mut state: State,
+    f: impl FnOnce(&mut State) -> Result<Step, Error> + Send + 'static,
+) -> Result<(State, Step), Error> {
+    let (state, step) = tokio::task::spawn_blocking(move || {
+        let step = f(&mut state);
+        (state, step)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?;
+    Ok((state, step?))
+}
+
+/// Publishes the dead letters, counts the files, then commits the finished segments' offsets.
+async fn deliver(
+    metrics: &Metrics,
+    producer: &dyn Producer,
+    consumer: &mut dyn Consumer,
+    step: Step,
+) -> Result<(), Error> {
+    if !step.dead.is_empty() {
+        retry("Publishing dead letters", || {
+            producer.publish(step.dead.clone())
+        })
+        .await?;
+    }
+    if step.finished.is_empty() {
+        return Ok(());
+    }
+    let mut offsets = Offsets::default();
+    for finished in &step.finished {
+        for (table, rows) in &finished.files {
+            metrics.file_written(table.name(), *rows);
+        }
+        let current = offsets
+            .get(&finished.topic, finished.partition)
+            .unwrap_or(0);
+        offsets.set(
+            &finished.topic,
+            finished.partition,
+            current.max(finished.next_offset),
+        );
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match consumer.commit(&offsets).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "Committing offsets failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BusError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,333 @@
+//! Encoding: decoded rows of one table into a zstd Parquet stream. Pure of the bus and the clock;
+//! the output is any `Write` (a temporary file in the sink, memory in the benchmark).
+
+use std::io::Write;
+
+use arrow_array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
+use trellis_schemas::records::{HealthPartial, SessionRecord};
+use trellis_schemas::{
+    AnalyticsEvent, ErrorEvent, Event, Kind, Notification, PerformanceSample, SessionUpdate,
+    Transaction,
+};
+
+use super::layout::Table;
+
+/// Rows are converted to Arrow and handed to the Parquet writer this many at a time.
+pub const BATCH_ROWS: usize = 8192;
+/// Most rows in one row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Why rows could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// An event batch did not convert to Arrow.
+    #[error(transparent)]
+    Event(#[from] ArrowError),
+    /// A record batch did not convert to Arrow.
+    #[error(transparent)]
+    Record(#[from] RecordArrowError),
+    /// The Parquet writer failed (including I/O errors of its output).
+    #[error("parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    /// The table has no schema yet.
+    #[error("table {0} has no schema yet")]
+    NoSchema(&'static str),
+    /// A row was pushed to another table's writer (a bug).
+    #[error("a {row} row cannot go to table {table}")]
+    WrongTable {
+        /// The row's table.
+        row: &'static str,
+        /// The writer's table.
+        table: &'static str,
+    },
+}
+
+/// One decoded input record, ready for its table.
+// Rows live only between decoding and their typed buffer, so boxing events would add an
+// allocation per row for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    /// An event, for its kind's table.
+    Event(Event),
+    /// A session record, for `sessions`.
+    Session(SessionRecord),
+    /// A health partial, for `aggregates`.
+    Aggregate(HealthPartial),
+}
+
+impl Row {
+    /// The table the row belongs to.
+    pub fn table(&self) -> Table {
+        match self {
+            Row::Event(e) => Table::Event(e.kind()),
+            Row::Session(_) => Table::Sessions,
+            Row::Aggregate(_) => Table::Aggregates,
+        }
+    }
+
+    /// The row's project.
+    pub fn project(&self) -> &str {
+        match self {
+            Row::Event(e) => &e.common().project,
+            Row::Session(s) => &s.project,
+            Row::Aggregate(a) => &a.project,
+        }
+    }
+
+    /// The time that places the row in a date and hour: event time, session start, window start.
+    pub fn time_ms(&self) -> i64 {
+        match self {
+            Row::Event(e) => e.common().timestamp_ms,
+            Row::Session(s) => s.started_ms,
+            Row::Aggregate(a) => a.window_start_ms,
+        }
+    }
+}
+
+/// Rows of one table, waiting to become a record batch.
+#[derive(Debug)]
+pub enum Rows {
+    /// `events`.
+    Analytics(Vec<AnalyticsEvent>),
+    /// `errors`.
+    Error(Vec<ErrorEvent>),
+    /// `perf`.
+    Performance(Vec<PerformanceSample>),
+    /// `transactions`.
+    Transaction(Vec<Transaction>),
+    /// `session_updates`.
+    Session(Vec<SessionUpdate>),
+    /// `notifications`.
+    Notification(Vec<Notification>),
+    /// `sessions`.
+    Sessions(Vec<SessionRecord>),
+    /// `aggregates`.
+    Aggregates(Vec<HealthPartial>),
+}
+
+macro_rules! each {
+    ($rows:expr, $v:ident => $body:expr) => {
+        match $rows {
+            Rows::Analytics($v) => $body,
+            Rows::Error($v) => $body,
+            Rows::Performance($v) => $body,
+            Rows::Transaction($v) => $body,
+            Rows::Session($v) => $body,
+            Rows::Notification($v) => $body,
+            Rows::Sessions($v) => $body,
+            Rows::Aggregates($v) => $body,
+        }
+    };
+}
+
+impl Rows {
+    /// An empty buffer for `table`.
+    pub fn new(table: Table) -> Result<Rows, EncodeError> {
+        Ok(match table {
+            Table::Event(Kind::Analytics) => Rows::Analytics(Vec::new()),
+            Table::Event(Kind::Error) => Rows::Error(Vec::new()),
+            Table::Event(Kind::Performance) => Rows::Performance(Vec::new()),
+            Table::Event(Kind::Transaction) => Rows::Transaction(Vec::new()),
+            Table::Event(Kind::Session) => Rows::Session(Vec::new()),
+            Table::Event(Kind::Notification) => Rows::Notification(Vec::new()),
+            Table::Sessions => Rows::Sessions(Vec::new()),
+            Table::Aggregates => Rows::Aggregates(Vec::new()),
+            Table::Issues => return Err(EncodeError::NoSchema(table.name())),
+        })
+    }
+
+    /// The buffer's table.
+    pub fn table(&self) -> Table {
+        match self {
+            Rows::Analytics(_) => Table::Event(Kind::Analytics),
+            Rows::Error(_) => Table::Event(Kind::Error),
+            Rows::Performance(_) => Table::Event(Kind::Performance),
+            Rows::Transaction(_) => Table::Event(Kind::Transaction),
+            Rows::Session(_) => Table::Event(Kind::Session),
+            Rows::Notification(_) => Table::Event(Kind::Notification),
+            Rows::Sessions(_) => Table::Sessions,
+            Rows::Aggregates(_) => Table::Aggregates,
+        }
+    }
+
+    /// Adds a row of this buffer's table.
+    pub fn push(&mut self, row: Row) -> Result<(), EncodeError> {
+        match (self, row) {
+            (Rows::Analytics(v), Row::Event(Event::Analytics(e))) => v.push(e),
+            (Rows::Error(v), Row::Event(Event::Error(e))) => v.push(e),
+            (Rows::Performance(v), Row::Event(Event::Performance(e))) => v.push(e),
+            (Rows::Transaction(v), Row::Event(Event::Transaction(e))) => v.push(e),
+            (Rows::Session(v), Row::Event(Event::Session(e))) => v.push(e),
+            (Rows::Notification(v), Row::Event(Event::Notification(e))) => v.push(e),
+            (Rows::Sessions(v), Row::Session(s)) => v.push(s),
+            (Rows::Aggregates(v), Row::Aggregate(a)) => v.push(a),
+            (rows, row) => {
+                return Err(EncodeError::WrongTable {
+                    row: row.table().name(),
+                    table: rows.table().name(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows waiting.
+    pub fn len(&self) -> usize {
+        each!(self, v => v.len())
+    }
+
+    /// Whether no row is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The waiting rows as a record batch of the table's schema; the buffer is emptied.
+    pub fn take_batch(&mut self) -> Result<RecordBatch, EncodeError> {
+        let batch = match self {
+            Rows::Analytics(v) => arrow_schemas::to_batch(Kind::Analytics, v)?,
+            Rows::Error(v) => arrow_schemas::to_batch(Kind::Error, v)?,
+            Rows::Performance(v) => arrow_schemas::to_batch(Kind::Performance, v)?,
+            Rows::Transaction(v) => arrow_schemas::to_batch(Kind::Transaction, v)?,
+            Rows::Session(v) => arrow_schemas::to_batch(Kind::Session, v)?,
+            Rows::Notification(v) => arrow_schemas::to_batch(Kind::Notification, v)?,
+            Rows::Sessions(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::Aggregates(v) => arrow_schemas::records_to_batch(v)?,
+        };
+        each!(self, v => v.clear());
+        Ok(batch)
+    }
+}
+
+/// The writer properties of every file: zstd at `level`, bounded row groups.
+pub fn properties(zstd_level: i32) -> Result<WriterProperties, EncodeError> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(64 << 20))
+        .build())
+}
+
+/// One Parquet file of one table being written.
+pub struct FileWriter<W: Write + Send> {
+    writer: ArrowWriter<W>,
+    pending: Rows,
+    rows: u64,
+}
+
+impl<W: Write + Send> FileWriter<W> {
+    /// Starts a file of `table` on `out`.
+    pub fn new(out: W, table: Table, properties: WriterProperties) -> Result<Self, EncodeError> {
+        let schema = table.schema().ok_or(EncodeError::NoSchema(table.name()))?;
+        Ok(FileWriter {
+            writer: ArrowWriter::try_new(out, schema, Some(properties))?,
+            pending: Rows::new(table)?,
+            rows: 0,
+        })
+    }
+
+    /// Adds a row; every [`BATCH_ROWS`] rows are encoded.
+    pub fn push(&mut self, row: Row) -> Result<(), EncodeError> {
+        self.pending.push(row)?;
+        self.rows += 1;
+        if self.pending.len() >= BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the waiting rows.
+    fn flush(&mut self) -> Result<(), EncodeError> {
+        if !self.pending.is_empty() {
+            let batch = self.pending.take_batch()?;
+            self.writer.write(&batch)?;
+        }
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes the remaining rows and the footer; returns the output and the row count.
+    pub fn finish(mut self) -> Result<(W, u64), EncodeError> {
+        self.flush()?;
+        let out = self.writer.into_inner()?;
+        Ok((out, self.rows))
+    }
+}
+
+/// Encodes `rows` (all of one table) into one Parquet file in memory: what the benchmark measures.
+pub fn encode_to_vec(
+    table: Table,
+    rows: impl IntoIterator<Item = Row>,
+    zstd_level: i32,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut writer = FileWriter::new(Vec::new(), table, properties(zstd_level)?)?;
+    for row in rows {
+        writer.push(row)?;
+    }
+    Ok(writer.finish()?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use trellis_schemas::sample;
+
+    #[test]
+    fn rows_round_trip_through_a_parquet_file() {
+        let events: Vec<Event> = (0..60_000)
+            .map(|n| sample::event("p", n % 40, n))
+            .filter(|e| e.kind() == Kind::Error)
+            .collect();
+        assert!(
+            events.len() > BATCH_ROWS / 8,
+            "enough rows: {}",
+            events.len()
+        );
+        let bytes = encode_to_vec(
+            Table::Event(Kind::Error),
+            events.iter().cloned().map(Row::Event),
+            3,
+        )
+        .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut back = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            back.extend(arrow_schemas::from_batch::<ErrorEvent>(Kind::Error, &batch).unwrap());
+        }
+        let expected: Vec<ErrorEvent> = events
+            .into_iter()
+            .map(|e| match e {
+                Event::Error(e) => e,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_row_of_another_table_is_refused() {
+        let mut rows = Rows::new(Table::Sessions).unwrap();
+        let err = rows
+            .push(Row::Aggregate(HealthPartial::default()))
+            .unwrap_err();
+        assert!(matches!(err, EncodeError::WrongTable { .. }), "{err}");
+        assert!(matches!(
+            Rows::new(Table::Issues),
+            Err(EncodeError::NoSchema("issues"))
+        ));
+    }
+}

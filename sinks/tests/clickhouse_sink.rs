@@ -1,0 +1,243 @@
+//! The ClickHouse sink against the real server (`TEST_TRELLIS_CLICKHOUSE_URL`): a normal run
+//! writes every row exactly once and the rollups agree; rows the server refuses and payloads that
+//! do not decode go to the dead-letter topic with the reason; ClickHouse unreachable for 30 s
+//! mid-stream loses and duplicates nothing.
+
+mod clickhouse_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clickhouse_support::*;
+use trellis_bus::{Bus, DeadLetter, Message};
+use trellis_schemas::{AnalyticsEvent, Common, Event, avro, topics};
+use trellis_sinks::clickhouse::{self, migrate};
+
+fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
+    let config = trellis_bus::config::EmbeddedConfig {
+        path: dir.join("bus.redb"),
+    };
+    Arc::new(trellis_bus::embedded::EmbeddedBus::open(&config).unwrap())
+}
+
+type Stop = tokio::sync::oneshot::Sender<()>;
+type Task = tokio::task::JoinHandle<Result<(), clickhouse::Error>>;
+
+fn start(
+    bus: &Arc<dyn Bus>,
+    names: &topics::Names,
+    config: clickhouse::ClickHouseConfig,
+) -> (Stop, Task) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(clickhouse::run(
+        bus.clone(),
+        names.clone(),
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("normal")));
+    create_topics(&bus, &names).await;
+    let data = fleet_data(300, 5);
+    let expected = data.expected();
+    publish(&bus, &data.messages(&names)).await;
+
+    let db = unique("ch_normal");
+    let config = config(&db);
+    let first = migrate(&config).await.unwrap();
+    assert_eq!(first.applied, [1, 2, 3]);
+    let (stop, task) = start(&bus, &names, config.clone());
+    wait_for(&db, &expected, Duration::from_secs(120)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    assert_exact(&db, &expected);
+    let events: u64 = expected
+        .iter()
+        .filter(|(t, _)| !["sessions", "health_partials"].contains(t))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        count(&db, "SELECT uniqExactMerge(events) FROM events_daily"),
+        events,
+        "events_daily counts every event once"
+    );
+    assert_eq!(
+        count(&db, "SELECT uniqExactMerge(sessions) FROM release_health"),
+        expected["sessions"]
+    );
+    // Migrations ran once: a second run applies nothing.
+    let again = migrate(&config).await.unwrap();
+    assert!(again.applied.is_empty(), "{again:?}");
+    assert_eq!(
+        query(
+            &db,
+            "SELECT version FROM schema_migrations ORDER BY version"
+        ),
+        "1\n2\n3\n"
+    );
+    println!("normal run: {expected:?}");
+    execute(&format!("DROP DATABASE {db}"));
+}
+
+fn analytics(name: &str, n: usize) -> Event {
+    Event::Analytics(AnalyticsEvent {
+        common: Common {
+            event_id: format!("dlq-{n}"),
+            project: "plants".into(),
+            timestamp_ms: 1_790_000_000_000 + n as i64,
+            received_at_ms: 1_790_000_000_000,
+            device_id: Some(format!("d-{n}")),
+            ..Default::default()
+        },
+        name: name.into(),
+        screen: None,
+        properties: "{}".into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rows_and_undecodable_payloads_are_dead_lettered_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("dlq")));
+    create_topics(&bus, &names).await;
+    let db = unique("ch_dlq");
+    let config = config(&db);
+    migrate(&config).await.unwrap();
+    // A server-side rule the data can break (18.16 has no CHECK constraints; throwIf does the
+    // same): ClickHouse refuses any batch holding an event named `poison`, with Code 395.
+    execute(&format!(
+        "ALTER TABLE {db}.events ADD COLUMN poison UInt8 MATERIALIZED throwIf(name = 'poison')"
+    ));
+    let mut messages: Vec<Message> = (0..40)
+        .map(|n| {
+            let name = if n == 17 { "poison" } else { "opened_app" };
+            let e = analytics(name, n);
+            Message::new(
+                names.events.as_str(),
+                e.partition_key(),
+                avro::encode(&e).unwrap(),
+            )
+        })
+        .collect();
+    messages.push(Message::new(
+        names.events.as_str(),
+        b"k".to_vec(),
+        b"not avro".to_vec(),
+    ));
+    publish(&bus, &messages).await;
+
+    let (stop, task) = start(&bus, &names, config.clone());
+    let mut reader = bus
+        .consumer(&unique("dlq-reader"), &[&names.dlq])
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while letters.len() < 2 {
+        for r in reader.poll(10, Duration::from_millis(200)).await.unwrap() {
+            letters.push(DeadLetter::from_record(&r).unwrap());
+        }
+        assert!(Instant::now() < deadline, "dead letters: {letters:?}");
+    }
+    wait_for(&db, &[("events", 39)].into(), Duration::from_secs(30)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    letters.sort_by(|a, b| a.reason.cmp(&b.reason));
+    assert_eq!(letters[0].stage, "sink.clickhouse");
+    assert!(
+        letters[0]
+            .reason
+            .starts_with("clickhouse refused the row for events: ")
+            && letters[0].reason.contains("Code: 395"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        avro::decode(&letters[0].payload).unwrap().common().event_id,
+        "dlq-17"
+    );
+    assert!(
+        letters[1].reason.starts_with("payload does not decode"),
+        "{}",
+        letters[1].reason
+    );
+    assert_eq!(letters[1].payload, b"not avro");
+    assert_eq!(
+        count(&db, "SELECT count() FROM events WHERE event_id = 'dlq-17'"),
+        0
+    );
+    // Everything was handled, so everything is committed.
+    let mut committed = 0;
+    for p in 0..PARTITIONS {
+        committed += reader_committed(&bus, &config.group, &names.events, p).await;
+    }
+    assert_eq!(committed, messages.len() as u64);
+    execute(&format!("DROP DATABASE {db}"));
+}
+
+async fn reader_committed(bus: &Arc<dyn Bus>, group: &str, topic: &str, partition: u32) -> u64 {
+    let consumer = bus.consumer(group, &[topic]).await.unwrap();
+    consumer
+        .committed(topic, partition)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_unreachable_for_30_seconds_mid_stream_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("outage")));
+    create_topics(&bus, &names).await;
+    let data = fleet_data(300, 9);
+    let expected = data.expected();
+    let messages = data.messages(&names);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    publish(&bus, first).await;
+
+    let proxy = Proxy::start(&url()).await;
+    let db = unique("ch_outage");
+    let mut config = config(&db);
+    config.url = proxy.url.clone();
+    config.batch_rows = 300;
+    migrate(&config).await.unwrap();
+    let (stop, task) = start(&bus, &names, config.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while final_counts(&db).values().sum::<u64>() < 1000 {
+        assert!(Instant::now() < deadline, "nothing written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.set_cut(true);
+    let cut_at = Instant::now();
+    publish(&bus, second).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = final_counts(&db);
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(cut_at.elapsed())).await;
+    assert_eq!(
+        final_counts(&db),
+        during,
+        "nothing is written while ClickHouse is cut off"
+    );
+    assert!(during.values().sum::<u64>() < expected.values().sum::<u64>());
+    proxy.set_cut(false);
+
+    wait_for(&db, &expected, Duration::from_secs(120)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_exact(&db, &expected);
+    println!("outage: {during:?} during the cut, {expected:?} after");
+    execute(&format!("DROP DATABASE {db}"));
+}

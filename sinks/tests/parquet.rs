@@ -1,0 +1,307 @@
+//! The Parquet sink on the embedded log: exact row counts through `query`, dead letters, and
+//! files rolled by size with contiguous offset ranges.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Outputs, counts, files, number, publish, unique};
+use trellis_bus::embedded::EmbeddedBus;
+use trellis_bus::{Bus, Message, config::EmbeddedConfig};
+use trellis_schemas::{avro, topics};
+use trellis_sinks::parquet::{self, Metrics, ParquetConfig};
+use trellis_sinks::query::{OutputFormat, query};
+
+fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
+    Arc::new(
+        EmbeddedBus::open(&EmbeddedConfig {
+            path: dir.join("bus.redb"),
+        })
+        .unwrap(),
+    )
+}
+
+/// Starts the sink; returns its stop switch and task.
+fn start(
+    bus: &Arc<dyn Bus>,
+    names: &topics::Names,
+    config: ParquetConfig,
+    metrics: Arc<Metrics>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), parquet::Error>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(parquet::run_with_metrics(
+        bus.clone(),
+        names.clone(),
+        config,
+        metrics,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_lands_in_parquet_with_exact_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("parquet");
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("pq")));
+    let outputs = Outputs::of_fleet(400, 5);
+    let expected = outputs.expected();
+    let garbage = 7;
+    publish(&bus, &names, outputs.messages(&names, garbage)).await;
+
+    let metrics = Arc::new(Metrics::default());
+    let config = ParquetConfig {
+        root: root.clone(),
+        group: unique("sink"),
+        max_rows: 3000,
+        max_age: Duration::from_millis(300),
+        poll_timeout: Duration::from_millis(100),
+        ..ParquetConfig::default()
+    };
+    let (stop, task) = start(&bus, &names, config, metrics.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = counts(&root).await;
+        for (table, n) in &seen {
+            assert!(
+                n <= &expected[table],
+                "{table}: {n} rows, more than {}",
+                expected[table]
+            );
+        }
+        if seen == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incomplete after 120 s: {seen:?} of {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(counts(&root).await, expected, "after shutdown");
+    let events = outputs.events.len() as u64;
+    println!(
+        "{expected:?}: {events} events, {} files",
+        files(&root, &names).files
+    );
+    assert!(
+        expected.values().all(|&n| n > 0),
+        "every table gets rows: {expected:?}"
+    );
+    for table in [
+        "events",
+        "errors",
+        "perf",
+        "transactions",
+        "session_updates",
+        "notifications",
+    ] {
+        let distinct = number(
+            &root,
+            &format!("SELECT count(DISTINCT get_field(common, 'event_id')) FROM {table}"),
+        )
+        .await;
+        assert_eq!(distinct, expected[table], "{table}: no event twice");
+    }
+    // The content, not only the counts: an event round-trips through its file.
+    let first = &outputs.events[0];
+    let id = &first.common().event_id;
+    let table = first.kind().table();
+    let json = query(
+        &root,
+        &format!("SELECT common FROM {table} WHERE get_field(common, 'event_id') = '{id}'"),
+        OutputFormat::Json,
+    )
+    .await
+    .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(
+        rows[0]["common"]["timestamp_ms"].as_i64(),
+        Some(first.common().timestamp_ms)
+    );
+
+    // Partition pruning columns: the hour directories split the rows exactly.
+    let by_hour: u64 = number(
+        &root,
+        "SELECT sum(n) FROM (SELECT date, hour, count(*) AS n FROM events GROUP BY date, hour)",
+    )
+    .await;
+    assert_eq!(by_hour, expected["events"]);
+    let (y, m, d, h) = parquet::layout::date_hour(first.common().timestamp_ms);
+    let in_hour = outputs
+        .events
+        .iter()
+        .filter(|e| {
+            e.kind() == first.kind()
+                && parquet::layout::date_hour(e.common().timestamp_ms) == (y, m, d, h)
+        })
+        .count() as u64;
+    let sql = format!(
+        "SELECT count(*) FROM {table} WHERE project = 'plants' \
+         AND date = DATE '{y:04}-{m:02}-{d:02}' AND hour = {h}"
+    );
+    assert_eq!(number(&root, &sql).await, in_hour, "{sql}");
+    let sessions_project = number(
+        &root,
+        "SELECT count(*) FROM sessions WHERE project = 'plants'",
+    )
+    .await;
+    assert_eq!(sessions_project, expected["sessions"]);
+
+    // Dead letters: counted, and on the dead-letter topic with the sink's stage.
+    assert_eq!(metrics.dead_letters(&names.events), garbage as u64);
+    assert_eq!(metrics.dead_letters(&names.sessions), garbage as u64);
+    assert!(
+        metrics
+            .encode()
+            .contains("trellis_sink_parquet_dead_letters_total")
+    );
+    let rows_metric: u64 = expected.keys().map(|t| metrics.rows_written(t)).sum();
+    assert_eq!(rows_metric, expected.values().sum::<u64>());
+    let mut dlq = bus.consumer(&unique("dlq"), &[&names.dlq]).await.unwrap();
+    let mut letters = Vec::new();
+    for _ in 0..20 {
+        letters.extend(dlq.poll(1000, Duration::from_millis(100)).await.unwrap());
+    }
+    assert_eq!(letters.len(), 2 * garbage);
+    let letter = trellis_bus::DeadLetter::from_record(&letters[0]).unwrap();
+    assert_eq!(letter.stage, parquet::STAGE);
+
+    // The table format prints a header.
+    for table in ["events", "sessions"] {
+        let text = query(
+            &root,
+            &format!("SELECT count(*) AS n FROM {table}"),
+            OutputFormat::Table,
+        )
+        .await
+        .unwrap();
+        assert!(text.contains("| n "), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_roll_by_size_with_contiguous_offset_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("parquet");
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("roll")));
+    for name in names.all() {
+        bus.create_topic(name, 1).await.unwrap();
+    }
+    let events: Vec<_> = (0..4500)
+        .map(|n| trellis_schemas::sample::event("p", n % 30, n))
+        .collect();
+    let messages: Vec<Message> = events
+        .iter()
+        .map(|e| {
+            Message::new(
+                names.events.as_str(),
+                e.partition_key(),
+                avro::encode(e).unwrap(),
+            )
+        })
+        .collect();
+    bus.producer().unwrap().publish(messages).await.unwrap();
+
+    let metrics = Arc::new(Metrics::default());
+    let config = ParquetConfig {
+        root: root.clone(),
+        group: unique("sink"),
+        max_rows: 1000,
+        max_age: Duration::from_secs(3600),
+        poll_max: 300,
+        ..ParquetConfig::default()
+    };
+    let (stop, task) = start(&bus, &names, config, metrics.clone());
+    // By count alone, four segments of 1000 end; the last 500 wait for the age limit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files(&root, &names)
+        .ranges
+        .values()
+        .map(|r| r.len())
+        .sum::<usize>()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "no files after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = files(&root, &names);
+    assert_eq!(
+        before.temps > 0,
+        true,
+        "the last 500 are still being written"
+    );
+    assert_eq!(
+        before.ranges[&(names.events.clone(), 0)],
+        [(0, 999), (1000, 1999), (2000, 2999), (3000, 3999)]
+            .into_iter()
+            .collect(),
+    );
+    assert_eq!(
+        number(&root, "SELECT count(*) FROM events").await
+            + number(&root, "SELECT count(*) FROM errors").await
+            + number(&root, "SELECT count(*) FROM perf").await
+            + number(&root, "SELECT count(*) FROM transactions").await
+            + number(&root, "SELECT count(*) FROM session_updates").await
+            + number(&root, "SELECT count(*) FROM notifications").await,
+        4000
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let after = files(&root, &names);
+    assert_eq!(after.temps, 0);
+    assert_eq!(
+        after.ranges[&(names.events.clone(), 0)],
+        [
+            (0, 999),
+            (1000, 1999),
+            (2000, 2999),
+            (3000, 3999),
+            (4000, 4499)
+        ]
+        .into_iter()
+        .collect(),
+    );
+    // One file per (kind, hour) of each segment.
+    let expected_files: usize = events
+        .chunks(1000)
+        .map(|segment| {
+            segment
+                .iter()
+                .map(|e| {
+                    (
+                        e.kind(),
+                        parquet::layout::hour_start(e.common().timestamp_ms),
+                    )
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+        .sum();
+    assert_eq!(after.files, expected_files);
+    let total: u64 = [
+        "events",
+        "errors",
+        "perf",
+        "transactions",
+        "session_updates",
+        "notifications",
+    ]
+    .iter()
+    .map(|t| metrics.rows_written(t))
+    .sum();
+    assert_eq!(total, 4500);
+}

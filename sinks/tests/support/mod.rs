@@ -1,0 +1,221 @@
+//! Shared by the Parquet sink's integration tests: a simulated fleet run through the processors'
+//! pipeline, published to the sink's input topics, and exact counts read back with `query`.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use trellis_bus::{Bus, Message};
+use trellis_processors::pipeline::{Handled, Rules};
+use trellis_processors::sim::{Fleet, FleetSpec};
+use trellis_processors::{Pipeline, ProcessorConfig};
+use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::{Event, Kind, avro, topics};
+use trellis_sinks::parquet::layout;
+use trellis_sinks::query::{OutputFormat, query};
+
+pub const PARTITIONS: u32 = 4;
+
+/// What the processors emit for a fleet: deduplicated events, sessions, health partials.
+pub struct Outputs {
+    pub events: Vec<Event>,
+    pub sessions: Vec<SessionRecord>,
+    pub partials: Vec<HealthPartial>,
+}
+
+impl Outputs {
+    /// Drives the pure pipeline over a fleet of `devices`, partitioned like the bus would.
+    pub fn of_fleet(devices: usize, seed: u64) -> Outputs {
+        let fleet = Fleet::simulate(&FleetSpec {
+            devices,
+            seed,
+            ..Default::default()
+        });
+        let rules = Rules::from(&ProcessorConfig::default());
+        let mut parts = vec![Vec::new(); PARTITIONS as usize];
+        for e in fleet.wire() {
+            parts[trellis_bus::partition_for(&e.partition_key(), PARTITIONS) as usize].push(e);
+        }
+        let mut out = Outputs {
+            events: Vec::new(),
+            sessions: Vec::new(),
+            partials: Vec::new(),
+        };
+        for (partition, events) in parts.into_iter().enumerate() {
+            let mut p = Pipeline::new(rules, partition as u32);
+            for (offset, e) in events.into_iter().enumerate() {
+                if let Handled::Passed(e) = p.handle(e.clone(), offset as u64) {
+                    out.events.push(*e);
+                }
+            }
+            p.idle(i64::MAX / 4);
+            let (sessions, partials) = p.take_closed();
+            out.sessions.extend(sessions);
+            out.partials.extend(partials);
+        }
+        // The fleet sends no transactions: add some, so every table gets rows.
+        let project = out.events[0].common().project.clone();
+        out.events.extend(
+            (0..50)
+                .map(|n| trellis_schemas::sample::event(&project, n, n * 6 + 3))
+                .filter(|e| e.kind() == Kind::Transaction),
+        );
+        out
+    }
+
+    /// Rows each table must hold, exactly.
+    pub fn expected(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts: BTreeMap<&'static str, u64> =
+            Kind::ALL.iter().map(|k| (k.table(), 0)).collect();
+        for e in &self.events {
+            *counts.entry(e.kind().table()).or_default() += 1;
+        }
+        counts.insert("sessions", self.sessions.len() as u64);
+        counts.insert("aggregates", self.partials.len() as u64);
+        counts
+    }
+
+    /// Every message for the sink's input topics, plus `garbage` undecodable ones on each of
+    /// `events` and `sessions`.
+    pub fn messages(&self, names: &topics::Names, garbage: usize) -> Vec<Message> {
+        let mut messages = Vec::new();
+        for e in &self.events {
+            messages.push(Message::new(
+                names.events.as_str(),
+                e.partition_key(),
+                avro::encode(e).unwrap(),
+            ));
+        }
+        for s in &self.sessions {
+            let key = format!("{}\0{}", s.project, s.device_id);
+            messages.push(Message::new(
+                names.sessions.as_str(),
+                key,
+                records::encode(s).unwrap(),
+            ));
+        }
+        for h in &self.partials {
+            messages.push(Message::new(
+                names.aggregates.as_str(),
+                h.partial_id.clone(),
+                records::encode(h).unwrap(),
+            ));
+        }
+        for n in 0..garbage {
+            for topic in [&names.events, &names.sessions] {
+                messages.push(Message::new(
+                    topic.as_str(),
+                    format!("junk-{n}"),
+                    b"\xC3\x01not a payload".to_vec(),
+                ));
+            }
+        }
+        messages
+    }
+}
+
+/// Creates every topic of `names` and publishes `messages`.
+pub async fn publish(bus: &Arc<dyn Bus>, names: &topics::Names, messages: Vec<Message>) {
+    for name in names.all() {
+        bus.create_topic(name, PARTITIONS).await.unwrap();
+    }
+    let producer = bus.producer().unwrap();
+    for chunk in messages.chunks(5000) {
+        producer.publish(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// A unique name for topics and groups.
+pub fn unique(name: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// One number answered by `sql` (its first column, first row).
+pub async fn number(root: &Path, sql: &str) -> u64 {
+    let csv = query(root, sql, OutputFormat::Csv).await.unwrap();
+    let mut lines = csv.lines();
+    lines.next().expect("a header line");
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("no row for {sql}: {csv:?}"))
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}: {csv:?}"))
+}
+
+/// The rows of every table, by `query`.
+pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
+    let mut out = BTreeMap::new();
+    for table in Kind::ALL
+        .iter()
+        .map(|k| k.table())
+        .chain(["sessions", "aggregates"])
+    {
+        out.insert(
+            table,
+            number(root, &format!("SELECT count(*) FROM {table}")).await,
+        );
+    }
+    out
+}
+
+/// Finished files and temporary files under `root`: for each input (topic, partition), the
+/// distinct offset ranges of the finished files; checks that ranges of one partition never
+/// overlap (a replay that wrote a different range would).
+pub struct Files {
+    pub ranges: BTreeMap<(String, u32), BTreeSet<(u64, u64)>>,
+    pub files: usize,
+    pub temps: usize,
+}
+
+pub fn files(root: &Path, names: &topics::Names) -> Files {
+    let mut out = Files {
+        ranges: BTreeMap::new(),
+        files: 0,
+        temps: 0,
+    };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().into_string().unwrap();
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(entry.path());
+            } else if name.ends_with(layout::TEMP_SUFFIX) {
+                out.temps += 1;
+            } else {
+                out.files += 1;
+                let found = [&names.events, &names.sessions, &names.aggregates]
+                    .into_iter()
+                    .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
+                    .find_map(|(t, p)| {
+                        layout::parse_file_name(&name, t, p).map(|r| ((t.clone(), p), r))
+                    });
+                let (key, range) = found.unwrap_or_else(|| panic!("unexpected file {name}"));
+                out.ranges.entry(key).or_default().insert(range);
+            }
+        }
+    }
+    for (key, ranges) in &out.ranges {
+        let ranges: Vec<_> = ranges.iter().collect();
+        for pair in ranges.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].0,
+                "overlapping files of {key:?}: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    out
+}
