@@ -94,6 +94,38 @@ pub async fn run_processors(
     Ok(())
 }
 
+/// Runs the Parquet sink until `shutdown` resolves.
+pub async fn run_parquet_sink(
+    config: &Config,
+    bus: Arc<dyn trellis_bus::Bus>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    trellis_sinks::parquet::run(
+        bus,
+        config.topics.names(),
+        config.sinks.parquet.clone(),
+        shutdown,
+    )
+    .await
+    .context("running the Parquet sink")
+}
+
+/// Runs the ClickHouse sink until `shutdown` resolves.
+pub async fn run_clickhouse_sink(
+    config: &Config,
+    bus: Arc<dyn trellis_bus::Bus>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    trellis_sinks::clickhouse::run(
+        bus,
+        config.topics.names(),
+        config.sinks.clickhouse.clone(),
+        shutdown,
+    )
+    .await
+    .context("running the ClickHouse sink")
+}
+
 /// Serves `metrics` on `GET /metrics` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use trellis_bus::BusConfig;
 use trellis_ingest::IngestConfig;
 use trellis_processors::ProcessorConfig;
+use trellis_sinks::clickhouse::ClickHouseConfig;
+use trellis_sinks::parquet::ParquetConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// The processors: dedupe, sessions, release health.
     pub processors: ProcessorConfig,
+    /// The sinks: Parquet files and ClickHouse tables.
+    pub sinks: SinksConfig,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
     pub log: String,
 }
@@ -42,9 +46,21 @@ impl Default for Config {
             topics: TopicsConfig::default(),
             ingest: IngestConfig::default(),
             processors: ProcessorConfig::default(),
+            sinks: SinksConfig::default(),
             log: "info".into(),
         }
     }
+}
+
+/// The sinks.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Parquet files under the data directory, queried with `trellis query` (`trellis run`
+    /// writes them; `trellis sink parquet` alone when scaled out).
+    pub parquet: ParquetConfig,
+    /// ClickHouse tables (`trellis sink clickhouse`).
+    pub clickhouse: ClickHouseConfig,
 }
 
 /// Topic settings.
@@ -82,6 +98,9 @@ pub enum ConfigError {
     /// key and where it came from; it is the whole story, so it is not also a `source`).
     #[error("configuration: {0}")]
     Parse(Box<figment::Error>),
+    /// A sink's setting is not allowed (the message names the key).
+    #[error("configuration: {0}")]
+    Sink(String),
     /// A value parsed but is not allowed.
     #[error("configuration: {key}: {reason}")]
     Invalid {
@@ -176,6 +195,14 @@ impl Config {
             let key = "processors";
             return Err(ConfigError::Invalid { key, reason });
         }
+        self.sinks
+            .parquet
+            .validate()
+            .map_err(|e| ConfigError::Sink(e.to_string()))?;
+        self.sinks
+            .clickhouse
+            .validate()
+            .map_err(|e| ConfigError::Sink(e.to_string()))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid {
                 key: "log",
@@ -190,6 +217,9 @@ impl Config {
             && e.path.is_relative()
         {
             e.path = self.data_dir.join(&e.path);
+        }
+        if self.sinks.parquet.root.is_relative() {
+            self.sinks.parquet.root = self.data_dir.join(&self.sinks.parquet.root);
         }
         if self.processors.checkpoint_dir.is_relative() {
             self.processors.checkpoint_dir = self.data_dir.join(&self.processors.checkpoint_dir);
@@ -222,6 +252,7 @@ mod tests {
             config.processors.checkpoint_dir,
             PathBuf::from("data/checkpoints")
         );
+        assert_eq!(config.sinks.parquet.root, PathBuf::from("data/parquet"));
     }
 
     #[test]
@@ -267,6 +298,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bus.compression"), "{err}");
+        let err = load("[sinks.parquet]\nmax_rows = 0\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.parquet.max_rows"), "{err}");
         let err = load("[processors]\nsession_gap = \"0s\"\n", &[])
             .unwrap_err()
             .to_string();

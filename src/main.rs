@@ -52,6 +52,29 @@ enum Command {
     Schema(SchemaCommand),
     /// Changes an issue through the admin API of a running trellis.
     Issues(issues::IssuesArgs),
+    /// Runs one sink alone (scale-out).
+    Sink {
+        /// Which sink.
+        #[arg(value_enum)]
+        sink: SinkKind,
+    },
+    /// Answers SQL over the Parquet files (tables: events, errors, perf, transactions,
+    /// session_updates, notifications, sessions, aggregates, issues), also while trellis runs.
+    Query {
+        /// The SQL.
+        sql: String,
+        /// How to print the answer: table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SinkKind {
+    /// Parquet files under `sinks.parquet.root`.
+    Parquet,
+    /// ClickHouse tables (`sinks.clickhouse`).
+    Clickhouse,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +142,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Issues(args) => issues::run(args),
+        Command::Query { sql, format } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let format: trellis_sinks::query::OutputFormat = format
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+            let answer = trellis_sinks::query::query(&config.sinks.parquet.root, &sql, format)
+                .await
+                .context("query")?;
+            print!("{answer}");
+            if !answer.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Sink { sink } => {
+            let config = Config::load(cli.config.as_deref())?;
+            init_tracing(&config.log);
+            let bus = app::open_bus(&config).await?;
+            match sink {
+                SinkKind::Parquet => {
+                    app::run_parquet_sink(&config, bus, app::shutdown_signal()).await
+                }
+                SinkKind::Clickhouse => {
+                    app::run_clickhouse_sink(&config, bus, app::shutdown_signal()).await
+                }
+            }
+        }
         Command::Config => {
             let config = Config::load(cli.config.as_deref())?;
             print!(
@@ -181,7 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     sources,
                     on_stop(stopped.clone())
                 ),
-                app::run_processors(&config, bus, metrics, on_stop(stopped)),
+                app::run_processors(&config, bus.clone(), metrics, on_stop(stopped.clone())),
+                app::run_parquet_sink(&config, bus, on_stop(stopped)),
             )?;
             Ok(())
         }
