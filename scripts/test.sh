@@ -11,7 +11,7 @@ services_up
 log "TEST_TRELLIS_KAFKA=$TEST_TRELLIS_KAFKA TEST_TRELLIS_CLICKHOUSE_URL=$TEST_TRELLIS_CLICKHOUSE_URL"
 
 # Every criterion bench runs once on its inputs (test mode: nothing is timed).
-cargo test -q -p trellis-benchmarks -p trellis-sinks --benches
+cargo test -q --workspace --benches
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

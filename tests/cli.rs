@@ -176,3 +176,87 @@ fn docker_compose_file_is_valid() {
         assert!(config.contains(needle), "docker-compose.yml lacks {needle}");
     }
 }
+
+/// One machine, end to end: events posted to `trellis run` are deduplicated, sessionized and
+/// written to Parquet, and `trellis query` answers over them while trellis keeps running.
+#[test]
+fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = trellis()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("TRELLIS_INGEST__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TRELLIS_SINKS__PARQUET__MAX_AGE", "1s")
+        .env("TRELLIS_PROCESSORS__CHECKPOINT_INTERVAL", "200ms")
+        .env("TRELLIS_PROCESSORS__IDLE_TIMEOUT", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&format!("{base}/readyz")).map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "trellis run never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let event = |i: u32, kind: &str| {
+        let mut e = serde_json::json!({
+            "kind": kind,
+            "event_id": format!("00000000-0000-4000-8000-{i:012}"),
+            "device_id": "device-1",
+            "timestamp": 1_795_660_800_000i64 + i as i64 * 1000,
+            "release": {"platform": "ios", "app_version": "2.14.0"},
+        });
+        if kind == "analytics" {
+            e["name"] = "plant_watered".into();
+        } else {
+            e["exceptions"] = serde_json::json!([{"type": "TypeError", "value": "boom"}]);
+        }
+        e
+    };
+    // Five analytics events, one of them sent twice, and two errors.
+    let mut events: Vec<_> = (0..5).map(|i| event(i, "analytics")).collect();
+    events.push(event(3, "analytics"));
+    events.extend((10..12).map(|i| event(i, "error")));
+    let mut response = ureq::post(&format!("{base}/v1/batch"))
+        .header("Authorization", "Bearer trellis_dev_key")
+        .send_json(serde_json::json!({ "events": events }))
+        .unwrap();
+    let accepted: serde_json::Value = response.body_mut().read_json().unwrap();
+    assert_eq!(accepted["accepted"], 7);
+
+    let query = |sql: &str| -> Option<serde_json::Value> {
+        let out = trellis()
+            .args(["query", "--format", "json", sql])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let events = query("SELECT count(*) AS n FROM events");
+        let errors = query("SELECT count(*) AS n, count(issue_id) AS grouped FROM errors");
+        if let (Some(e), Some(r)) = (events, errors)
+            && e[0]["n"] == 5
+            && r[0]["n"] == 2
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stores never held the 5 events and 2 errors"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        answer[0]["grouped"], 2,
+        "every stored error names its issue"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
