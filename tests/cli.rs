@@ -222,7 +222,11 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
     let mut response = ureq::post(&format!("{base}/v1/batch"))
         .header("Authorization", "Bearer trellis_dev_key")
         .header("Content-Type", "application/json")
-        .send(serde_json::json!({ "events": events }).to_string().as_bytes())
+        .send(
+            serde_json::json!({ "events": events })
+                .to_string()
+                .as_bytes(),
+        )
         .unwrap();
     let accepted: serde_json::Value =
         serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
