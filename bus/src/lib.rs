@@ -249,6 +249,26 @@ pub trait Consumer: Send {
     fn assignment(&self) -> Vec<(String, u32)>;
 }
 
+/// Commits `offsets`, waiting out a bus that is down (retryable errors, backing off from 100 ms
+/// to 5 s): stages call it once their output is durable, and must not go on before it succeeds.
+pub async fn commit_until_done(
+    consumer: &mut dyn Consumer,
+    offsets: &Offsets,
+) -> Result<(), BusError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match consumer.commit(offsets).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Committing offsets failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A bus: creates topics, producers and consumers.
 #[async_trait]
 pub trait Bus: Send + Sync {

@@ -238,18 +238,7 @@ async fn deliver(
             current.max(finished.next_offset),
         );
     }
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match consumer.commit(&offsets).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "Committing offsets failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(trellis_bus::commit_until_done(consumer, &offsets).await?)
 }
 
 async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, Error>
