@@ -247,6 +247,10 @@ pub trait Consumer: Send {
 
     /// The (topic, partition) pairs this member reads now.
     fn assignment(&self) -> Vec<(String, u32)>;
+
+    /// The offset the next record stored on a partition will get (Kafka's high watermark): a
+    /// consumer whose position is there has read everything.
+    async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError>;
 }
 
 /// Commits `offsets`, waiting out a bus that is down (retryable errors, backing off from 100 ms

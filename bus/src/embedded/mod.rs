@@ -230,4 +230,8 @@ impl Consumer for EmbeddedConsumer {
     fn assignment(&self) -> Vec<(String, u32)> {
         self.order.clone()
     }
+
+    async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
+        self.inner.store.end_offset(topic, partition)
+    }
 }

@@ -145,6 +145,15 @@ impl Store {
         answer.await.map_err(|_| BusError::Closed)?
     }
 
+    /// The next offset of a partition.
+    pub(crate) fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
+        let topics = self.topics.lock().map_err(|_| BusError::Closed)?;
+        topics
+            .get(topic)
+            .and_then(|p| p.get(partition as usize).copied())
+            .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))
+    }
+
     pub(crate) fn partitions(&self, topic: &str) -> Option<u32> {
         let topics = self.topics.lock().ok()?;
         topics.get(topic).map(|p| p.len() as u32)

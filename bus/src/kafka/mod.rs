@@ -391,4 +391,15 @@ impl Consumer for KafkaConsumer {
             })
             .unwrap_or_default()
     }
+
+    async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
+        let consumer = self.consumer.clone();
+        let topic = topic.to_string();
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic, partition as i32, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|_| BusError::Closed)??;
+        Ok(high.max(0) as u64)
+    }
 }

@@ -91,6 +91,17 @@ pub async fn records_of_one_key_stay_in_order(bus: Arc<dyn Bus>) {
     let mut consumer = bus.consumer(&unique("g"), &[&topic]).await.unwrap();
     let records = read(consumer.as_mut(), 1000, Duration::from_secs(60)).await;
     assert_eq!(records.len(), 1000);
+    // Each partition's end offset is one past its last record: the consumer has read everything.
+    for partition in 0..4 {
+        let stored = deliveries
+            .iter()
+            .filter(|d| d.partition == partition)
+            .count() as u64;
+        assert_eq!(
+            consumer.end_offset(&topic, partition).await.unwrap(),
+            stored
+        );
+    }
     let mut per_key: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
     let mut partition_of: HashMap<Vec<u8>, BTreeSet<u32>> = HashMap::new();
     for r in &records {

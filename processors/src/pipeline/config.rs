@@ -39,7 +39,7 @@ pub struct ProcessorConfig {
     /// How often each partition's state is checkpointed and its offset committed.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
-    /// How long a partition must be quiet, with the consumer caught up, before its watermark
+    /// How long a partition must be quiet, with all its input read, before its watermark
     /// follows the wall clock (closing the windows and sessions of a fleet that went quiet).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,

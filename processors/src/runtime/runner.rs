@@ -107,7 +107,7 @@ pub async fn run<F: Factory>(
         state.restore_assigned(consumer.as_ref())?;
         state.process(&records, &mut out)?;
         if records.is_empty() {
-            state.idle(&mut out);
+            state.idle(consumer.as_mut(), &mut out).await;
         }
         publish(producer.as_ref(), out.messages).await?;
         state.drain_counters();
@@ -249,15 +249,25 @@ impl<F: Factory> Loop<F> {
         Ok(())
     }
 
-    fn idle(&mut self, out: &mut Output) {
+    /// Runs `on_idle` for partitions quiet for the idle timeout whose input is all read: a
+    /// slow fetch (a stalled broker, a rebalance) is not quiet, and must not move a watermark to
+    /// the wall clock while records are still waiting.
+    async fn idle(&mut self, consumer: &mut dyn Consumer, out: &mut Output) {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
-        for slot in self.slots.values_mut() {
-            if !slot.idle_done && slot.last_record.elapsed() >= self.config.idle_timeout {
-                slot.processor.on_idle(now_ms, out);
-                slot.idle_done = true;
+        for (&partition, slot) in self.slots.iter_mut() {
+            if slot.idle_done || slot.last_record.elapsed() < self.config.idle_timeout {
+                continue;
+            }
+            match consumer.end_offset(&self.config.topic, partition).await {
+                Ok(end) if slot.next_offset >= end => {
+                    slot.processor.on_idle(now_ms, out);
+                    slot.idle_done = true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(partition, error = %e, "End offset unknown; not idle."),
             }
         }
     }
