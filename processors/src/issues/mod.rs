@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use trellis_bus::{Message, Record, dead_letter};
 use trellis_schemas::records::{self, IssueCommand, IssueRecord};
-use trellis_schemas::{Event, avro, topics};
+use trellis_schemas::{ErrorEvent, Event, avro, topics};
 
 use crate::grouping::GroupingConfig;
 use crate::grouping::{
@@ -72,12 +72,35 @@ pub fn grouped_key(project: &str) -> Vec<u8> {
     project.as_bytes().to_vec()
 }
 
+/// The header on `errors.grouped` naming the `events.raw` record an error came from, as
+/// `partition:offset`.
+pub const SOURCE_HEADER: &str = "trellis-source";
+
+/// The [`SOURCE_HEADER`] value for a record of `events.raw`.
+pub fn source_header(partition: u32, offset: u64) -> trellis_bus::Header {
+    trellis_bus::Header {
+        name: SOURCE_HEADER.into(),
+        value: format!("{partition}:{offset}").into_bytes(),
+    }
+}
+
+fn parse_source(value: &[u8]) -> Option<(u32, u64)> {
+    let (partition, offset) = std::str::from_utf8(value).ok()?.split_once(':')?;
+    Some((partition.parse().ok()?, offset.parse().ok()?))
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct State {
     issues: BTreeMap<String, Issue>,
     clocks: BTreeMap<String, ReleaseClock>,
     aliases: AliasTable,
     next_offset: u64,
+    /// For each `events.raw` partition, the newest source offset counted. The process stage
+    /// emits a partition's errors in offset order, and after a crash or a rebalance it replays
+    /// from its checkpoint and emits some of them again; an error from at or below this mark is
+    /// such a replay and is not counted twice.
+    #[serde(default)]
+    sources: BTreeMap<u32, u64>,
 }
 
 /// Counters since the last drain.
@@ -88,6 +111,7 @@ struct Counters {
     commands: u64,
     commands_rejected: u64,
     invalid: u64,
+    replayed: u64,
 }
 
 /// One partition's issues.
@@ -332,7 +356,18 @@ impl Processor for IssueProcessor {
             return;
         }
         match avro::decode(&record.payload) {
-            Ok(Event::Error(error)) => self.on_error(&error, record.offset, out),
+            Ok(Event::Error(error)) => {
+                if let Some((partition, offset)) =
+                    record.header(SOURCE_HEADER).and_then(parse_source)
+                {
+                    if self.state.sources.get(&partition) >= Some(&offset) {
+                        self.counters.replayed += 1;
+                        return;
+                    }
+                    self.state.sources.insert(partition, offset);
+                }
+                self.on_error(&error, record.offset, out)
+            }
             Ok(other) => {
                 self.counters.invalid += 1;
                 let reason = format!("a {} event on the grouped-errors topic", other.kind());
@@ -370,6 +405,7 @@ impl Processor for IssueProcessor {
             ("issue_commands", c.commands),
             ("issue_commands_refused", c.commands_rejected),
             ("invalid", c.invalid),
+            ("replayed", c.replayed),
         ] {
             if n > 0 {
                 into(name, n);
@@ -382,6 +418,27 @@ impl Processor for IssueProcessor {
         let json = serde_json::to_vec(&self.state)?;
         Ok(postcard::to_allocvec(&json)?)
     }
+}
+
+/// The issue records one issues-stage partition emits for `errors`, in order, with the default
+/// grouping rules: a new version of an issue per error. For tests, benchmarks and backfills.
+pub fn replay<'a>(errors: impl IntoIterator<Item = &'a ErrorEvent>) -> Vec<IssueRecord> {
+    let factory = IssueFactory::new(
+        Arc::new(Groupers::default_rules()),
+        topics::Names::default(),
+    );
+    let mut processor = factory
+        .create(0, None)
+        .expect("a processor without state starts");
+    let mut out = Output::default();
+    for e in errors {
+        processor.on_error(e, processor.state.next_offset, &mut out);
+        processor.state.next_offset += 1;
+    }
+    out.messages
+        .iter()
+        .filter_map(|m| records::decode(&m.payload).ok())
+        .collect()
 }
 
 /// Makes [`IssueProcessor`]s.

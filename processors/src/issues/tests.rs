@@ -58,13 +58,17 @@ impl Harness {
     }
 
     fn feed(&mut self, payload: Vec<u8>) -> Vec<Message> {
+        self.feed_with(payload, vec![])
+    }
+
+    fn feed_with(&mut self, payload: Vec<u8>, headers: Vec<trellis_bus::Header>) -> Vec<Message> {
         let record = Record {
             topic: topics::GROUPED.into(),
             partition: 0,
             offset: self.offset,
             key: b"plants".to_vec(),
             payload,
-            headers: vec![],
+            headers,
             timestamp_ms: 0,
         };
         self.offset += 1;
@@ -198,4 +202,33 @@ fn merged_issues_receive_each_others_events_and_survive_a_checkpoint() {
     let next = h.error(error("c", "postComment", "2.14.0", "1402", 3_000));
     assert_eq!(next.issue_id, a);
     assert_eq!(next.event_count, 3);
+}
+
+#[test]
+fn an_error_replayed_by_the_process_stage_counts_once_also_after_a_checkpoint() {
+    let mut h = Harness::new();
+    let from = |h: &mut Harness, e: ErrorEvent, partition: u32, offset: u64| {
+        h.feed_with(
+            avro::encode(&Event::Error(e)).unwrap(),
+            vec![source_header(partition, offset)],
+        )
+    };
+    let a = error("a", "waterPlant", "2.14.0", "1402", 1_000);
+    let b = error("b", "waterPlant", "2.14.0", "1402", 2_000);
+    assert_eq!(from(&mut h, a.clone(), 0, 0).len(), 1);
+    assert_eq!(from(&mut h, b.clone(), 3, 7).len(), 1);
+    // The process stage restarted from a checkpoint and emits both again.
+    let bytes = h.processor.snapshot().unwrap();
+    h.processor = h.factory.create(0, Some(&bytes)).unwrap();
+    assert!(from(&mut h, a, 0, 0).is_empty(), "a replay is not counted");
+    assert!(from(&mut h, b, 3, 7).is_empty(), "a replay is not counted");
+    let c = error("c", "waterPlant", "2.14.0", "1402", 3_000);
+    let out = from(&mut h, c, 0, 1);
+    let issue: IssueRecord = records::decode(&out[0].payload).unwrap();
+    assert_eq!(issue.event_count, 3);
+    let mut counted = BTreeMap::new();
+    h.processor.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    assert_eq!(counted.get("replayed"), Some(&2));
 }

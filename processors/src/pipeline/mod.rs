@@ -313,12 +313,18 @@ impl Processor for Pipeline {
             match avro::encode(&event) {
                 Ok(payload) => {
                     if let Event::Error(error) = event.as_ref() {
-                        // To the issues stage, keyed so one instance owns a project's issues.
-                        out.emit(Message::new(
+                        // To the issues stage, keyed so one instance owns a project's issues,
+                        // with its source so the stage counts a replayed error once.
+                        let mut grouped = Message::new(
                             self.topics.grouped.as_str(),
                             crate::issues::grouped_key(&error.common.project),
                             payload.clone(),
+                        );
+                        grouped.headers.push(crate::issues::source_header(
+                            record.partition,
+                            record.offset,
                         ));
+                        out.emit(grouped);
                     }
                     out.emit(Message::new(
                         self.topics.events.as_str(),
