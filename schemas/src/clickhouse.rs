@@ -221,17 +221,25 @@ pub enum RecordTable {
     /// ordered by `(project, window_start_ms, partial_id)`; a window's answer is the merge of its
     /// partials (counts add, user hashes unite).
     HealthPartials,
+    /// [`crate::records::IssueRecord`]s from the `issues` topic: `ReplacingMergeTree(version)`
+    /// ordered by `(project, issue_id)`, so `FINAL` gives each issue's current state.
+    Issues,
 }
 
 impl RecordTable {
     /// Every record table.
-    pub const ALL: [RecordTable; 2] = [RecordTable::Sessions, RecordTable::HealthPartials];
+    pub const ALL: [RecordTable; 3] = [
+        RecordTable::Sessions,
+        RecordTable::HealthPartials,
+        RecordTable::Issues,
+    ];
 
     /// The table's name.
     pub fn table(self) -> &'static str {
         match self {
             RecordTable::Sessions => "sessions",
             RecordTable::HealthPartials => "health_partials",
+            RecordTable::Issues => "issues",
         }
     }
 
@@ -249,6 +257,11 @@ impl RecordTable {
                 ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(window_date)\n\
                  ORDER BY (project, window_start_ms, partial_id)\n",
             ),
+            RecordTable::Issues => (
+                "    `first_seen_date` Date MATERIALIZED toDate(toDateTime(intDiv(first_seen_ms, 1000)))\n",
+                // No date partition, so every version of an issue collapses into one row.
+                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, issue_id)\n",
+            ),
         }
     }
 }
@@ -265,6 +278,9 @@ fn record_fields(table: RecordTable) -> Vec<arrow_schema::FieldRef> {
         }
         RecordTable::HealthPartials => {
             Vec::<arrow_schema::FieldRef>::from_type::<crate::records::HealthPartial>(options)
+        }
+        RecordTable::Issues => {
+            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::IssueRecord>(options)
         }
     };
     traced.unwrap_or_else(|e| panic!("{} cannot be traced to Arrow: {e}", table.table()))
@@ -310,6 +326,7 @@ pub fn record_physical_columns(table: RecordTable) -> Vec<(String, String)> {
     out.push(match table {
         RecordTable::Sessions => ("started_date".into(), "Date".into()),
         RecordTable::HealthPartials => ("window_date".into(), "Date".into()),
+        RecordTable::Issues => ("first_seen_date".into(), "Date".into()),
     });
     out
 }

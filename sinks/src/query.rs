@@ -2,7 +2,7 @@
 //!
 //! Every table directory under the root is registered as a listing table named after it
 //! (`events`, `errors`, `perf`, `transactions`, `session_updates`, `notifications`, `sessions`,
-//! `aggregates`, and `issues` once it has files), with the Arrow schema from `trellis_schemas` and
+//! `aggregates`, `issues`), with the Arrow schema from `trellis_schemas` and
 //! the hive partition columns `project` (text), `date` (a date) and `hour` (0-23), so filters on
 //! them skip directories. A table with no files yet still answers, with no rows. Only finished
 //! files are read: those being written are dot-prefixed `.parquet.inprogress` files, and a file
@@ -109,13 +109,10 @@ pub async fn register(ctx: &SessionContext, root: &Path) -> Result<(), QueryErro
             .as_ref()
             .map(|r| r.join(table.name()))
             .filter(|d| d.is_dir());
-        let provider: Arc<dyn datafusion::catalog::TableProvider> = match (dir, table.schema()) {
-            (Some(dir), schema) => Arc::new(listing(ctx, &dir, schema).await?),
-            (None, Some(schema)) => {
-                let schema = table_schema(&schema);
-                Arc::new(MemTable::try_new(schema, vec![vec![]])?)
-            }
-            (None, None) => continue,
+        let schema = table.schema();
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = match dir {
+            Some(dir) => Arc::new(listing(&dir, &schema)?),
+            None => Arc::new(MemTable::try_new(table_schema(&schema), vec![vec![]])?),
         };
         ctx.register_table(table.name(), provider)?;
     }
@@ -144,23 +141,14 @@ fn table_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-async fn listing(
-    ctx: &SessionContext,
-    dir: &Path,
-    schema: Option<SchemaRef>,
-) -> Result<ListingTable, QueryError> {
+fn listing(dir: &Path, schema: &Schema) -> Result<ListingTable, QueryError> {
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(format!(".{EXTENSION}"))
         .with_table_partition_cols(partition_columns());
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
-    let schema = match schema {
-        Some(schema) => file_schema(&schema),
-        // A table without a record type yet (issues): read the files' own schema.
-        None => options.infer_schema(&ctx.state(), &url).await?,
-    };
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
-        .with_schema(schema);
+        .with_schema(file_schema(schema));
     Ok(ListingTable::try_new(config)?)
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clickhouse_support::*;
 use trellis_bus::Bus;
-use trellis_schemas::records::SessionRecord;
+use trellis_schemas::records::{IssueRecord, SessionRecord};
 use trellis_schemas::{Event, Kind, topics};
 use trellis_sinks::clickhouse::migrations::{ServerVersion, migrations};
 use trellis_sinks::clickhouse::{self, migrate, queries};
@@ -379,6 +379,39 @@ fn oracle(data: &Data) -> BTreeMap<&'static str, Table> {
             .map(|(s, (n, d))| row(&[&s, &n, &d.len()]))
             .collect(),
     );
+
+    let mut issues: BTreeMap<&str, &IssueRecord> = BTreeMap::new();
+    for i in &data.issues {
+        let e = issues.entry(&i.issue_id).or_insert(i);
+        if i.version > e.version {
+            *e = i;
+        }
+    }
+    let mut open: Vec<&IssueRecord> = issues
+        .into_values()
+        .filter(|i| ["new", "ongoing", "regressed"].contains(&i.status.as_str()))
+        .collect();
+    open.sort_by(|a, b| {
+        (b.users_affected, b.event_count)
+            .cmp(&(a.users_affected, a.event_count))
+            .then(a.issue_id.cmp(&b.issue_id))
+    });
+    out.insert(
+        "open_issues_by_users",
+        open.into_iter()
+            .take(10)
+            .map(|i| {
+                row(&[
+                    &i.issue_id,
+                    &i.title,
+                    &i.status,
+                    &i.users_affected,
+                    &i.event_count,
+                    &i.first_release,
+                ])
+            })
+            .collect(),
+    );
     out
 }
 
@@ -479,10 +512,11 @@ async fn every_analyst_query_answers_exactly_on_18_16_and_the_same_on_chdb() {
 
     // The same schema, rows and queries on ClickHouse 26.x (chDB).
     let mut tables = serde_json::Map::new();
-    for table in Kind::ALL
-        .map(Kind::table)
-        .into_iter()
-        .chain(["sessions", "health_partials"])
+    for table in
+        Kind::ALL
+            .map(Kind::table)
+            .into_iter()
+            .chain(["sessions", "health_partials", "issues"])
     {
         let path = dir.path().join(format!("{table}.jsonl"));
         std::fs::write(&path, export(&db, table)).unwrap();

@@ -53,7 +53,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
     let db = unique("ch_normal");
     let config = config(&db);
     let first = migrate(&config).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3]);
+    assert_eq!(first.applied, [1, 2, 3, 4]);
     let (stop, task) = start(&bus, &names, config.clone());
     wait_for(&db, &expected, Duration::from_secs(120)).await;
     stop.send(()).unwrap();
@@ -62,7 +62,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
     assert_exact(&db, &expected);
     let events: u64 = expected
         .iter()
-        .filter(|(t, _)| !["sessions", "health_partials"].contains(t))
+        .filter(|(t, _)| !["sessions", "health_partials", "issues"].contains(t))
         .map(|(_, n)| n)
         .sum();
     assert_eq!(
@@ -82,7 +82,17 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
             &db,
             "SELECT version FROM schema_migrations ORDER BY version"
         ),
-        "1\n2\n3\n"
+        "1\n2\n3\n4\n"
+    );
+    // Each issue's newest version wins: its count is every error grouped into it.
+    assert_eq!(
+        count(&db, "SELECT sum(event_count) FROM issues FINAL"),
+        expected["errors"],
+        "the newest versions of the issues count every error once"
+    );
+    assert_eq!(
+        count(&db, "SELECT max(version) FROM issues FINAL"),
+        data.issues.iter().map(|i| i.version as u64).max().unwrap()
     );
     println!("normal run: {expected:?}");
     execute(&format!("DROP DATABASE {db}"));

@@ -158,6 +158,15 @@ async fn a_fleet_lands_in_parquet_with_exact_counts() {
     )
     .await;
     assert_eq!(sessions_project, expected["sessions"]);
+    // Issues: every version is a row; each issue's newest version counts every error once.
+    let newest_counts = number(
+        &root,
+        "SELECT sum(i.event_count) FROM issues i JOIN \
+         (SELECT issue_id, max(version) AS newest FROM issues GROUP BY issue_id) n \
+         ON i.issue_id = n.issue_id AND i.version = n.newest",
+    )
+    .await;
+    assert_eq!(newest_counts, expected["errors"]);
 
     // Dead letters: counted, and on the dead-letter topic with the sink's stage.
     assert_eq!(metrics.dead_letters(&names.events), garbage as u64);

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding, RecordTable};
-use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::topics::Names;
 use trellis_schemas::{Event, Kind, avro};
 
@@ -50,6 +50,8 @@ pub enum RecordKey {
     Sessions,
     /// `health_partials`.
     HealthPartials,
+    /// `issues`.
+    Issues,
 }
 
 impl From<RecordKey> for RecordTable {
@@ -57,6 +59,7 @@ impl From<RecordKey> for RecordTable {
         match k {
             RecordKey::Sessions => RecordTable::Sessions,
             RecordKey::HealthPartials => RecordTable::HealthPartials,
+            RecordKey::Issues => RecordTable::Issues,
         }
     }
 }
@@ -64,10 +67,14 @@ impl From<RecordKey> for RecordTable {
 impl Target {
     /// Every table, in a fixed order.
     pub fn all() -> impl Iterator<Item = Target> {
-        Kind::ALL
-            .into_iter()
-            .map(Target::Kind)
-            .chain([RecordKey::Sessions, RecordKey::HealthPartials].map(Target::Record))
+        Kind::ALL.into_iter().map(Target::Kind).chain(
+            [
+                RecordKey::Sessions,
+                RecordKey::HealthPartials,
+                RecordKey::Issues,
+            ]
+            .map(Target::Record),
+        )
     }
 
     /// The table's name.
@@ -251,7 +258,7 @@ fn tree<T: serde::Serialize>(value: &T) -> Result<Value, EncodeError> {
     })
 }
 
-/// Decodes a record of `events`, `sessions` or `aggregates` and appends its row to `out`;
+/// Decodes a record of `events`, `sessions`, `aggregates` or `issues` and appends its row to `out`;
 /// returns the table it belongs to.
 pub fn encode_record(
     topics: &Names,
@@ -277,6 +284,9 @@ pub fn encode_record(
     } else if topic == topics.aggregates {
         let record = records::decode::<HealthPartial>(payload)?;
         (Target::Record(RecordKey::HealthPartials), tree(&record)?)
+    } else if topic == topics.issues {
+        let record = records::decode::<IssueRecord>(payload)?;
+        (Target::Record(RecordKey::Issues), tree(&record)?)
     } else {
         return Err(EncodeError::Topic(topic.to_string()));
     };

@@ -77,10 +77,12 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
         events.extend(dedup_window(db, kind.table(), server));
     }
     let mut records = Vec::new();
-    for table in RecordTable::ALL {
+    for table in [RecordTable::Sessions, RecordTable::HealthPartials] {
         records.push(create_record_table(db, table));
         records.extend(dedup_window(db, table.table(), server));
     }
+    let mut issues = vec![create_record_table(db, RecordTable::Issues)];
+    issues.extend(dedup_window(db, RecordTable::Issues.table(), server));
     vec![
         Migration {
             version: 1,
@@ -96,6 +98,11 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
             version: 3,
             name: "rollups",
             statements: rollups::statements(db),
+        },
+        Migration {
+            version: 4,
+            name: "issues table",
+            statements: issues,
         },
     ]
 }
@@ -212,8 +219,8 @@ mod tests {
                 .count()
         };
         assert_eq!(count(old), 0);
-        assert_eq!(count(new), 8);
+        assert_eq!(count(new), 9);
         let versions: Vec<u32> = migrations("db", old).iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
     }
 }

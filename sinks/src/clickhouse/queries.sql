@@ -127,3 +127,12 @@ WHERE name = '$screen'
 GROUP BY screen
 ORDER BY views DESC, screen
 LIMIT 10;
+
+-- name: open_issues_by_users
+-- Issues still open (new, ongoing or regressed), the most users affected first, with their
+-- current state: `issues FINAL` keeps each issue's newest version.
+SELECT issue_id, title, status, users_affected, event_count, first_release
+FROM issues FINAL
+WHERE status IN ('new', 'ongoing', 'regressed')
+ORDER BY users_affected DESC, event_count DESC, issue_id
+LIMIT 10;

@@ -245,7 +245,7 @@ async fn flush<F: Future<Output = ()>>(
 }
 
 /// Runs the ClickHouse sink until `shutdown` completes: migrates the schema, then reads
-/// `events`, `sessions` and `aggregates` in the configured consumer group and writes their
+/// `events`, `sessions`, `aggregates` and `issues` in the configured consumer group and writes their
 /// rows. On shutdown the batch in hand is written (one attempt per insert) before returning.
 pub async fn run(
     bus: Arc<dyn Bus>,
@@ -264,7 +264,12 @@ pub async fn run(
     let mut consumer = bus
         .consumer(
             &config.group,
-            &[&topics.events, &topics.sessions, &topics.aggregates],
+            &[
+                &topics.events,
+                &topics.sessions,
+                &topics.aggregates,
+                &topics.issues,
+            ],
         )
         .await?;
     let producer = bus.producer()?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow_schema::Schema;
 use trellis_schemas::Kind;
 use trellis_schemas::arrow as arrow_schemas;
-use trellis_schemas::records::{HealthPartial, SessionRecord};
+use trellis_schemas::records::{HealthPartial, IssueRecord, SessionRecord};
 
 /// The extension of finished files.
 pub const EXTENSION: &str = "parquet";
@@ -26,11 +26,8 @@ pub enum Table {
     Sessions,
     /// Release-health partials, from the `aggregates` topic.
     Aggregates,
-    /// Issue records, from the `issues` topic. The hook for when the processors publish them:
-    /// give the record type an Arrow schema ([`Table::schema`]), a row variant
-    /// ([`crate::parquet::writer::Row`]) and a decoder (the sink's `decode`), and subscribe the
-    /// topic. Until then the sink does not read `issues`, and `query` registers the table only
-    /// if files exist.
+    /// Issue records, from the `issues` topic: every version of every issue (the newest
+    /// `version` of an `issue_id` is its current state).
     Issues,
 }
 
@@ -58,13 +55,13 @@ impl Table {
         }
     }
 
-    /// The Arrow schema of the table's files; `None` while the table has no record type.
-    pub fn schema(self) -> Option<Arc<Schema>> {
+    /// The Arrow schema of the table's files.
+    pub fn schema(self) -> Arc<Schema> {
         match self {
-            Table::Event(kind) => Some(arrow_schemas::schema(kind)),
-            Table::Sessions => Some(arrow_schemas::record_schema::<SessionRecord>()),
-            Table::Aggregates => Some(arrow_schemas::record_schema::<HealthPartial>()),
-            Table::Issues => None,
+            Table::Event(kind) => arrow_schemas::schema(kind),
+            Table::Sessions => arrow_schemas::record_schema::<SessionRecord>(),
+            Table::Aggregates => arrow_schemas::record_schema::<HealthPartial>(),
+            Table::Issues => arrow_schemas::record_schema::<IssueRecord>(),
         }
     }
 }

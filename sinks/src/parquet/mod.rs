@@ -1,12 +1,12 @@
-//! The Parquet sink: reads `events`, `sessions` and `aggregates` from the bus and writes zstd
+//! The Parquet sink: reads `events`, `sessions`, `aggregates` and `issues` from the bus and writes zstd
 //! Parquet files that DataFusion ([`crate::query`]) and any Parquet reader can scan.
 //!
 //! Layout: `ROOT/<table>/project=<p>/date=YYYY-MM-DD/hour=HH/<topic>-<partition>-<first>-<last>.parquet`
 //! ([`layout`]). Events go to their kind's table (`events`, `errors`, `perf`, `transactions`,
 //! `session_updates`, `notifications`) by event time (`timestamp_ms`, UTC); session records to
-//! `sessions` by `started_ms`; health partials to `aggregates` by `window_start_ms`. The
-//! directories are hive-style, so a query filtering on `project`, `date` or `hour` skips the rest.
-//! (`issues` gets its table once the processors publish issue records: see [`layout::Table`].)
+//! `sessions` by `started_ms`; health partials to `aggregates` by `window_start_ms`; issue
+//! records (every version) to `issues` by `first_seen_ms`. The directories are hive-style, so a
+//! query filtering on `project`, `date` or `hour` skips the rest.
 //!
 //! Delivery ([`segment`]): each input partition is cut into *segments*, consecutive offset
 //! ranges that end by input record count, input bytes or age ([`ParquetConfig`]). A segment's

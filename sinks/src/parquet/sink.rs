@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
-use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{avro, topics::Names};
 
 use super::Error;
@@ -40,11 +40,11 @@ pub async fn run_with_metrics(
 ) -> Result<(), Error> {
     config.validate()?;
     std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
-    // `issues` joins this list once issue records exist (see `layout::Table::Issues`).
     let inputs = [
         topics.events.as_str(),
         topics.sessions.as_str(),
         topics.aggregates.as_str(),
+        topics.issues.as_str(),
     ];
     let mut consumer = bus.consumer(&config.group, &inputs).await?;
     let producer = bus.producer()?;
@@ -185,6 +185,8 @@ fn decode(topics: &Names, record: &Record) -> Result<Row, String> {
         records::decode::<SessionRecord>(payload).map(Row::Session)
     } else if record.topic == topics.aggregates {
         records::decode::<HealthPartial>(payload).map(Row::Aggregate)
+    } else if record.topic == topics.issues {
+        records::decode::<IssueRecord>(payload).map(Row::Issue)
     } else {
         return Err(format!(
             "the Parquet sink does not read topic {:?}",

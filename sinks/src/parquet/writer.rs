@@ -9,7 +9,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
-use trellis_schemas::records::{HealthPartial, SessionRecord};
+use trellis_schemas::records::{HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{
     AnalyticsEvent, ErrorEvent, Event, Kind, Notification, PerformanceSample, SessionUpdate,
     Transaction,
@@ -34,9 +34,6 @@ pub enum EncodeError {
     /// The Parquet writer failed (including I/O errors of its output).
     #[error("parquet: {0}")]
     Parquet(#[from] ParquetError),
-    /// The table has no schema yet.
-    #[error("table {0} has no schema yet")]
-    NoSchema(&'static str),
     /// A row was pushed to another table's writer (a bug).
     #[error("a {row} row cannot go to table {table}")]
     WrongTable {
@@ -59,6 +56,8 @@ pub enum Row {
     Session(SessionRecord),
     /// A health partial, for `aggregates`.
     Aggregate(HealthPartial),
+    /// A version of an issue, for `issues`.
+    Issue(IssueRecord),
 }
 
 impl Row {
@@ -68,6 +67,7 @@ impl Row {
             Row::Event(e) => Table::Event(e.kind()),
             Row::Session(_) => Table::Sessions,
             Row::Aggregate(_) => Table::Aggregates,
+            Row::Issue(_) => Table::Issues,
         }
     }
 
@@ -77,15 +77,18 @@ impl Row {
             Row::Event(e) => &e.common().project,
             Row::Session(s) => &s.project,
             Row::Aggregate(a) => &a.project,
+            Row::Issue(i) => &i.project,
         }
     }
 
-    /// The time that places the row in a date and hour: event time, session start, window start.
+    /// The time that places the row in a date and hour: event time, session start, window start,
+    /// an issue's first event (so every version of an issue lands in the same directory).
     pub fn time_ms(&self) -> i64 {
         match self {
             Row::Event(e) => e.common().timestamp_ms,
             Row::Session(s) => s.started_ms,
             Row::Aggregate(a) => a.window_start_ms,
+            Row::Issue(i) => i.first_seen_ms,
         }
     }
 }
@@ -109,6 +112,8 @@ pub enum Rows {
     Sessions(Vec<SessionRecord>),
     /// `aggregates`.
     Aggregates(Vec<HealthPartial>),
+    /// `issues`.
+    Issues(Vec<IssueRecord>),
 }
 
 macro_rules! each {
@@ -122,14 +127,15 @@ macro_rules! each {
             Rows::Notification($v) => $body,
             Rows::Sessions($v) => $body,
             Rows::Aggregates($v) => $body,
+            Rows::Issues($v) => $body,
         }
     };
 }
 
 impl Rows {
     /// An empty buffer for `table`.
-    pub fn new(table: Table) -> Result<Rows, EncodeError> {
-        Ok(match table {
+    pub fn new(table: Table) -> Rows {
+        match table {
             Table::Event(Kind::Analytics) => Rows::Analytics(Vec::new()),
             Table::Event(Kind::Error) => Rows::Error(Vec::new()),
             Table::Event(Kind::Performance) => Rows::Performance(Vec::new()),
@@ -138,8 +144,8 @@ impl Rows {
             Table::Event(Kind::Notification) => Rows::Notification(Vec::new()),
             Table::Sessions => Rows::Sessions(Vec::new()),
             Table::Aggregates => Rows::Aggregates(Vec::new()),
-            Table::Issues => return Err(EncodeError::NoSchema(table.name())),
-        })
+            Table::Issues => Rows::Issues(Vec::new()),
+        }
     }
 
     /// The buffer's table.
@@ -153,6 +159,7 @@ impl Rows {
             Rows::Notification(_) => Table::Event(Kind::Notification),
             Rows::Sessions(_) => Table::Sessions,
             Rows::Aggregates(_) => Table::Aggregates,
+            Rows::Issues(_) => Table::Issues,
         }
     }
 
@@ -167,6 +174,7 @@ impl Rows {
             (Rows::Notification(v), Row::Event(Event::Notification(e))) => v.push(e),
             (Rows::Sessions(v), Row::Session(s)) => v.push(s),
             (Rows::Aggregates(v), Row::Aggregate(a)) => v.push(a),
+            (Rows::Issues(v), Row::Issue(i)) => v.push(i),
             (rows, row) => {
                 return Err(EncodeError::WrongTable {
                     row: row.table().name(),
@@ -198,6 +206,7 @@ impl Rows {
             Rows::Notification(v) => arrow_schemas::to_batch(Kind::Notification, v)?,
             Rows::Sessions(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Aggregates(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::Issues(v) => arrow_schemas::records_to_batch(v)?,
         };
         each!(self, v => v.clear());
         Ok(batch)
@@ -223,10 +232,10 @@ pub struct FileWriter<W: Write + Send> {
 impl<W: Write + Send> FileWriter<W> {
     /// Starts a file of `table` on `out`.
     pub fn new(out: W, table: Table, properties: WriterProperties) -> Result<Self, EncodeError> {
-        let schema = table.schema().ok_or(EncodeError::NoSchema(table.name()))?;
+        let schema = table.schema();
         Ok(FileWriter {
             writer: ArrowWriter::try_new(out, schema, Some(properties))?,
-            pending: Rows::new(table)?,
+            pending: Rows::new(table),
             rows: 0,
         })
     }
@@ -320,14 +329,10 @@ mod tests {
 
     #[test]
     fn a_row_of_another_table_is_refused() {
-        let mut rows = Rows::new(Table::Sessions).unwrap();
+        let mut rows = Rows::new(Table::Sessions);
         let err = rows
             .push(Row::Aggregate(HealthPartial::default()))
             .unwrap_err();
         assert!(matches!(err, EncodeError::WrongTable { .. }), "{err}");
-        assert!(matches!(
-            Rows::new(Table::Issues),
-            Err(EncodeError::NoSchema("issues"))
-        ));
     }
 }

@@ -14,7 +14,7 @@ use trellis_bus::{Bus, Message};
 use trellis_processors::ProcessorConfig;
 use trellis_processors::pipeline::{Handled, Pipeline, Rules};
 use trellis_processors::sim::{Fleet, FleetSpec};
-use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{Common, Event, Notification, NotificationStage, avro, topics};
 use trellis_sinks::clickhouse::ClickHouseConfig;
 
@@ -85,12 +85,14 @@ pub fn config(database: &str) -> ClickHouseConfig {
     }
 }
 
-/// What the processors emit for a fleet: deduplicated events, sessions and partials, plus
-/// notification lifecycles the fleet does not simulate (sent, delivered for two campaigns).
+/// What the processors emit for a fleet: deduplicated events, sessions, partials and every
+/// version of every issue, plus notification lifecycles the fleet does not simulate (sent,
+/// delivered for two campaigns).
 pub struct Data {
     pub events: Vec<Event>,
     pub sessions: Vec<SessionRecord>,
     pub partials: Vec<HealthPartial>,
+    pub issues: Vec<IssueRecord>,
 }
 
 pub fn fleet_data(devices: usize, seed: u64) -> Data {
@@ -108,6 +110,7 @@ pub fn fleet_data(devices: usize, seed: u64) -> Data {
         events: Vec::new(),
         sessions: Vec::new(),
         partials: Vec::new(),
+        issues: Vec::new(),
     };
     for (partition, events) in parts.into_iter().enumerate() {
         let mut p = Pipeline::new(rules, partition as u32);
@@ -121,6 +124,10 @@ pub fn fleet_data(devices: usize, seed: u64) -> Data {
         data.sessions.extend(sessions);
         data.partials.extend(partials);
     }
+    data.issues = trellis_processors::issues::replay(data.events.iter().filter_map(|e| match e {
+        Event::Error(e) => Some(e),
+        _ => None,
+    }));
     // Notification lifecycles: every simulated opened notification was delivered, plus a
     // second campaign with a known open rate (40 sent, 32 delivered, 8 opened).
     let base = data.events[0].common().clone();
@@ -181,6 +188,9 @@ impl Data {
                 .or_default()
                 .insert(&p.partial_id);
         }
+        for i in &self.issues {
+            out.entry("issues").or_default().insert(&i.issue_id);
+        }
         out.into_iter()
             .map(|(t, ids)| (t, ids.len() as u64))
             .collect()
@@ -213,6 +223,13 @@ impl Data {
                 records::encode(p).unwrap(),
             )
         }));
+        out.extend(self.issues.iter().map(|i| {
+            Message::new(
+                names.issues.as_str(),
+                format!("{}\0{}", i.project, i.issue_id).into_bytes(),
+                records::encode(i).unwrap(),
+            )
+        }));
         out
     }
 }
@@ -241,6 +258,7 @@ pub fn final_counts(database: &str) -> BTreeMap<&'static str, u64> {
         "notifications",
         "sessions",
         "health_partials",
+        "issues",
     ];
     tables
         .into_iter()
@@ -278,6 +296,7 @@ pub fn assert_exact(database: &str, expected: &BTreeMap<&'static str, u64>) {
         let key = match *table {
             "sessions" => "session_id",
             "health_partials" => "partial_id",
+            "issues" => "issue_id",
             _ => "event_id",
         };
         assert_eq!(

@@ -10,18 +10,20 @@ use trellis_bus::{Bus, Message};
 use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::sim::{Fleet, FleetSpec};
 use trellis_processors::{Pipeline, ProcessorConfig};
-use trellis_schemas::records::{self, HealthPartial, SessionRecord};
+use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{Event, Kind, avro, topics};
 use trellis_sinks::parquet::layout;
 use trellis_sinks::query::{OutputFormat, query};
 
 pub const PARTITIONS: u32 = 4;
 
-/// What the processors emit for a fleet: deduplicated events, sessions, health partials.
+/// What the processors emit for a fleet: deduplicated events, sessions, health partials, and
+/// every version of every issue.
 pub struct Outputs {
     pub events: Vec<Event>,
     pub sessions: Vec<SessionRecord>,
     pub partials: Vec<HealthPartial>,
+    pub issues: Vec<IssueRecord>,
 }
 
 impl Outputs {
@@ -41,6 +43,7 @@ impl Outputs {
             events: Vec::new(),
             sessions: Vec::new(),
             partials: Vec::new(),
+            issues: Vec::new(),
         };
         for (partition, events) in parts.into_iter().enumerate() {
             let mut p = Pipeline::new(rules, partition as u32);
@@ -61,6 +64,11 @@ impl Outputs {
                 .map(|n| trellis_schemas::sample::event(&project, n, n * 6 + 3))
                 .filter(|e| e.kind() == Kind::Transaction),
         );
+        out.issues =
+            trellis_processors::issues::replay(out.events.iter().filter_map(|e| match e {
+                Event::Error(e) => Some(e),
+                _ => None,
+            }));
         out
     }
 
@@ -73,6 +81,7 @@ impl Outputs {
         }
         counts.insert("sessions", self.sessions.len() as u64);
         counts.insert("aggregates", self.partials.len() as u64);
+        counts.insert("issues", self.issues.len() as u64);
         counts
     }
 
@@ -100,6 +109,13 @@ impl Outputs {
                 names.aggregates.as_str(),
                 h.partial_id.clone(),
                 records::encode(h).unwrap(),
+            ));
+        }
+        for i in &self.issues {
+            messages.push(Message::new(
+                names.issues.as_str(),
+                format!("{}\0{}", i.project, i.issue_id),
+                records::encode(i).unwrap(),
             ));
         }
         for n in 0..garbage {
@@ -157,7 +173,7 @@ pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
     for table in Kind::ALL
         .iter()
         .map(|k| k.table())
-        .chain(["sessions", "aggregates"])
+        .chain(["sessions", "aggregates", "issues"])
     {
         out.insert(
             table,
@@ -195,12 +211,17 @@ pub fn files(root: &Path, names: &topics::Names) -> Files {
                 out.temps += 1;
             } else {
                 out.files += 1;
-                let found = [&names.events, &names.sessions, &names.aggregates]
-                    .into_iter()
-                    .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
-                    .find_map(|(t, p)| {
-                        layout::parse_file_name(&name, t, p).map(|r| ((t.clone(), p), r))
-                    });
+                let found = [
+                    &names.events,
+                    &names.sessions,
+                    &names.aggregates,
+                    &names.issues,
+                ]
+                .into_iter()
+                .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
+                .find_map(|(t, p)| {
+                    layout::parse_file_name(&name, t, p).map(|r| ((t.clone(), p), r))
+                });
                 let (key, range) = found.unwrap_or_else(|| panic!("unexpected file {name}"));
                 out.ranges.entry(key).or_default().insert(range);
             }
