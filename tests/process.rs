@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
 use trellis_processors::sim::{Fleet, FleetSpec};
 use trellis_processors::{Metrics, Pipeline, PipelineFactory, ProcessorConfig};
-use trellis_schemas::{avro, records, topics};
+use trellis_schemas::records::IssueRecord;
+use trellis_schemas::{Event, avro, records, topics};
 
 const PARTITIONS: u32 = 4;
 
@@ -306,11 +308,12 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
             "data_dir = {data:?}\n\
              [bus]\nkind = \"kafka\"\nbrokers = {brokers:?}\nsession_timeout = \"6s\"\n\
              [topics]\npartitions = {PARTITIONS}\nprefix = {prefix:?}\n\
-             [processors]\ngroup = {group:?}\ncheckpoint_interval = \"300ms\"\n\
-             idle_timeout = \"1s\"\npoll_max = 200\n",
+             [processors]\ngroup = {group:?}\nissues_group = {issues_group:?}\n\
+             checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\npoll_max = 200\n",
             data = dir.path().display().to_string(),
             brokers = brokers(),
             group = unique("g"),
+            issues_group = unique("issues"),
         ),
     )
     .unwrap();
@@ -322,7 +325,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
         .await
         .unwrap();
     let mut seen = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     while seen < expected.unique / 3 {
         seen += watcher
             .poll(1000, Duration::from_millis(100))
@@ -357,4 +360,79 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     assert_eq!(observed.events, straight.events);
     assert_eq!(observed.sessions, straight.sessions);
     assert_eq!(observed.partials, straight.partials);
+
+    // The issues stage died with it, and the process stage replayed errors to it: each issue's
+    // newest record still counts every distinct error once.
+    let errors = straight.events.values().filter_map(|e| match e {
+        Event::Error(e) => Some(e),
+        _ => None,
+    });
+    let expected = issue_summaries(trellis_processors::issues::replay(errors));
+    assert!(expected.len() >= 2, "the fleet has issues: {expected:?}");
+    let observed = read_issues(&bus, &names, &expected).await;
+    assert_eq!(observed, expected);
+}
+
+/// What a user reads off an issue, by id: everything that does not depend on the order errors
+/// arrived in (counts, users, first and last seen, the sample, the title, the releases).
+type IssueSummary = (i64, i64, i64, i64, String, String, Vec<String>);
+
+fn issue_summaries(records: Vec<IssueRecord>) -> BTreeMap<String, IssueSummary> {
+    let mut newest: BTreeMap<String, IssueRecord> = BTreeMap::new();
+    for r in records {
+        if newest
+            .get(&r.issue_id)
+            .is_none_or(|old| old.version <= r.version)
+        {
+            newest.insert(r.issue_id.clone(), r);
+        }
+    }
+    newest
+        .into_iter()
+        .map(|(id, r)| {
+            let summary = (
+                r.event_count,
+                r.users_affected,
+                r.first_seen_ms,
+                r.last_seen_ms,
+                r.sample_event_id,
+                r.title,
+                r.releases,
+            );
+            (id, summary)
+        })
+        .collect()
+}
+
+/// Reads `issues` until it matches `expected` and stays so for two seconds, or a minute passed.
+async fn read_issues(
+    bus: &Arc<dyn Bus>,
+    names: &topics::Names,
+    expected: &BTreeMap<String, IssueSummary>,
+) -> BTreeMap<String, IssueSummary> {
+    let mut consumer = bus
+        .consumer(&unique("issues-reader"), &[&names.issues])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet_since = Instant::now();
+    loop {
+        let polled = consumer
+            .poll(2000, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if polled.is_empty() {
+            let summaries = issue_summaries(seen.clone());
+            let settled = quiet_since.elapsed() > Duration::from_secs(2);
+            if (settled && &summaries == expected) || Instant::now() > deadline {
+                return summaries;
+            }
+        } else {
+            quiet_since = Instant::now();
+        }
+        for r in polled {
+            seen.push(records::decode::<IssueRecord>(&r.payload).unwrap());
+        }
+    }
 }
