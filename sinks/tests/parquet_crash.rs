@@ -1,6 +1,6 @@
-//! The Parquet sink SIGKILLed mid-file and restarted: no row lost, none twice, and no partial
-//! file visible to `query`, while rolls by age (which a replay cannot repeat by itself) cut the
-//! segments.
+//! The Parquet sink SIGKILLed mid-file and restarted, on the embedded log and on the real
+//! broker: no row lost, none twice, and no partial file visible to `query`, while rolls by age
+//! (which a replay cannot repeat by itself) cut the segments.
 //!
 //! The sink runs in a child process: this test binary re-executes itself with `--ignored
 //! --exact sink_child` and the settings in `TRELLIS_SINK_CHILD`.
@@ -21,7 +21,22 @@ use trellis_sinks::parquet::{self, ParquetConfig};
 
 const CHILD_ENV: &str = "TRELLIS_SINK_CHILD";
 
-fn embedded(dir: &Path) -> Arc<dyn Bus> {
+/// The bus the test and its children share: `kafka` (the broker of `TEST_TRELLIS_KAFKA`) or
+/// `embedded` (a log under `dir`, opened by one process at a time).
+fn bus(kind: &str, dir: &Path) -> Arc<dyn Bus> {
+    if kind == "kafka" {
+        let brokers = std::env::var("TEST_TRELLIS_KAFKA").expect(
+            "TEST_TRELLIS_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker",
+        );
+        return Arc::new(
+            trellis_bus::kafka::KafkaBus::new(&trellis_bus::config::KafkaConfig {
+                brokers,
+                session_timeout: Duration::from_secs(6),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+    }
     Arc::new(
         EmbeddedBus::open(&EmbeddedConfig {
             path: dir.join("bus.redb"),
@@ -30,8 +45,8 @@ fn embedded(dir: &Path) -> Arc<dyn Bus> {
     )
 }
 
-/// The child: runs the sink on the embedded log until the stop file appears.
-/// Arguments (tab-separated in `TRELLIS_SINK_CHILD`): dir, topic prefix, group.
+/// The child: runs the sink until the stop file appears.
+/// Arguments (tab-separated in `TRELLIS_SINK_CHILD`): bus kind, dir, topic prefix, group.
 #[test]
 #[ignore = "run by the crash test in a child process"]
 fn sink_child() {
@@ -39,14 +54,14 @@ fn sink_child() {
         return;
     };
     let args: Vec<&str> = args.split('\t').collect();
-    let (dir, prefix, group) = (PathBuf::from(args[0]), args[1], args[2]);
+    let (kind, dir, prefix, group) = (args[0], PathBuf::from(args[1]), args[2], args[3]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let bus = embedded(&dir);
+        let bus = bus(kind, &dir);
         let config = ParquetConfig {
             root: dir.join("parquet"),
             group: group.to_string(),
@@ -71,11 +86,14 @@ fn sink_child() {
 struct SinkChild(Child);
 
 impl SinkChild {
-    fn spawn(dir: &Path, prefix: &str, group: &str) -> Self {
+    fn spawn(kind: &str, dir: &Path, prefix: &str, group: &str) -> Self {
         SinkChild(
             Command::new(std::env::current_exe().unwrap())
                 .args(["--ignored", "--exact", "sink_child", "--nocapture"])
-                .env(CHILD_ENV, format!("{}\t{prefix}\t{group}", dir.display()))
+                .env(
+                    CHILD_ENV,
+                    format!("{kind}\t{}\t{prefix}\t{group}", dir.display()),
+                )
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -98,6 +116,15 @@ impl Drop for SinkChild {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_killed_mid_file_and_restarted_stores_every_row_once() {
+    killed_mid_file_and_restarted("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_sink_killed_mid_file_and_restarted_stores_every_row_once() {
+    killed_mid_file_and_restarted("kafka").await;
+}
+
+async fn killed_mid_file_and_restarted(kind: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("parquet");
     let prefix = format!("{}.", unique("crash"));
@@ -106,7 +133,7 @@ async fn a_sink_killed_mid_file_and_restarted_stores_every_row_once() {
     let outputs = Outputs::of_fleet(600, 17);
     let expected = outputs.expected();
     {
-        let bus = embedded(dir.path());
+        let bus = bus(kind, dir.path());
         publish(&bus, &names, outputs.messages(&names, 3)).await;
     }
 
@@ -114,7 +141,7 @@ async fn a_sink_killed_mid_file_and_restarted_stores_every_row_once() {
     // written; the third restart runs to the end.
     let mut killed_ranges = Vec::new();
     for threshold in [1, 40, 120] {
-        let mut child = SinkChild::spawn(dir.path(), &prefix, &group);
+        let mut child = SinkChild::spawn(kind, dir.path(), &prefix, &group);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let now = files(&root, &names);
@@ -145,7 +172,7 @@ async fn a_sink_killed_mid_file_and_restarted_stores_every_row_once() {
         killed_ranges.push(killed.ranges);
     }
 
-    let mut second = SinkChild::spawn(dir.path(), &prefix, &group);
+    let mut second = SinkChild::spawn(kind, dir.path(), &prefix, &group);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let seen = counts(&root).await;
@@ -184,7 +211,7 @@ async fn a_sink_killed_mid_file_and_restarted_stores_every_row_once() {
             }
         }
     }
-    let bus = embedded(dir.path());
+    let bus = bus(kind, dir.path());
     let consumer = bus.consumer(&group, &[&names.events]).await.unwrap();
     let mut committed = 0;
     for p in 0..support::PARTITIONS {

@@ -75,9 +75,19 @@ pub async fn run<F: Factory>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let mut consumer = bus
-        .consumer(&config.group, &[config.topic.as_str()])
-        .await?;
+    // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
+    let mut backoff = Duration::from_millis(100);
+    let mut consumer = loop {
+        match bus.consumer(&config.group, &[config.topic.as_str()]).await {
+            Ok(consumer) => break consumer,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Joining the consumer group failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let producer = bus.producer()?;
     let mut state = Loop {
         factory,

@@ -261,22 +261,25 @@ pub async fn run(
         config,
     };
     let config = &writer.config;
-    let mut consumer = bus
-        .consumer(
-            &config.group,
-            &[
-                &topics.events,
-                &topics.sessions,
-                &topics.aggregates,
-                &topics.issues,
-            ],
-        )
-        .await?;
-    let producer = bus.producer()?;
     let mut shutdown = Shutdown {
         future: pin!(shutdown),
         fired: false,
     };
+    let inputs = [
+        topics.events.as_str(),
+        topics.sessions.as_str(),
+        topics.aggregates.as_str(),
+        topics.issues.as_str(),
+    ];
+    // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
+    let consumer = bus_retry(config, &mut shutdown, || {
+        bus.consumer(&config.group, &inputs)
+    })
+    .await?;
+    let Some(mut consumer) = consumer else {
+        return Ok(());
+    };
+    let producer = bus.producer()?;
     let mut batch = Batch::default();
     while !shutdown.fired() {
         let room = config

@@ -46,7 +46,11 @@ pub async fn run_with_metrics(
         topics.aggregates.as_str(),
         topics.issues.as_str(),
     ];
-    let mut consumer = bus.consumer(&config.group, &inputs).await?;
+    // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
+    let mut consumer = retry("Joining the consumer group", || {
+        bus.consumer(&config.group, &inputs)
+    })
+    .await?;
     let producer = bus.producer()?;
     let mut state = State {
         root: config.root.clone(),
