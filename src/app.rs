@@ -94,16 +94,18 @@ pub async fn run_processors(
     Ok(())
 }
 
-/// Runs the Parquet sink until `shutdown` resolves.
+/// Runs the Parquet sink until `shutdown` resolves, counting into `metrics`.
 pub async fn run_parquet_sink(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
+    metrics: Arc<trellis_sinks::parquet::Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    trellis_sinks::parquet::run(
+    trellis_sinks::parquet::run_with_metrics(
         bus,
         config.topics.names(),
         config.sinks.parquet.clone(),
+        metrics,
         shutdown,
     )
     .await

@@ -162,7 +162,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&config).await?;
             match sink {
                 SinkKind::Parquet => {
-                    app::run_parquet_sink(&config, bus, app::shutdown_signal()).await
+                    let metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
+                    app::run_parquet_sink(&config, bus, metrics, app::shutdown_signal()).await
                 }
                 SinkKind::Clickhouse => {
                     app::run_clickhouse_sink(&config, bus, app::shutdown_signal()).await
@@ -219,9 +220,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = rx.wait_for(|stop| *stop).await;
             };
             let metrics = Arc::new(trellis_processors::Metrics::default());
-            let processor_metrics = metrics.clone();
-            let sources: Vec<trellis_ingest::MetricsSource> =
-                vec![Arc::new(move || processor_metrics.encode())];
+            let sink_metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
+            let sources: Vec<trellis_ingest::MetricsSource> = vec![
+                Arc::new({
+                    let metrics = metrics.clone();
+                    move || metrics.encode()
+                }),
+                Arc::new({
+                    let metrics = sink_metrics.clone();
+                    move || metrics.encode()
+                }),
+            ];
             tracing::info!(bus = ?config.bus, "trellis started.");
             tokio::try_join!(
                 app::run_ingest(
@@ -232,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     on_stop(stopped.clone())
                 ),
                 app::run_processors(&config, bus.clone(), metrics, on_stop(stopped.clone())),
-                app::run_parquet_sink(&config, bus, on_stop(stopped)),
+                app::run_parquet_sink(&config, bus, sink_metrics, on_stop(stopped)),
             )?;
             Ok(())
         }

@@ -264,6 +264,34 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
         answer[0]["grouped"], 2,
         "every stored error names its issue"
     );
+    // Both errors are one bug: one issue, whose current state (the README's query) counts both.
+    let issues = loop {
+        let issues = query(
+            "SELECT i.issue_id, i.title, i.status, i.event_count, i.users_affected FROM issues i
+  JOIN (SELECT issue_id, max(version) AS v FROM issues GROUP BY issue_id) n
+  ON i.issue_id = n.issue_id AND i.version = n.v ORDER BY i.users_affected DESC",
+        );
+        if let Some(issues) = issues
+            && issues[0]["event_count"] == 2
+        {
+            break issues;
+        }
+        assert!(Instant::now() < deadline, "the issue never reached Parquet");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(issues.as_array().unwrap().len(), 1, "{issues}");
+    assert_eq!(issues[0]["title"], "TypeError: boom");
+    // The sink's counters are on the same /metrics as ingest's and the processors'.
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("trellis_sink_parquet_rows_written_total{table=\"events\"} 5"),
+        "{metrics}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
