@@ -6,11 +6,14 @@
 //! `bytes per remembered id` is printed once: the dedupe state's memory per tracked event id.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use trellis_processors::issues::Groupers;
 use trellis_processors::pipeline::dedupe::{Dedupe, event_key};
+use trellis_processors::pipeline::health::Health;
+use trellis_processors::pipeline::sessions::Sessions;
 use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::sim::{Fleet, FleetSpec};
 use trellis_processors::{Pipeline, ProcessorConfig};
-use trellis_schemas::Event;
+use trellis_schemas::{ErrorEvent, Event};
 
 const PARTITIONS: u32 = 8;
 
@@ -81,6 +84,71 @@ fn process(c: &mut Criterion) {
                 std::hint::black_box(d.check(*k, *t, 0));
             }
             d.len()
+        })
+    });
+
+    // Sessionizing alone: every event of one partition, in arrival order, then the flush.
+    let wire: Vec<Event> = fleet.wire().cloned().collect();
+    group.throughput(Throughput::Elements(wire.len() as u64));
+    group.bench_function("sessionize", |b| {
+        b.iter_batched(
+            || wire.clone(),
+            |events| {
+                let mut sessions = Sessions::new(rules.sessions);
+                let mut closed = Vec::new();
+                for mut e in events {
+                    let t = e.common().timestamp_ms;
+                    sessions.on_event(&mut e, t, t - rules.lateness_ms);
+                }
+                sessions.close_due(i64::MAX / 4, &mut closed);
+                closed.len()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // Release health alone: counters, user sets and DDSketch updates per performance sample.
+    let samples = wire
+        .iter()
+        .filter(|e| matches!(e, Event::Performance(_)))
+        .count();
+    eprintln!(
+        "health input: {} events, {samples} of them performance samples (sketch updates)",
+        wire.len()
+    );
+    group.bench_function("health", |b| {
+        b.iter(|| {
+            let mut health = Health::new(rules.windows, 0);
+            for (offset, e) in wire.iter().enumerate() {
+                let t = e.common().timestamp_ms;
+                health.add_event(e, t, offset as u64, t - rules.lateness_ms);
+            }
+            let mut out = Vec::new();
+            health.close_due(i64::MAX / 4, &mut out);
+            out.len()
+        })
+    });
+
+    // Fingerprinting error events (normalizing frames and messages, hashing).
+    let errors: Vec<ErrorEvent> = wire
+        .iter()
+        .filter_map(|e| match e {
+            Event::Error(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let grouper = Groupers::default_rules();
+    let grouper = grouper.for_project("plants");
+    group.throughput(Throughput::Elements(errors.len() as u64));
+    group.bench_function("fingerprint", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for e in &errors {
+                n += std::hint::black_box(grouper.fingerprint(e))
+                    .components
+                    .len();
+            }
+            n
         })
     });
     group.finish();
