@@ -280,6 +280,15 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(issues.as_array().unwrap().len(), 1, "{issues}");
+    // The README's first query: nested fields by path.
+    let by_version = query(
+        "SELECT common.release.app_version AS app_version, count(*) AS n FROM events GROUP BY 1 ORDER BY n DESC",
+    )
+    .unwrap();
+    assert_eq!(
+        by_version,
+        serde_json::json!([{"app_version": "2.14.0", "n": 5}])
+    );
     assert_eq!(issues[0]["title"], "TypeError: boom");
     // The sink's counters are on the same /metrics as ingest's and the processors'.
     let metrics = ureq::get(&format!("{base}/metrics"))
