@@ -30,6 +30,7 @@ pub mod encode;
 pub mod error;
 pub mod migrations;
 pub mod rollups;
+mod rowbinary;
 mod sink;
 
 pub use config::{ClickHouseConfig, ConfigError};
