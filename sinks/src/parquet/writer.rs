@@ -4,10 +4,11 @@
 use std::io::Write;
 
 use arrow_array::RecordBatch;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
 use trellis_schemas::records::{HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{
@@ -198,9 +199,9 @@ impl Rows {
     /// The waiting rows as a record batch of the table's schema; the buffer is emptied.
     pub fn take_batch(&mut self) -> Result<RecordBatch, EncodeError> {
         let batch = match self {
-            Rows::Analytics(v) => arrow_schemas::to_batch(Kind::Analytics, v)?,
-            Rows::Error(v) => arrow_schemas::to_batch(Kind::Error, v)?,
-            Rows::Performance(v) => arrow_schemas::to_batch(Kind::Performance, v)?,
+            Rows::Analytics(v) => arrow_schemas::analytics_batch(v)?,
+            Rows::Error(v) => arrow_schemas::error_batch(v)?,
+            Rows::Performance(v) => arrow_schemas::performance_batch(v)?,
             Rows::Transaction(v) => arrow_schemas::to_batch(Kind::Transaction, v)?,
             Rows::Session(v) => arrow_schemas::to_batch(Kind::Session, v)?,
             Rows::Notification(v) => arrow_schemas::to_batch(Kind::Notification, v)?,
@@ -213,13 +214,47 @@ impl Rows {
     }
 }
 
-/// The writer properties of every file: zstd at `level`, bounded row groups.
+/// Columns whose values are unique by construction: event ids and times, trace and span ids and
+/// times. A dictionary of them only grows until it passes its page limit and the writer falls
+/// back to plain encoding; hashing every value on the way cost about a tenth of the encoding
+/// time, and the files of the sample fleet came out 30% larger than without.
+const PLAIN_COLUMNS: &[&str] = &[
+    "common.event_id",
+    "common.timestamp_ms",
+    "common.sent_at_ms",
+    "common.received_at_ms",
+    "breadcrumbs.list.element.timestamp_ms",
+    "trace_id",
+    "span_id",
+    "start_us",
+    "end_us",
+    "spans.list.element.span_id",
+    "spans.list.element.parent_span_id",
+    "spans.list.element.start_us",
+    "spans.list.element.end_us",
+];
+
+/// The writer properties of every file: zstd at `level`, bounded row groups, no dictionary for
+/// [`PLAIN_COLUMNS`] (a path a table does not have is ignored), and no statistics for columns
+/// inside lists: a query cannot prune on a list's items, and the min and max of every item cost
+/// about a tenth of the writer's time on `errors`.
 pub fn properties(zstd_level: i32) -> Result<WriterProperties, EncodeError> {
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_max_row_group_bytes(Some(64 << 20))
-        .build())
+        .set_max_row_group_bytes(Some(64 << 20));
+    for path in PLAIN_COLUMNS {
+        let path = ColumnPath::new(path.split('.').map(str::to_string).collect());
+        builder = builder.set_column_dictionary_enabled(path, false);
+    }
+    for table in Table::ALL {
+        let schema = ArrowSchemaConverter::new().convert(&table.schema())?;
+        for column in schema.columns().iter().filter(|c| c.max_rep_level() > 0) {
+            builder = builder
+                .set_column_statistics_enabled(column.path().clone(), EnabledStatistics::None);
+        }
+    }
+    Ok(builder.build())
 }
 
 /// One Parquet file of one table being written.
@@ -325,6 +360,71 @@ mod tests {
             })
             .collect();
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn unique_columns_are_written_without_a_dictionary() {
+        let events = (0..3_000)
+            .map(|n| sample::event("p", n % 40, n))
+            .filter(|e| e.kind() == Kind::Analytics);
+        let bytes =
+            encode_to_vec(Table::Event(Kind::Analytics), events.map(Row::Event), 3).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
+        let group = reader.metadata().row_group(0);
+        let dictionary = |path: &str| {
+            let column = (0..group.num_columns())
+                .map(|i| group.column(i))
+                .find(|c| c.column_path().string() == path)
+                .unwrap_or_else(|| panic!("no column {path}"));
+            column.dictionary_page_offset().is_some()
+        };
+        assert!(!dictionary("common.event_id"));
+        assert!(!dictionary("common.timestamp_ms"));
+        assert!(dictionary("common.project"));
+        assert!(dictionary("name"));
+    }
+
+    #[test]
+    fn list_items_have_no_statistics() {
+        let events = (0..3_000)
+            .map(|n| sample::event("p", n % 40, n))
+            .filter(|e| e.kind() == Kind::Error);
+        let bytes = encode_to_vec(Table::Event(Kind::Error), events.map(Row::Event), 3).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
+        let group = reader.metadata().row_group(0);
+        let statistics = |path: &str| {
+            let column = (0..group.num_columns())
+                .map(|i| group.column(i))
+                .find(|c| c.column_path().string() == path)
+                .unwrap_or_else(|| panic!("no column {path}"));
+            column.statistics().is_some()
+        };
+        assert!(!statistics(
+            "exceptions.list.element.frames.list.element.function"
+        ));
+        assert!(!statistics("tags.list.element.key"));
+        assert!(statistics("common.timestamp_ms"));
+        assert!(statistics("message"));
+    }
+
+    #[test]
+    fn every_plain_column_is_a_column_of_some_table() {
+        let paths: Vec<String> = Kind::ALL
+            .iter()
+            .flat_map(|&kind| {
+                let schema = parquet::arrow::ArrowSchemaConverter::new()
+                    .convert(&Table::Event(kind).schema())
+                    .unwrap();
+                schema
+                    .columns()
+                    .iter()
+                    .map(|c| c.path().string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for path in PLAIN_COLUMNS {
+            assert!(paths.iter().any(|p| p == path), "{path} is no column");
+        }
     }
 
     #[test]
