@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
-use apache_avro::{AvroSchema, GenericSingleObjectReader, Schema};
+use apache_avro::{AvroSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -214,7 +214,7 @@ pub trait Record: AvroSchema + Serialize + DeserializeOwned {
 pub struct RecordCodec {
     schema: Schema,
     header: [u8; 10],
-    reader: GenericSingleObjectReader,
+    reader: apache_avro_decode::GenericSingleObjectReader,
 }
 
 impl RecordCodec {
@@ -225,8 +225,7 @@ impl RecordCodec {
             .build_header()
             .try_into()
             .expect("a Rabin single-object header is 10 bytes");
-        let reader =
-            GenericSingleObjectReader::new(schema.clone()).expect("a parsed schema resolves");
+        let reader = crate::avro::decoder(name, avsc);
         RecordCodec {
             schema,
             header,
@@ -291,14 +290,17 @@ pub fn decode<T: Record>(payload: &[u8]) -> Result<T, CodecError> {
         source: Box::new(source),
     };
     let mut reader = payload;
-    let value = codec.reader.read_value(&mut reader).map_err(datum)?;
+    let value = codec
+        .reader
+        .read_deser(&mut reader)
+        .map_err(|e| datum(crate::avro::decode_error(e)))?;
     if !reader.is_empty() {
         return Err(CodecError::RecordTrailingBytes {
             record: T::NAME,
             left: reader.len(),
         });
     }
-    apache_avro::from_value(&value).map_err(datum)
+    Ok(value)
 }
 
 #[cfg(test)]
