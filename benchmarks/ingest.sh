@@ -15,8 +15,9 @@ export TEST_TRELLIS_SERVICES_DIR=$PWD/target/bench-services TANSU_STORAGE=memory
 source scripts/services.sh
 command -v wrk >/dev/null || apt_install wrk
 command -v tansu >/dev/null || ensure_tools
-cargo build --release -q --bin trellis
-cargo build --release -q -p trellis-benchmarks --bins
+# One build of both packages, as the features they share are then unified the same way every time
+# (building them apart rebuilds DataFusion for each).
+cargo build --release -q --bins -p trellis -p trellis-benchmarks
 
 cleanup() { [ -n "${INGEST_PID:-}" ] && kill "$INGEST_PID" 2>/dev/null; services_down; }
 trap cleanup EXIT
