@@ -101,6 +101,7 @@ print(f"| accepted by ingest, {secs:.0f} s at full speed | **{accepted:,.0f} eve
 print(f"| rows in Parquet when the load stopped | {at_end:,} of {n:,} ({at_end / secs:,.0f} rows/s over the load) | |")
 print(f"| every accepted event in Parquet | {drain['done_s']:.1f} s after the load began: "
       f"**{n / drain['done_s']:,.0f} rows/s** end to end | >= 100k/s: {'met' if n / drain['done_s'] >= 100_000 else 'missed'} |")
+print(f"| ratio: end to end / accepted by ingest | **{n / drain['done_s'] / accepted:.2f}** | |")
 print(f"| CPU of `trellis run` | {load_cpu:.1f} s during the load ({load_cpu / secs:.2f} cores), "
       f"{drain['cpu_s']['trellis']:.1f} s draining | |")
 print()

@@ -146,6 +146,9 @@ row("`trellis sink parquet` alone", pre_a["distinct"], "events rows", sink, ["si
 row("both together: the processors", pre_c["published"], "events.raw records", both_proc, [],
     {"broker": both["cpu_s"]["broker"]})
 row("both together: every row in Parquet", pre_c["distinct"], "events rows", both, ["process", "sink"])
+# Events per second of wall time: the pair against the slower of the two stages alone.
+slower = min(pre_a["distinct"] / sink["done_s"], pre_a["distinct"] / proc["done_s"])
+print(f"| ratio: both together / the slower stage alone, events/s | | **{pre_c['distinct'] / both['done_s'] / slower:.2f}** | | | |")
 print()
 print("Per CPU-second: records divided by the CPU seconds the stage's process used (all its threads)")
 print("between its start and the end; together, both processes until every row was in Parquet.")
