@@ -87,7 +87,9 @@ direct_after = json.loads(sys.argv[6])
 n = pre["distinct"]
 d = (direct["rows_per_s"] + direct_after["rows_per_s"]) / 2
 wall = n / sink["done_s"]
-steady = (n - sink["first_value"]) / (sink["done_s"] - sink["first_change_s"])
+# From the first rows counted to the last; a small input lands at once, so then the wall rate.
+span = sink["done_s"] - sink["first_change_s"]
+steady = (n - sink["first_value"]) / span if span > 0 else wall
 cpu = sink["cpu_s"]
 print()
 print(f"{n:,} events ({pre['avg_payload_bytes']} B Avro each), ClickHouse {direct['server']}, "
