@@ -53,6 +53,11 @@ pub struct KafkaConfig {
     /// How long the producer waits to fill a batch.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// How long a consumer's fetch may wait at the broker for records (`fetch.wait.max.ms`,
+    /// unless `extra` sets it). Some brokers (tansu) answer a fetch only when this is up, so it
+    /// is added to every hop between stages; librdkafka's own default is 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
     /// Consumer group session timeout: a member silent this long loses its partitions.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
@@ -69,6 +74,7 @@ impl Default for KafkaConfig {
             ack_timeout: Duration::from_secs(10),
             compression: "lz4".into(),
             linger: Duration::from_millis(5),
+            fetch_wait: Duration::from_millis(100),
             session_timeout: Duration::from_secs(10),
             replication: 1,
             extra: BTreeMap::new(),

@@ -147,7 +147,14 @@ impl Bus for KafkaBus {
                 return Err(BusError::UnknownTopic(topic.to_string()));
             }
         }
-        let consumer: StreamConsumer = client_config(&self.config)
+        let mut settings = client_config(&self.config);
+        if !self.config.extra.contains_key("fetch.wait.max.ms") {
+            settings.set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait.as_millis().to_string(),
+            );
+        }
+        let consumer: StreamConsumer = settings
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
