@@ -7,15 +7,17 @@
 #      (`encode_record`, RowBinary, batches of `batch_rows`), then times only the inserts, one at
 #      a time through the `clickhouse` crate with the sink's client settings (LZ4), into a
 #      database migrated by the sink's own migrations (same tables, same rollups);
-#   3. `trellis sink clickhouse` over the same topic into a second such database: time until
+#   3. `trellis sink clickhouse` over the same topic into another such database: time until
 #      ClickHouse holds every row (count() over the event tables, polled every 100 ms);
-#   4. the direct insert again, into a third database. The sink is compared with the mean of the
-#      two direct inserts around it, as this shared machine's speed drifts within minutes.
+#   4. the direct insert again; steps 3 and 4 repeat ROUNDS times (default 3). Each sink run is
+#      compared with the mean of the two direct inserts around it, and the table gives the median
+#      ratio: this shared machine's speed drifts within minutes.
 # Usage: benchmarks/clickhouse.sh [EVENTS]   (default 300000). Prints one table.
-# PERF=1 also profiles the sink for its first 3 s (target/bench-perf-clickhouse-sink.txt).
+# PERF=1 also profiles the first sink run for its first 3 s (target/bench-perf-clickhouse-sink.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-300000}
+ROUNDS=${ROUNDS:-3}
 # tansu's memory storage (its SQLite storage serves consumers at under 10k records/s). It reports
 # a partition's end offset without the last producer batch, so nothing here relies on end offsets;
 # consumers start at offset 0 and never resume, which its batch-wise fetches serve correctly.
@@ -37,18 +39,23 @@ log "broker at $TEST_TRELLIS_KAFKA, ClickHouse at $ch; $(conditions)"
 pre=$("$BIN/preload" --brokers "$TEST_TRELLIS_KAFKA" --prefix s3. --into events --events "$EVENTS" --json)
 log "preloaded: $pre"
 
-# The direct insert.
 server=$(clickhouse_pid)
-cpu0=$(cpu_s "$server")
-direct=$("$BIN/chdirect" --brokers "$TEST_TRELLIS_KAFKA" --prefix s3. --url "$ch" --database bench_direct \
-  --expect "$EVENTS" --json)
-direct_server_cpu=$(python3 -c "print(round($(cpu_s "$server") - $cpu0, 1))")
-log "direct insert: $direct"
-
-# The sink, into a database already migrated (as after its first start), from offset 0.
-"$BIN/chdirect" --url "$ch" --database bench_sink --migrate-only
-cat >"$work/trellis.toml" <<TOML
-data_dir = "$work/data"
+# direct N: the direct insert into database bench_direct_N; prints its report with the server's
+# CPU seconds added.
+direct() {
+  local cpu0 report
+  cpu0=$(cpu_s "$server")
+  report=$("$BIN/chdirect" --brokers "$TEST_TRELLIS_KAFKA" --prefix s3. --url "$ch" \
+    --database "bench_direct_$1" --expect "$EVENTS" --json)
+  python3 -c "import json, sys; j = json.loads(sys.argv[1]); j['server_cpu_s'] = round($(cpu_s "$server") - $cpu0, 1); print(json.dumps(j))" "$report"
+}
+# sink N: `trellis sink clickhouse` from offset 0 into database bench_sink_N, already migrated
+# (as after its first start), until ClickHouse counts every row; prints the progress report
+# with the rows the tables hold at the end.
+sink() {
+  "$BIN/chdirect" --url "$ch" --database "bench_sink_$1" --migrate-only --json
+  cat >"$work/sink-$1.toml" <<TOML
+data_dir = "$work/data-$1"
 log = "warn"
 [bus]
 kind = "kafka"
@@ -57,59 +64,73 @@ brokers = "$TEST_TRELLIS_KAFKA"
 prefix = "s3."
 [sinks.clickhouse]
 url = "$ch"
-database = "bench_sink"
-group = "s3-clickhouse"
+database = "bench_sink_$1"
+group = "s3-clickhouse-$1"
 TOML
-union=""
-for t in events errors perf transactions session_updates notifications; do
-  union+="${union:+ UNION ALL }SELECT count() AS c FROM bench_sink.$t"
-done
-count="SELECT sum(c) FROM ($union)"
-start_bg "$work/sink.log" "$BIN/trellis" sink clickhouse --config "$work/trellis.toml"
-sink_pid=$LAST_PID
-perf_start clickhouse-sink "$sink_pid" 3
-sink=$("$BIN/progress" --cpu sink="$sink_pid" --cpu clickhouse="$server" --cpu broker="$(tansu_pid)" \
-  clickhouse --url "$ch" --query "$count" --until "$EVENTS")
-log "sink: $sink"
-perf_report clickhouse-sink
-stop "$sink_pid"
-final=$(curl -sf "$ch" --data-binary "$count")
-grep -iE "error|panic" "$work/sink.log" | head -5 >&2 || true
-direct_after=$("$BIN/chdirect" --brokers "$TEST_TRELLIS_KAFKA" --prefix s3. --url "$ch" --database bench_direct2 \
-  --expect "$EVENTS" --json)
-log "direct insert again: $direct_after"
+  local union="" t report
+  for t in events errors perf transactions session_updates notifications; do
+    union+="${union:+ UNION ALL }SELECT count() AS c FROM bench_sink_$1.$t"
+  done
+  start_bg "$work/sink-$1.log" "$BIN/trellis" sink clickhouse --config "$work/sink-$1.toml"
+  local pid=$LAST_PID
+  [ "$1" != 1 ] || perf_start clickhouse-sink "$pid" 3
+  report=$("$BIN/progress" --cpu sink="$pid" --cpu clickhouse="$server" --cpu broker="$(tansu_pid)" \
+    clickhouse --url "$ch" --query "SELECT sum(c) FROM ($union)" --until "$EVENTS")
+  [ "$1" != 1 ] || perf_report clickhouse-sink
+  stop "$pid"
+  grep -iE "error|panic" "$work/sink-$1.log" | head -5 >&2 || true
+  local held
+  held=$(curl -sf "$ch" --data-binary "SELECT sum(c) FROM ($union)")
+  python3 -c "import json, sys; j = json.loads(sys.argv[1]); j['held'] = int(sys.argv[2]); print(json.dumps(j))" "$report" "$held"
+}
 
-python3 - "$pre" "$direct" "$sink" "$direct_server_cpu" "$final" "$direct_after" <<'PY'
-import json, sys
-pre, direct, sink = (json.loads(a) for a in sys.argv[1:4])
-direct_server_cpu, final = float(sys.argv[4]), int(sys.argv[5])
-direct_after = json.loads(sys.argv[6])
+# Direct, sink, direct, ... : each sink run is compared with the direct inserts just before and
+# after it, as this shared machine's speed drifts within minutes. (The functions run in this
+# shell, not in a command substitution, so the EXIT trap stops what they start.)
+direct 0 >"$work/run-0.json"
+runs=("$(cat "$work/run-0.json")")
+log "direct insert 0: ${runs[0]}"
+for round in $(seq 1 "$ROUNDS"); do
+  sink "$round" >"$work/sink-$round.json"
+  runs+=("$(cat "$work/sink-$round.json")")
+  log "sink $round: ${runs[-1]}"
+  direct "$round" >"$work/run-$round.json"
+  runs+=("$(cat "$work/run-$round.json")")
+  log "direct insert $round: ${runs[-1]}"
+done
+
+python3 - "$pre" "${runs[@]}" <<'PY'
+import json, statistics, sys
+pre = json.loads(sys.argv[1])
+runs = [json.loads(a) for a in sys.argv[2:]]
+directs, sinks = runs[0::2], runs[1::2]
 n = pre["distinct"]
-d = (direct["rows_per_s"] + direct_after["rows_per_s"]) / 2
-wall = n / sink["done_s"]
-# From the first rows counted to the last; a small input lands at once, so then the wall rate.
-span = sink["done_s"] - sink["first_change_s"]
-steady = (n - sink["first_value"]) / span if span > 0 else wall
-cpu = sink["cpu_s"]
 print()
-print(f"{n:,} events ({pre['avg_payload_bytes']} B Avro each), ClickHouse {direct['server']}, "
-      f"batches of {direct['batch_rows']:,} records, LZ4, one insert at a time")
+print(f"{n:,} events ({pre['avg_payload_bytes']} B Avro each), ClickHouse {directs[0]['server']}, "
+      f"batches of {directs[0]['batch_rows']:,} records ({directs[0]['inserts']} inserts, "
+      f"{directs[0]['rowbinary_mb']} MB of RowBinary), LZ4, one insert at a time")
 print()
-print("| measurement | rows/s | ratio to the direct insert |")
-print("|---|---|---|")
-print(f"| direct insert of the sink's RowBinary, before the sink ({direct['inserts']} inserts, {direct['rowbinary_mb']} MB, "
-      f"{direct['seconds']:.2f} s; server CPU {direct_server_cpu:.1f} s) | {direct['rows_per_s']:,.0f} | |")
-print(f"| the same, after the sink ({direct_after['seconds']:.2f} s) | {direct_after['rows_per_s']:,.0f} | |")
-print(f"| direct insert, mean of the two | {d:,.0f} | 1.00 |")
-print(f"| `trellis sink clickhouse`, from its start until every row is counted ({sink['done_s']:.2f} s) "
-      f"| {wall:,.0f} | {wall / d:.2f} |")
-r = steady / d
-print(f"| the same, from the first rows landing ({sink['first_change_s']:.2f} s, {sink['first_value']:,} rows) "
-      f"to the last | {steady:,.0f} | **{r:.2f}** (target >= 0.70: {'met' if r >= 0.70 else 'missed'}) |")
-print(f"| CPU seconds during the sink's run | sink {cpu['sink']:.1f}, ClickHouse {cpu['clickhouse']:.1f}, "
-      f"broker {cpu['broker']:.1f} | |")
-print(f"| the sink's encoding alone (decode Avro + encode RowBinary, one core, in `chdirect`) "
-      f"| {direct['encode_rows_per_s']:,.0f} | |")
+print("| round | direct insert before → after (server CPU) | `trellis sink clickhouse`, first rows to last "
+      "(from its start) | CPU: sink, ClickHouse | ratio to the mean of the two direct inserts |")
+print("|---|---|---|---|---|")
+ratios = []
+for i, sink in enumerate(sinks):
+    before, after = directs[i], directs[i + 1]
+    d = (before["rows_per_s"] + after["rows_per_s"]) / 2
+    wall = n / sink["done_s"]
+    # From the first rows counted to the last; a small input lands at once, so then the wall rate.
+    span = sink["done_s"] - sink["first_change_s"]
+    steady = (n - sink["first_value"]) / span if span > 0 else wall
+    ratios.append(steady / d)
+    cpu = sink["cpu_s"]
+    print(f"| {i + 1} | {before['rows_per_s']:,.0f} → {after['rows_per_s']:,.0f} rows/s "
+          f"({before['server_cpu_s']} s, {after['server_cpu_s']} s) | {steady:,.0f} rows/s ({wall:,.0f}) "
+          f"| {cpu['sink']:.1f} s, {cpu['clickhouse']:.1f} s | {ratios[-1]:.2f} |")
+r = statistics.median(ratios)
+print(f"| median | | | | **{r:.2f}** (target >= 0.70: {'met' if r >= 0.70 else 'missed'}) |")
 print()
-print(f"Check: the sink's tables hold {final:,} rows (expected {n:,}).")
+encode = statistics.median(d["encode_rows_per_s"] for d in directs)
+print(f"The sink's encoding alone (decode Avro + encode RowBinary, one core, in `chdirect`): {encode:,.0f} rows/s.")
+held = ", ".join(f"{s['held']:,}" for s in sinks)
+print(f"Check: the sink's tables hold {held} rows (expected {n:,} each).")
 PY
