@@ -27,12 +27,7 @@ source benchmarks/common.sh
 command -v tansu >/dev/null && command -v clickhouse-server >/dev/null || ensure_tools
 build_release
 
-work=$(mktemp -d)
-cleanup() { stop_all; services_down; rm -rf "$work"; }
-trap cleanup EXIT
-services_down
-start_kafka
-start_clickhouse
+start_services clickhouse
 ch=$TEST_TRELLIS_CLICKHOUSE_URL
 log "broker at $TEST_TRELLIS_KAFKA, ClickHouse at $ch; $(conditions)"
 

@@ -8,6 +8,16 @@
 # BENCH_SERVICES_DIR: where the script's broker and ClickHouse keep their files (default
 # target/bench-services); two scripts running at once need two.
 if [ -n "${BIN:-}" ]; then BUILD=; else BUILD=1; BIN=$PWD/target/release; fi
+# start_services [clickhouse]: a scratch directory in $work, the scenario's own broker (and
+# ClickHouse), all stopped and removed on exit together with what start_bg started.
+start_services() {
+  work=$(mktemp -d)
+  trap 'stop_all; services_down; rm -rf "$work"' EXIT
+  services_down
+  start_kafka
+  if [ "${1:-}" = clickhouse ]; then start_clickhouse; fi
+}
+
 build_release() {
   # One build of both packages, as the features they share are then unified the same way every
   # time (building them apart rebuilds DataFusion for each).

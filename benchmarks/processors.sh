@@ -27,11 +27,7 @@ source benchmarks/common.sh
 command -v tansu >/dev/null || ensure_tools
 build_release
 
-work=$(mktemp -d)
-cleanup() { stop_all; services_down; rm -rf "$work"; }
-trap cleanup EXIT
-services_down
-start_kafka
+start_services
 log "broker at $TEST_TRELLIS_KAFKA ($TANSU_STORAGE storage); $(conditions)"
 
 pre_a=$("$BIN/preload" --brokers "$TEST_TRELLIS_KAFKA" --prefix s2a. --events "$EVENTS" --duplicates 5 --json)
