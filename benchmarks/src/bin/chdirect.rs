@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use clickhouse::{Client, Compression};
 use trellis_bus::BusConfig;
 use trellis_bus::config::KafkaConfig;
 use trellis_schemas::topics::Names;
@@ -153,14 +152,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     // The timed part: the same inserts the sink would send, one after the other.
-    let client = Client::default()
-        .with_url(&config.url)
-        .with_validation(false)
-        .with_compression(if config.compression {
-            Compression::Lz4
-        } else {
-            Compression::None
-        });
+    let client = trellis_sinks::clickhouse::migrations::client(&config);
     let bytes: usize = inserts.iter().map(|(_, b, _)| b.len()).sum();
     let started = Instant::now();
     for (i, (sql, data, _)) in inserts.iter().enumerate() {

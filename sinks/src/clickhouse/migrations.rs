@@ -109,7 +109,7 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
 
 /// The client for a configuration: plain `RowBinary`, no schema validation (18.16 cannot answer
 /// the validation queries), no default database (it may not exist yet; names are qualified).
-pub(crate) fn client(config: &ClickHouseConfig) -> Client {
+pub fn client(config: &ClickHouseConfig) -> Client {
     let mut client = Client::default()
         .with_url(&config.url)
         .with_validation(false)

@@ -362,22 +362,31 @@ mod tests {
         assert_eq!(back, expected);
     }
 
-    #[test]
-    fn unique_columns_are_written_without_a_dictionary() {
+    /// The first row group of a file of the sample fleet's events of `kind`.
+    fn sample_row_group(kind: Kind) -> parquet::file::metadata::RowGroupMetaData {
         let events = (0..3_000)
             .map(|n| sample::event("p", n % 40, n))
-            .filter(|e| e.kind() == Kind::Analytics);
-        let bytes =
-            encode_to_vec(Table::Event(Kind::Analytics), events.map(Row::Event), 3).unwrap();
+            .filter(|e| e.kind() == kind);
+        let bytes = encode_to_vec(Table::Event(kind), events.map(Row::Event), 3).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
-        let group = reader.metadata().row_group(0);
-        let dictionary = |path: &str| {
-            let column = (0..group.num_columns())
-                .map(|i| group.column(i))
-                .find(|c| c.column_path().string() == path)
-                .unwrap_or_else(|| panic!("no column {path}"));
-            column.dictionary_page_offset().is_some()
-        };
+        reader.metadata().row_group(0).clone()
+    }
+
+    fn column<'a>(
+        group: &'a parquet::file::metadata::RowGroupMetaData,
+        path: &str,
+    ) -> &'a parquet::file::metadata::ColumnChunkMetaData {
+        group
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == path)
+            .unwrap_or_else(|| panic!("no column {path}"))
+    }
+
+    #[test]
+    fn unique_columns_are_written_without_a_dictionary() {
+        let group = sample_row_group(Kind::Analytics);
+        let dictionary = |path: &str| column(&group, path).dictionary_page_offset().is_some();
         assert!(!dictionary("common.event_id"));
         assert!(!dictionary("common.timestamp_ms"));
         assert!(dictionary("common.project"));
@@ -386,19 +395,8 @@ mod tests {
 
     #[test]
     fn list_items_have_no_statistics() {
-        let events = (0..3_000)
-            .map(|n| sample::event("p", n % 40, n))
-            .filter(|e| e.kind() == Kind::Error);
-        let bytes = encode_to_vec(Table::Event(Kind::Error), events.map(Row::Event), 3).unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
-        let group = reader.metadata().row_group(0);
-        let statistics = |path: &str| {
-            let column = (0..group.num_columns())
-                .map(|i| group.column(i))
-                .find(|c| c.column_path().string() == path)
-                .unwrap_or_else(|| panic!("no column {path}"));
-            column.statistics().is_some()
-        };
+        let group = sample_row_group(Kind::Error);
+        let statistics = |path: &str| column(&group, path).statistics().is_some();
         assert!(!statistics(
             "exceptions.list.element.frames.list.element.function"
         ));
