@@ -21,6 +21,13 @@ use trellis_sinks::parquet::{self, ParquetConfig};
 
 const CHILD_ENV: &str = "TRELLIS_SINK_CHILD";
 
+/// The consumer group session of the children: trellis's default. A child restarted within it of
+/// a SIGKILL can find tansu naming the killed member the group's leader, and get no partitions
+/// for good (ARCHITECTURE.md, Test infrastructure); Kafka waits the session out itself, so the
+/// tests wait it out before restarting. Shorter sessions expired under load, tansu being slow to
+/// answer heartbeats then.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The bus the test and its children share: `kafka` (the broker of `TEST_TRELLIS_KAFKA`) or
 /// `embedded` (a log under `dir`, opened by one process at a time).
 fn bus(kind: &str, dir: &Path) -> Arc<dyn Bus> {
@@ -31,7 +38,7 @@ fn bus(kind: &str, dir: &Path) -> Arc<dyn Bus> {
         return Arc::new(
             trellis_bus::kafka::KafkaBus::new(&trellis_bus::config::KafkaConfig {
                 brokers,
-                session_timeout: Duration::from_secs(6),
+                session_timeout: SESSION_TIMEOUT,
                 ..Default::default()
             })
             .unwrap(),
@@ -55,6 +62,10 @@ fn sink_child() {
     };
     let args: Vec<&str> = args.split('\t').collect();
     let (kind, dir, prefix, group) = (args[0], PathBuf::from(args[1]), args[2], args[3]);
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -152,6 +163,9 @@ async fn killed_mid_file_and_restarted(kind: &str) {
             std::thread::sleep(Duration::from_millis(2));
         }
         child.kill();
+        if kind == "kafka" {
+            std::thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+        }
         let killed = files(&root, &names);
         let partial = counts(&root).await;
         println!(

@@ -21,7 +21,6 @@ fn env(name: &str) -> Result<String, String> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus: Arc<dyn Bus> = Arc::new(KafkaBus::new(&KafkaConfig {
         brokers: env("TRELLIS_KAFKA")?,
-        session_timeout: Duration::from_secs(6),
         ..Default::default()
     })?);
     let config = ClickHouseConfig {
