@@ -1,5 +1,4 @@
-# Helpers of the end-to-end benchmark scripts; source it from the repository root after
-# scripts/services.sh. Every process started with `start_bg` is stopped (SIGTERM, then SIGKILL)
+# Helpers of the end-to-end benchmark scripts; source it from the repository root. Every process started with `start_bg` is stopped (SIGTERM, then SIGKILL)
 # by `stop_all`, which the scripts call from their EXIT trap together with `services_down`.
 
 # BIN: the directory of the binaries to measure. Unset, the script builds the release binaries
@@ -8,9 +7,20 @@
 # BENCH_SERVICES_DIR: where the script's broker and ClickHouse keep their files (default
 # target/bench-services); two scripts running at once need two.
 if [ -n "${BIN:-}" ]; then BUILD=; else BUILD=1; BIN=$PWD/target/release; fi
+
+# tansu runs on its memory storage: its SQLite storage serves consumers at under 10k records/s.
+# The memory storage reports a partition's end offset without the last producer batch, so no
+# scenario relies on end offsets; consumers start at offset 0 and never resume, which its
+# batch-wise fetches serve correctly. TANSU_STORAGE=sqlite measures the other.
+export TEST_TRELLIS_SERVICES_DIR=${BENCH_SERVICES_DIR:-$PWD/target/bench-services}
+export TANSU_STORAGE=${TANSU_STORAGE:-memory}
+source scripts/services.sh
+
 # start_services [clickhouse]: a scratch directory in $work, the scenario's own broker (and
 # ClickHouse), all stopped and removed on exit together with what start_bg started.
 start_services() {
+  command -v tansu >/dev/null || ensure_tools
+  if [ "${1:-}" = clickhouse ]; then command -v clickhouse-server >/dev/null || ensure_tools; fi
   work=$(mktemp -d)
   trap 'stop_all; services_down; rm -rf "$work"' EXIT
   services_down

@@ -18,13 +18,7 @@ RATE=${1:-1000}
 SECONDS_OF_LOAD=${2:-30}
 PARQUET_MAX_AGE=${PARQUET_MAX_AGE:-1s}
 CLICKHOUSE_BATCH_AGE=${CLICKHOUSE_BATCH_AGE:-1s}
-# tansu's memory storage (its SQLite storage serves consumers at under 10k records/s). It reports
-# a partition's end offset without the last producer batch, so nothing here relies on end offsets;
-# consumers start at offset 0 and never resume, which its batch-wise fetches serve correctly.
-export TEST_TRELLIS_SERVICES_DIR=${BENCH_SERVICES_DIR:-$PWD/target/bench-services} TANSU_STORAGE=${TANSU_STORAGE:-memory}
-source scripts/services.sh
 source benchmarks/common.sh
-command -v tansu >/dev/null && command -v clickhouse-server >/dev/null || ensure_tools
 build_release
 
 start_services clickhouse

@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 SECONDS_OF_LOAD=${1:-20}
 MAX_AGE=${MAX_AGE:-5s}
 CONNECTIONS=32
-source scripts/services.sh
 source benchmarks/common.sh
 build_release
 

@@ -17,14 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-500000}
 MAX_AGE=${MAX_AGE:-2s}
-# tansu's memory storage: its SQLite storage keeps the processors to about 8k events/s at 100% of
-# a core. The memory storage reports a partition's end offset without its last producer batch, so
-# progress is read from the processors' metrics and the sink's committed offsets, never from end
-# offsets. Consumers here start at offset 0 and never resume, which its batch-wise fetches serve.
-export TEST_TRELLIS_SERVICES_DIR=${BENCH_SERVICES_DIR:-$PWD/target/bench-services} TANSU_STORAGE=${TANSU_STORAGE:-memory}
-source scripts/services.sh
+# tansu's SQLite storage would keep the processors to about 8k events/s at 100% of a core, hence
+# its memory storage (common.sh); progress is read from the processors' metrics and the sink's
+# committed offsets, never from end offsets.
 source benchmarks/common.sh
-command -v tansu >/dev/null || ensure_tools
 build_release
 
 start_services

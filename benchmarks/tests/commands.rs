@@ -118,6 +118,21 @@ fn run(bin: &str, args: &[&str]) -> serde_json::Value {
     json(Command::new(bin).args(args).output().unwrap())
 }
 
+/// `preload` of `args` into 2 partitions of `prefix`'s topics; its JSON report.
+fn preload(brokers: &str, prefix: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
+        "--brokers",
+        brokers,
+        "--prefix",
+        prefix,
+        "--partitions",
+        "2",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    run(env!("CARGO_BIN_EXE_preload"), &all)
+}
+
 fn clickhouse_sql(sql: &str) -> String {
     let mut response = ureq::post(clickhouse())
         .config()
@@ -134,21 +149,10 @@ fn clickhouse_sql(sql: &str) -> String {
 fn preload_fills_events_raw_and_progress_sees_it() {
     let brokers = kafka();
     let prefix = format!("{}.", unique("preload"));
-    let report = run(
-        env!("CARGO_BIN_EXE_preload"),
-        &[
-            "--brokers",
-            &brokers,
-            "--prefix",
-            &prefix,
-            "--partitions",
-            "2",
-            "--events",
-            "300",
-            "--duplicates",
-            "10",
-            "--json",
-        ],
+    let report = preload(
+        &brokers,
+        &prefix,
+        &["--events", "300", "--duplicates", "10"],
     );
     assert_eq!(report["distinct"], 300, "{report}");
     let published = report["published"].as_u64().unwrap();
@@ -197,22 +201,7 @@ fn chdirect_inserts_a_topic_as_the_sink_would() {
     let (brokers, url) = (kafka(), clickhouse());
     let prefix = format!("{}.", unique("chdirect"));
     let database = unique("chdirect");
-    run(
-        env!("CARGO_BIN_EXE_preload"),
-        &[
-            "--brokers",
-            &brokers,
-            "--prefix",
-            &prefix,
-            "--partitions",
-            "2",
-            "--into",
-            "events",
-            "--events",
-            "250",
-            "--json",
-        ],
-    );
+    preload(&brokers, &prefix, &["--into", "events", "--events", "250"]);
     let report = run(
         env!("CARGO_BIN_EXE_chdirect"),
         &[
