@@ -47,6 +47,9 @@ prefix = "$2"
 group = "$1-process"
 issues_group = "$1-issues"
 metrics_listen = "127.0.0.1:$metrics_port"
+[processors.detect]
+group = "$1-detect"
+perf_group = "$1-detect-perf"
 [sinks.parquet]
 group = "$1-parquet"
 max_age = "$MAX_AGE"

@@ -41,8 +41,8 @@ pub async fn run_ingest(
         .context("serving ingest")
 }
 
-/// Runs the processors (the `process` and `issues` stages) until `shutdown` resolves; they
-/// checkpoint before returning.
+/// Runs the processors (the `process`, `issues` and, unless disabled, `detect` stages) until
+/// `shutdown` resolves; they checkpoint before returning.
 pub async fn run_processors(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
@@ -80,16 +80,47 @@ pub async fn run_processors(
         on_stop(stopped.clone()),
     );
     let issues = runtime::run(
-        bus,
-        trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone()),
+        bus.clone(),
+        {
+            let issues = trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone());
+            if p.detect.enabled && p.detect.spikes {
+                issues.with_spikes(p.detect.clone())
+            } else {
+                issues
+            }
+        },
         Checkpoints::new(&p.checkpoint_dir, trellis_processors::issues::STAGE),
         runner(&p.issues_group, &names.grouped),
-        metrics,
-        on_stop(stopped),
+        metrics.clone(),
+        on_stop(stopped.clone()),
     );
+    use trellis_processors::detect::{self, DetectFactory, PerfFactory};
+    let detect = async {
+        if !p.detect.enabled {
+            return Ok(());
+        }
+        let releases = runtime::run(
+            bus.clone(),
+            DetectFactory::new(p.detect.clone(), names.clone()),
+            Checkpoints::new(&p.checkpoint_dir, detect::STAGE),
+            runner(&p.detect.group, &names.sessions),
+            metrics.clone(),
+            on_stop(stopped.clone()),
+        );
+        let perf = runtime::run(
+            bus,
+            PerfFactory::new(p.detect.clone(), names.clone()),
+            Checkpoints::new(&p.checkpoint_dir, detect::PERF_STAGE),
+            runner(&p.detect.perf_group, &names.aggregates),
+            metrics,
+            on_stop(stopped),
+        );
+        tokio::try_join!(releases, perf).map(|_| ())
+    };
     tokio::try_join!(
         async { process.await.context("running the process stage") },
         async { issues.await.context("running the issues stage") },
+        async { detect.await.context("running the detect stage") },
     )?;
     Ok(())
 }

@@ -100,7 +100,8 @@ async fn errors_become_issues_and_an_old_build_does_not_reopen_a_resolved_one() 
              [topics]\npartitions = 2\nprefix = {prefix:?}\n\
              [ingest]\nlisten = \"127.0.0.1:{port}\"\nadmin_tokens = [{ADMIN:?}]\n\
              [processors]\ngroup = \"{prefix}process\"\nissues_group = \"{prefix}issues\"\n\
-             checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\n",
+             checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\n\
+             [processors.detect]\ngroup = \"{prefix}detect\"\nperf_group = \"{prefix}detect-perf\"\n",
             data = dir.path().display().to_string(),
         ),
     )

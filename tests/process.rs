@@ -316,12 +316,15 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
              [bus]\nkind = \"kafka\"\nbrokers = {brokers:?}\nsession_timeout = \"{session}s\"\n\
              [topics]\npartitions = {PARTITIONS}\nprefix = {prefix:?}\n\
              [processors]\ngroup = {group:?}\nissues_group = {issues_group:?}\n\
-             checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\npoll_max = 200\n",
+             checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\npoll_max = 200\n\
+             [processors.detect]\ngroup = {detect_group:?}\nperf_group = {perf_group:?}\n",
             data = dir.path().display().to_string(),
             brokers = brokers(),
             session = SESSION_TIMEOUT.as_secs(),
             group = unique("g"),
             issues_group = unique("issues"),
+            detect_group = unique("detect"),
+            perf_group = unique("detect-perf"),
         ),
     )
     .unwrap();

@@ -6,9 +6,11 @@
 //!   offsets it reflects, and restores it on restart or when a partition moves.
 //! - [`pipeline`]: the `process` stage: dedupe, sessions and release health.
 //! - [`grouping`]: error fingerprints and issues.
+//! - [`detect`]: the `detect` stage: release regressions, judged by a sequential test.
 //! - [`metrics`]: counters exported on `/metrics`.
 #![warn(missing_docs)]
 
+pub mod detect;
 pub mod grouping;
 pub mod issues;
 pub mod metrics;

@@ -224,14 +224,19 @@ pub enum RecordTable {
     /// [`crate::records::IssueRecord`]s from the `issues` topic: `ReplacingMergeTree(version)`
     /// ordered by `(project, issue_id)`, so `FINAL` gives each issue's current state.
     Issues,
+    /// [`crate::records::Detection`]s from the `detections` topic:
+    /// `ReplacingMergeTree(version)` ordered by `(project, detection_id)`, so `FINAL` gives each
+    /// finding's current status.
+    Detections,
 }
 
 impl RecordTable {
     /// Every record table.
-    pub const ALL: [RecordTable; 3] = [
+    pub const ALL: [RecordTable; 4] = [
         RecordTable::Sessions,
         RecordTable::HealthPartials,
         RecordTable::Issues,
+        RecordTable::Detections,
     ];
 
     /// The table's name.
@@ -240,6 +245,7 @@ impl RecordTable {
             RecordTable::Sessions => "sessions",
             RecordTable::HealthPartials => "health_partials",
             RecordTable::Issues => "issues",
+            RecordTable::Detections => "detections",
         }
     }
 
@@ -262,6 +268,11 @@ impl RecordTable {
                 // No date partition, so every version of an issue collapses into one row.
                 ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, issue_id)\n",
             ),
+            RecordTable::Detections => (
+                "    `opened_date` Date MATERIALIZED toDate(toDateTime(intDiv(opened_ms, 1000)))\n",
+                // No date partition, so every version of a finding collapses into one row.
+                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, detection_id)\n",
+            ),
         }
     }
 }
@@ -281,6 +292,9 @@ fn record_fields(table: RecordTable) -> Vec<arrow_schema::FieldRef> {
         }
         RecordTable::Issues => {
             Vec::<arrow_schema::FieldRef>::from_type::<crate::records::IssueRecord>(options)
+        }
+        RecordTable::Detections => {
+            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::Detection>(options)
         }
     };
     traced.unwrap_or_else(|e| panic!("{} cannot be traced to Arrow: {e}", table.table()))
@@ -327,6 +341,7 @@ pub fn record_physical_columns(table: RecordTable) -> Vec<(String, String)> {
         RecordTable::Sessions => ("started_date".into(), "Date".into()),
         RecordTable::HealthPartials => ("window_date".into(), "Date".into()),
         RecordTable::Issues => ("first_seen_date".into(), "Date".into()),
+        RecordTable::Detections => ("opened_date".into(), "Date".into()),
     });
     out
 }

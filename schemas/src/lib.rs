@@ -30,6 +30,8 @@ pub mod topics {
     pub const ISSUES: &str = "issues";
     /// Windowed aggregates (release health, percentiles), from the processors.
     pub const AGGREGATES: &str = "aggregates";
+    /// Findings of the `detect` stage (regressions), keyed by project.
+    pub const DETECTIONS: &str = "detections";
     /// Alerts and rollback decisions, for the notifiers.
     pub const ALERTS: &str = "alerts";
     /// Dead letters: what a stage could not use, with the reason.
@@ -38,8 +40,8 @@ pub mod topics {
     /// the admin API) to the issues stage, so one instance owns each issue.
     pub const GROUPED: &str = "errors.grouped";
     /// Every topic trellis creates at start-up.
-    pub const ALL: [&str; 8] = [
-        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, ALERTS, DLQ, GROUPED,
+    pub const ALL: [&str; 9] = [
+        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, DLQ, GROUPED,
     ];
 
     /// The topic names of one deployment: the names above behind an optional prefix, so that
@@ -58,6 +60,8 @@ pub mod topics {
         pub issues: String,
         /// [`AGGREGATES`] with the prefix.
         pub aggregates: String,
+        /// [`DETECTIONS`] with the prefix.
+        pub detections: String,
         /// [`ALERTS`] with the prefix.
         pub alerts: String,
         /// [`DLQ`] with the prefix.
@@ -77,6 +81,7 @@ pub mod topics {
                 sessions: p(SESSIONS),
                 issues: p(ISSUES),
                 aggregates: p(AGGREGATES),
+                detections: p(DETECTIONS),
                 alerts: p(ALERTS),
                 dlq: p(DLQ),
                 grouped: p(GROUPED),
@@ -84,13 +89,14 @@ pub mod topics {
         }
 
         /// Every topic, prefixed.
-        pub fn all(&self) -> [&str; 8] {
+        pub fn all(&self) -> [&str; 9] {
             [
                 &self.raw,
                 &self.events,
                 &self.sessions,
                 &self.issues,
                 &self.aggregates,
+                &self.detections,
                 &self.alerts,
                 &self.dlq,
                 &self.grouped,

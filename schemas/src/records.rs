@@ -1,4 +1,5 @@
-//! Records the processors derive from events: sessions and release-health partials.
+//! Records the processors derive from events: sessions, release-health partials, issues and
+//! detections.
 //!
 //! They travel on the `sessions` and `aggregates` topics in the same Avro single-object encoding
 //! as events ([`crate::avro`]), with their schemas committed under `schemas/avro/` beside the
@@ -200,6 +201,61 @@ pub struct IssueCommand {
     pub at_ms: i64,
 }
 
+/// A finding of the `detect` stage: a release worse than its baseline, an issue spiking, a
+/// performance regression. One record per version; the newest `version` of a `detection_id` is
+/// the finding's current state.
+///
+/// `kind` is `release_regression` or `perf_regression` (and, as those detectors land,
+/// `issue_spike`, `issue_velocity`); `status` is `open` (provisional evidence crossed the
+/// threshold), `confirmed` (it still held once the windows behind it were complete), `retracted`
+/// (it did not) or `resolved` (the release went quiet).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct Detection {
+    /// 32 hex digits derived from the project, kind, subject, metric and episode, so a replay
+    /// emits the same id.
+    pub detection_id: String,
+    /// The project.
+    pub project: String,
+    /// What was detected: `release_regression`, `perf_regression`, ...
+    pub kind: String,
+    /// The release judged (for release and performance regressions).
+    pub release: Release,
+    /// The issue judged (for issue spikes and velocity).
+    pub issue_id: Option<String>,
+    /// The screen judged (for performance regressions of per-screen metrics).
+    pub screen: Option<String>,
+    /// The metric: `crash_rate`, `abnormal_rate`, `errored_rate`, `screen_load_p75`, ...
+    pub metric: String,
+    /// What the candidate was compared with: `fleet` (the rest of the fleet on the same
+    /// platform, channel and runtime version over the same windows) or `previous <release>`.
+    pub baseline: String,
+    /// The baseline's value of the metric.
+    pub baseline_value: f64,
+    /// The baseline's sample count (sessions, performance samples, ...).
+    pub baseline_count: i64,
+    /// The candidate's value of the metric.
+    pub candidate_value: f64,
+    /// The candidate's sample count.
+    pub candidate_count: i64,
+    /// The test statistic that decided (`ln Λ` of the mSPRT).
+    pub statistic: f64,
+    /// The threshold it was compared with (`ln(1/alpha)`).
+    pub threshold: f64,
+    /// Event time the evidence starts at (the candidate's first session), ms since the epoch.
+    pub window_start_ms: i64,
+    /// Event time the evidence ends at, ms since the epoch.
+    pub window_end_ms: i64,
+    /// Event time the finding opened at, ms since the epoch.
+    pub opened_ms: i64,
+    /// `open`, `confirmed`, `retracted` or `resolved`.
+    pub status: String,
+    /// One sentence for people.
+    pub summary: String,
+    /// Version: a later version of the same detection replaces an earlier one.
+    pub version: i64,
+}
+
 /// A record type with a committed Avro schema.
 pub trait Record: AvroSchema + Serialize + DeserializeOwned {
     /// Its name, as used for its `.avsc` file.
@@ -251,6 +307,7 @@ record!(SessionRecord, "session_record");
 record!(HealthPartial, "health_partial");
 record!(IssueRecord, "issue_record");
 record!(IssueCommand, "issue_command");
+record!(Detection, "detection");
 
 /// The `.avsc` text a record type implies, as `trellis schema export` writes it.
 pub fn derived_avsc<T: Record>() -> String {
@@ -328,6 +385,7 @@ mod tests {
         check_committed::<HealthPartial>();
         check_committed::<IssueRecord>();
         check_committed::<IssueCommand>();
+        check_committed::<Detection>();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Every table directory under the root is registered as a listing table named after it
 //! (`events`, `errors`, `perf`, `transactions`, `session_updates`, `notifications`, `sessions`,
-//! `aggregates`, `issues`), with the Arrow schema from `trellis_schemas` and
+//! `aggregates`, `issues`, `detections`), with the Arrow schema from `trellis_schemas` and
 //! the hive partition columns `project` (text), `date` (a date) and `hour` (0-23), so filters on
 //! them skip directories. A table with no files yet still answers, with no rows. Only finished
 //! files are read: those being written are dot-prefixed `.parquet.inprogress` files, and a file

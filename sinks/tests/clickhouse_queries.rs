@@ -516,7 +516,7 @@ async fn every_analyst_query_answers_exactly_on_18_16_and_the_same_on_chdb() {
         Kind::ALL
             .map(Kind::table)
             .into_iter()
-            .chain(["sessions", "health_partials", "issues"])
+            .chain(["sessions", "health_partials", "issues", "detections"])
     {
         let path = dir.path().join(format!("{table}.jsonl"));
         std::fs::write(&path, export(&db, table)).unwrap();

@@ -5,11 +5,13 @@
 
 mod clickhouse_support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse_support::*;
 use trellis_bus::{Bus, DeadLetter, Message};
+use trellis_schemas::records::Detection;
 use trellis_schemas::{AnalyticsEvent, Common, Event, avro, topics};
 use trellis_sinks::clickhouse::{self, migrate};
 
@@ -53,7 +55,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
     let db = unique("ch_normal");
     let config = config(&db);
     let first = migrate(&config).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3, 4]);
+    assert_eq!(first.applied, [1, 2, 3, 4, 5]);
     let (stop, task) = start(&bus, &names, config.clone());
     wait_for(&db, &expected, Duration::from_secs(120)).await;
     stop.send(()).unwrap();
@@ -62,7 +64,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
     assert_exact(&db, &expected);
     let events: u64 = expected
         .iter()
-        .filter(|(t, _)| !["sessions", "health_partials", "issues"].contains(t))
+        .filter(|(t, _)| !["sessions", "health_partials", "issues", "detections"].contains(t))
         .map(|(_, n)| n)
         .sum();
     assert_eq!(
@@ -82,8 +84,23 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
             &db,
             "SELECT version FROM schema_migrations ORDER BY version"
         ),
-        "1\n2\n3\n4\n"
+        "1\n2\n3\n4\n5\n"
     );
+    // Each detection's newest version wins: its status is the last one the stage emitted.
+    let mut last: BTreeMap<&str, &Detection> = BTreeMap::new();
+    for d in &data.detections {
+        last.insert(&d.detection_id, d);
+    }
+    let statuses = query(
+        &db,
+        "SELECT detection_id, status FROM detections FINAL ORDER BY detection_id",
+    );
+    let want: String = last
+        .iter()
+        .map(|(id, d)| format!("{id}\t{}\n", d.status))
+        .collect();
+    assert_eq!(statuses, want);
+    assert!(want.contains("confirmed"), "{want}");
     // Each issue's newest version wins: its count is every error grouped into it.
     assert_eq!(
         count(&db, "SELECT sum(event_count) FROM issues FINAL"),

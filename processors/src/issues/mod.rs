@@ -26,6 +26,8 @@ use crate::grouping::{
     AliasTable, Command, Grouper, IgnoreUntil, Issue, IssueId, Outcome, ReleaseClock, ReleaseKey,
     Signature, SimilarityIndex, Status, merge_issues,
 };
+use crate::detect::DetectConfig;
+use crate::detect::spike::{SpikeDetector, SpikeState};
 use crate::runtime::{Factory, Output, Processor, StateError};
 
 /// Every project's grouping rules, compiled once.
@@ -101,6 +103,9 @@ struct State {
     /// such a replay and is not counted twice.
     #[serde(default)]
     sources: BTreeMap<u32, u64>,
+    /// Per-issue event rates for spike detection.
+    #[serde(default)]
+    spikes: SpikeState,
 }
 
 /// Counters since the last drain.
@@ -121,6 +126,8 @@ pub struct IssueProcessor {
     state: State,
     /// Similarity indexes per project, rebuilt from the issues on restore.
     similar: HashMap<String, SimilarityIndex>,
+    /// Issue spikes, when enabled.
+    spikes: Option<SpikeDetector>,
     counters: Counters,
 }
 
@@ -130,7 +137,12 @@ fn id_of(text: &str) -> IssueId {
 }
 
 impl IssueProcessor {
-    fn new(groupers: Arc<Groupers>, topics: Arc<topics::Names>, state: State) -> Self {
+    fn new(
+        groupers: Arc<Groupers>,
+        topics: Arc<topics::Names>,
+        state: State,
+        spikes: Option<SpikeDetector>,
+    ) -> Self {
         let mut similar: HashMap<String, SimilarityIndex> = HashMap::new();
         for issue in state.issues.values() {
             if let Some(signature) = Signature::of_components(&issue.components) {
@@ -145,6 +157,7 @@ impl IssueProcessor {
             topics,
             state,
             similar,
+            spikes,
             counters: Counters::default(),
         }
     }
@@ -245,6 +258,26 @@ impl IssueProcessor {
             }
         }
         self.emit(id.as_str(), offset, out);
+        if let Some(spikes) = self.spikes.as_mut() {
+            let mut found = Vec::new();
+            spikes.observe(
+                &mut self.state.spikes,
+                &project,
+                id.as_str(),
+                event.common.timestamp_ms,
+                &mut found,
+            );
+            for d in found {
+                match records::encode(&d) {
+                    Ok(payload) => out.emit(Message::new(
+                        self.topics.detections.as_str(),
+                        crate::detect::project_key(&d.project),
+                        payload,
+                    )),
+                    Err(e) => tracing::error!(error = %e, "A detection does not encode."),
+                }
+            }
+        }
     }
 
     fn on_command(&mut self, command: &IssueCommand, offset: u64) -> Result<Vec<String>, String> {
@@ -399,6 +432,11 @@ impl Processor for IssueProcessor {
 
     fn drain_counters(&mut self, into: &mut dyn FnMut(&'static str, u64)) {
         let c = std::mem::take(&mut self.counters);
+        let spikes = self
+            .spikes
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.counters))
+            .unwrap_or_default();
         for (name, n) in [
             ("issues_new", c.new_issues),
             ("issues_regressed", c.regressions),
@@ -406,6 +444,8 @@ impl Processor for IssueProcessor {
             ("issue_commands_refused", c.commands_rejected),
             ("invalid", c.invalid),
             ("replayed", c.replayed),
+            ("detections", spikes.emitted),
+            ("spike_issues_evicted", spikes.evicted),
         ] {
             if n > 0 {
                 into(name, n);
@@ -445,6 +485,7 @@ pub fn replay<'a>(errors: impl IntoIterator<Item = &'a ErrorEvent>) -> Vec<Issue
 pub struct IssueFactory {
     groupers: Arc<Groupers>,
     topics: Arc<topics::Names>,
+    spikes: Option<DetectConfig>,
 }
 
 impl IssueFactory {
@@ -453,6 +494,15 @@ impl IssueFactory {
         IssueFactory {
             groupers,
             topics: Arc::new(topics),
+            spikes: None,
+        }
+    }
+
+    /// The same, also reporting issue spikes on `detections` by `config`.
+    pub fn with_spikes(self, config: DetectConfig) -> Self {
+        IssueFactory {
+            spikes: Some(config),
+            ..self
         }
     }
 }
@@ -476,6 +526,7 @@ impl Factory for IssueFactory {
             self.groupers.clone(),
             self.topics.clone(),
             state,
+            self.spikes.clone().map(SpikeDetector::new),
         ))
     }
 }

@@ -54,6 +54,8 @@ pub struct ProcessorConfig {
     pub grouping: crate::grouping::GroupingConfig,
     /// Per-project grouping rules, replacing `grouping` for that project.
     pub project_grouping: std::collections::BTreeMap<String, crate::grouping::GroupingConfig>,
+    /// The `detect` stage: regression detectors and their thresholds.
+    pub detect: crate::detect::DetectConfig,
 }
 
 impl Default for ProcessorConfig {
@@ -75,6 +77,7 @@ impl Default for ProcessorConfig {
             issues_group: "trellis-issues".into(),
             grouping: crate::grouping::GroupingConfig::default(),
             project_grouping: std::collections::BTreeMap::new(),
+            detect: crate::detect::DetectConfig::default(),
         }
     }
 }
@@ -116,6 +119,17 @@ impl ProcessorConfig {
             );
         }
         crate::issues::Groupers::new(&self.grouping, &self.project_grouping)?;
+        self.detect.validate()?;
+        for (key, group) in [
+            ("group", &self.detect.group),
+            ("perf_group", &self.detect.perf_group),
+        ] {
+            if *group == self.group || *group == self.issues_group {
+                return Err(format!(
+                    "processors.detect.{key}: must differ from processors.group and issues_group"
+                ));
+            }
+        }
         Ok(())
     }
 }

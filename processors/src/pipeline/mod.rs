@@ -280,7 +280,7 @@ impl Pipeline {
             match records::encode(&s) {
                 Ok(payload) => out.emit(Message::new(
                     self.topics.sessions.as_str(),
-                    format!("{}\0{}", s.project, s.device_id).into_bytes(),
+                    crate::detect::project_key(&s.project),
                     payload,
                 )),
                 Err(e) => tracing::error!(error = %e, "A session record does not encode."),
@@ -290,7 +290,7 @@ impl Pipeline {
             match records::encode(&p) {
                 Ok(payload) => out.emit(Message::new(
                     self.topics.aggregates.as_str(),
-                    format!("{}\0{}", p.project, p.release.app_version).into_bytes(),
+                    crate::detect::project_key(&p.project),
                     payload,
                 )),
                 Err(e) => tracing::error!(error = %e, "A health partial does not encode."),

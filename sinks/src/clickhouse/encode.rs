@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding, RecordTable};
-use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::topics::Names;
 use trellis_schemas::{Event, Kind, avro};
 
@@ -54,6 +54,8 @@ pub enum RecordKey {
     HealthPartials,
     /// `issues`.
     Issues,
+    /// `detections`.
+    Detections,
 }
 
 impl From<RecordKey> for RecordTable {
@@ -62,6 +64,7 @@ impl From<RecordKey> for RecordTable {
             RecordKey::Sessions => RecordTable::Sessions,
             RecordKey::HealthPartials => RecordTable::HealthPartials,
             RecordKey::Issues => RecordTable::Issues,
+            RecordKey::Detections => RecordTable::Detections,
         }
     }
 }
@@ -74,6 +77,7 @@ impl Target {
                 RecordKey::Sessions,
                 RecordKey::HealthPartials,
                 RecordKey::Issues,
+                RecordKey::Detections,
             ]
             .map(Target::Record),
         )
@@ -294,7 +298,7 @@ fn tree<T: serde::Serialize>(value: &T) -> Result<Value, EncodeError> {
     })
 }
 
-/// Decodes a record of `events`, `sessions`, `aggregates` or `issues` and appends its row to `out`;
+/// Decodes a record of `events`, `sessions`, `aggregates`, `issues` or `detections` and appends its row to `out`;
 /// returns the table it belongs to.
 pub fn encode_record(
     topics: &Names,
@@ -324,6 +328,9 @@ pub fn encode_record(
     } else if topic == topics.issues {
         let record = records::decode::<IssueRecord>(payload)?;
         record_row(RecordKey::Issues, &record, out)
+    } else if topic == topics.detections {
+        let record = records::decode::<Detection>(payload)?;
+        record_row(RecordKey::Detections, &record, out)
     } else {
         Err(EncodeError::Topic(topic.to_string()))
     }

@@ -83,6 +83,8 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
     }
     let mut issues = vec![create_record_table(db, RecordTable::Issues)];
     issues.extend(dedup_window(db, RecordTable::Issues.table(), server));
+    let mut detections = vec![create_record_table(db, RecordTable::Detections)];
+    detections.extend(dedup_window(db, RecordTable::Detections.table(), server));
     vec![
         Migration {
             version: 1,
@@ -103,6 +105,11 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
             version: 4,
             name: "issues table",
             statements: issues,
+        },
+        Migration {
+            version: 5,
+            name: "detections table",
+            statements: detections,
         },
     ]
 }

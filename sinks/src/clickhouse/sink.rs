@@ -270,6 +270,7 @@ pub async fn run(
         topics.sessions.as_str(),
         topics.aggregates.as_str(),
         topics.issues.as_str(),
+        topics.detections.as_str(),
     ];
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
     let consumer = bus_retry(config, &mut shutdown, || {

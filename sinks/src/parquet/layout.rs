@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow_schema::Schema;
 use trellis_schemas::Kind;
 use trellis_schemas::arrow as arrow_schemas;
-use trellis_schemas::records::{HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{Detection, HealthPartial, IssueRecord, SessionRecord};
 
 /// The extension of finished files.
 pub const EXTENSION: &str = "parquet";
@@ -29,11 +29,14 @@ pub enum Table {
     /// Issue records, from the `issues` topic: every version of every issue (the newest
     /// `version` of an `issue_id` is its current state).
     Issues,
+    /// Detections, from the `detections` topic: every version of every finding (the newest
+    /// `version` of a `detection_id` is its current state).
+    Detections,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Event(Kind::Analytics),
         Table::Event(Kind::Error),
         Table::Event(Kind::Performance),
@@ -43,6 +46,7 @@ impl Table {
         Table::Sessions,
         Table::Aggregates,
         Table::Issues,
+        Table::Detections,
     ];
 
     /// The table's name, also its directory.
@@ -52,6 +56,7 @@ impl Table {
             Table::Sessions => arrow_schemas::SESSIONS_TABLE,
             Table::Aggregates => arrow_schemas::AGGREGATES_TABLE,
             Table::Issues => "issues",
+            Table::Detections => "detections",
         }
     }
 
@@ -62,6 +67,7 @@ impl Table {
             Table::Sessions => arrow_schemas::record_schema::<SessionRecord>(),
             Table::Aggregates => arrow_schemas::record_schema::<HealthPartial>(),
             Table::Issues => arrow_schemas::record_schema::<IssueRecord>(),
+            Table::Detections => arrow_schemas::record_schema::<Detection>(),
         }
     }
 }

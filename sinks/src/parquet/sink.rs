@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
-use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{avro, topics::Names};
 
 use super::Error;
@@ -45,6 +45,7 @@ pub async fn run_with_metrics(
         topics.sessions.as_str(),
         topics.aggregates.as_str(),
         topics.issues.as_str(),
+        topics.detections.as_str(),
     ];
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
     let mut consumer = retry("Joining the consumer group", || {
@@ -191,6 +192,8 @@ fn decode(topics: &Names, record: &Record) -> Result<Row, String> {
         records::decode::<HealthPartial>(payload).map(Row::Aggregate)
     } else if record.topic == topics.issues {
         records::decode::<IssueRecord>(payload).map(Row::Issue)
+    } else if record.topic == topics.detections {
+        records::decode::<Detection>(payload).map(Row::Detection)
     } else {
         return Err(format!(
             "the Parquet sink does not read topic {:?}",

@@ -10,7 +10,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
-use trellis_schemas::records::{HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{Detection, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{
     AnalyticsEvent, ErrorEvent, Event, Kind, Notification, PerformanceSample, SessionUpdate,
     Transaction,
@@ -59,6 +59,8 @@ pub enum Row {
     Aggregate(HealthPartial),
     /// A version of an issue, for `issues`.
     Issue(IssueRecord),
+    /// A version of a detection, for `detections`.
+    Detection(Detection),
 }
 
 impl Row {
@@ -69,6 +71,7 @@ impl Row {
             Row::Session(_) => Table::Sessions,
             Row::Aggregate(_) => Table::Aggregates,
             Row::Issue(_) => Table::Issues,
+            Row::Detection(_) => Table::Detections,
         }
     }
 
@@ -79,17 +82,20 @@ impl Row {
             Row::Session(s) => &s.project,
             Row::Aggregate(a) => &a.project,
             Row::Issue(i) => &i.project,
+            Row::Detection(d) => &d.project,
         }
     }
 
     /// The time that places the row in a date and hour: event time, session start, window start,
-    /// an issue's first event (so every version of an issue lands in the same directory).
+    /// an issue's first event (so every version of an issue lands in the same directory), the
+    /// time a detection opened (likewise).
     pub fn time_ms(&self) -> i64 {
         match self {
             Row::Event(e) => e.common().timestamp_ms,
             Row::Session(s) => s.started_ms,
             Row::Aggregate(a) => a.window_start_ms,
             Row::Issue(i) => i.first_seen_ms,
+            Row::Detection(d) => d.opened_ms,
         }
     }
 }
@@ -115,6 +121,8 @@ pub enum Rows {
     Aggregates(Vec<HealthPartial>),
     /// `issues`.
     Issues(Vec<IssueRecord>),
+    /// `detections`.
+    Detections(Vec<Detection>),
 }
 
 macro_rules! each {
@@ -129,6 +137,7 @@ macro_rules! each {
             Rows::Sessions($v) => $body,
             Rows::Aggregates($v) => $body,
             Rows::Issues($v) => $body,
+            Rows::Detections($v) => $body,
         }
     };
 }
@@ -146,6 +155,7 @@ impl Rows {
             Table::Sessions => Rows::Sessions(Vec::new()),
             Table::Aggregates => Rows::Aggregates(Vec::new()),
             Table::Issues => Rows::Issues(Vec::new()),
+            Table::Detections => Rows::Detections(Vec::new()),
         }
     }
 
@@ -161,6 +171,7 @@ impl Rows {
             Rows::Sessions(_) => Table::Sessions,
             Rows::Aggregates(_) => Table::Aggregates,
             Rows::Issues(_) => Table::Issues,
+            Rows::Detections(_) => Table::Detections,
         }
     }
 
@@ -176,6 +187,7 @@ impl Rows {
             (Rows::Sessions(v), Row::Session(s)) => v.push(s),
             (Rows::Aggregates(v), Row::Aggregate(a)) => v.push(a),
             (Rows::Issues(v), Row::Issue(i)) => v.push(i),
+            (Rows::Detections(v), Row::Detection(d)) => v.push(d),
             (rows, row) => {
                 return Err(EncodeError::WrongTable {
                     row: row.table().name(),
@@ -208,6 +220,7 @@ impl Rows {
             Rows::Sessions(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Aggregates(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Issues(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::Detections(v) => arrow_schemas::records_to_batch(v)?,
         };
         each!(self, v => v.clear());
         Ok(batch)

@@ -14,7 +14,7 @@ use trellis_bus::{Bus, Message};
 use trellis_processors::ProcessorConfig;
 use trellis_processors::pipeline::{Handled, Pipeline, Rules};
 use trellis_processors::sim::{Fleet, FleetSpec};
-use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{Common, Event, Notification, NotificationStage, avro, topics};
 use trellis_sinks::clickhouse::ClickHouseConfig;
 
@@ -93,6 +93,7 @@ pub struct Data {
     pub sessions: Vec<SessionRecord>,
     pub partials: Vec<HealthPartial>,
     pub issues: Vec<IssueRecord>,
+    pub detections: Vec<Detection>,
 }
 
 pub fn fleet_data(devices: usize, seed: u64) -> Data {
@@ -111,6 +112,7 @@ pub fn fleet_data(devices: usize, seed: u64) -> Data {
         sessions: Vec::new(),
         partials: Vec::new(),
         issues: Vec::new(),
+        detections: trellis_processors::detect::sim::sample_detections(),
     };
     for (partition, events) in parts.into_iter().enumerate() {
         let mut p = Pipeline::new(rules, partition as u32);
@@ -191,6 +193,9 @@ impl Data {
         for i in &self.issues {
             out.entry("issues").or_default().insert(&i.issue_id);
         }
+        for d in &self.detections {
+            out.entry("detections").or_default().insert(&d.detection_id);
+        }
         out.into_iter()
             .map(|(t, ids)| (t, ids.len() as u64))
             .collect()
@@ -230,6 +235,13 @@ impl Data {
                 records::encode(i).unwrap(),
             )
         }));
+        out.extend(self.detections.iter().map(|d| {
+            Message::new(
+                names.detections.as_str(),
+                d.project.clone().into_bytes(),
+                records::encode(d).unwrap(),
+            )
+        }));
         out
     }
 }
@@ -259,6 +271,7 @@ pub fn final_counts(database: &str) -> BTreeMap<&'static str, u64> {
         "sessions",
         "health_partials",
         "issues",
+        "detections",
     ];
     tables
         .into_iter()
@@ -297,6 +310,7 @@ pub fn assert_exact(database: &str, expected: &BTreeMap<&'static str, u64>) {
             "sessions" => "session_id",
             "health_partials" => "partial_id",
             "issues" => "issue_id",
+            "detections" => "detection_id",
             _ => "event_id",
         };
         assert_eq!(

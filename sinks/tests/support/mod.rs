@@ -10,7 +10,7 @@ use trellis_bus::{Bus, Message};
 use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::sim::{Fleet, FleetSpec};
 use trellis_processors::{Pipeline, ProcessorConfig};
-use trellis_schemas::records::{self, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
 use trellis_schemas::{Event, Kind, avro, topics};
 use trellis_sinks::parquet::layout;
 use trellis_sinks::query::{OutputFormat, query};
@@ -24,6 +24,7 @@ pub struct Outputs {
     pub sessions: Vec<SessionRecord>,
     pub partials: Vec<HealthPartial>,
     pub issues: Vec<IssueRecord>,
+    pub detections: Vec<Detection>,
 }
 
 impl Outputs {
@@ -44,6 +45,7 @@ impl Outputs {
             sessions: Vec::new(),
             partials: Vec::new(),
             issues: Vec::new(),
+            detections: trellis_processors::detect::sim::sample_detections(),
         };
         for (partition, events) in parts.into_iter().enumerate() {
             let mut p = Pipeline::new(rules, partition as u32);
@@ -82,6 +84,7 @@ impl Outputs {
         counts.insert("sessions", self.sessions.len() as u64);
         counts.insert("aggregates", self.partials.len() as u64);
         counts.insert("issues", self.issues.len() as u64);
+        counts.insert("detections", self.detections.len() as u64);
         counts
     }
 
@@ -116,6 +119,13 @@ impl Outputs {
                 names.issues.as_str(),
                 format!("{}\0{}", i.project, i.issue_id),
                 records::encode(i).unwrap(),
+            ));
+        }
+        for d in &self.detections {
+            messages.push(Message::new(
+                names.detections.as_str(),
+                d.project.clone(),
+                records::encode(d).unwrap(),
             ));
         }
         for n in 0..garbage {
@@ -173,7 +183,7 @@ pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
     for table in Kind::ALL
         .iter()
         .map(|k| k.table())
-        .chain(["sessions", "aggregates", "issues"])
+        .chain(["sessions", "aggregates", "issues", "detections"])
     {
         out.insert(
             table,

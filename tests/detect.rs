@@ -1,0 +1,331 @@
+//! Regression detection end to end on the real broker: `trellis run` receives a staged rollout
+//! over HTTP (native session updates, event time compressed: three hours sent in seconds), with
+//! one update that crashes four times as often as the fleet and one healthy update beside it.
+//! The bad update gets a `release_regression` with its release identity and evidence, the
+//! healthy one none; a SIGKILL of trellis mid-run changes neither the detection ids nor their
+//! final status, compared with the same sessions fed straight to the detector.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use trellis_bus::Bus;
+use trellis_processors::detect::release::{self, Metric, ReleaseDetector};
+use trellis_processors::detect::sim::{self, RolloutSpec};
+use trellis_processors::detect::DetectConfig;
+use trellis_schemas::records::{self, Detection, SessionRecord};
+use trellis_schemas::topics;
+
+const PROJECT: &str = "default";
+/// trellis's default consumer-group session: a restart within it of a SIGKILL can leave the
+/// test broker's group led by the dead member (ARCHITECTURE.md, Test infrastructure).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn brokers() -> String {
+    std::env::var("TEST_TRELLIS_KAFKA").expect(
+        "TEST_TRELLIS_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker",
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Trellis(Child);
+
+impl Trellis {
+    fn start(config: &std::path::Path, base: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(&format!("{base}/readyz")).call().is_err() {
+            assert!(Instant::now() < deadline, "trellis run never became ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Trellis(child)
+    }
+
+    /// SIGKILL: no shutdown hook, no final checkpoint.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Trellis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The rollout: 4,000 devices, a session every 30 minutes each, an update on 10% of them with
+/// four times the fleet's 1% crash rate and a healthy update on another 10%, half an hour after
+/// the start; two hours of event time, ending a few minutes ago.
+fn rollout() -> RolloutSpec {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let start_ms = (now - 2 * 3_600_000 - 10 * 60_000) / 60_000 * 60_000;
+    RolloutSpec {
+        seed: 21,
+        devices: 4000,
+        crash_factor: 4.0,
+        candidate_share: 0.1,
+        clean_share: 0.1,
+        start_ms,
+        rollout_ms: start_ms + 30 * 60_000,
+        end_ms: start_ms + 2 * 3_600_000,
+        ..RolloutSpec::default()
+    }
+}
+
+/// Each session as the SDK sends it: an `init` update at its start and its final status at its
+/// end, in the order they happened.
+fn updates(sessions: &[SessionRecord]) -> Vec<(i64, serde_json::Value)> {
+    let mut out = Vec::new();
+    for (n, s) in sessions.iter().enumerate() {
+        let release = serde_json::to_value(&s.release).unwrap();
+        let status = serde_json::to_value(s.status).unwrap();
+        for (seq, (at, init, status)) in [
+            (s.started_ms, true, serde_json::json!("ok")),
+            (s.ended_ms, false, status),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push((
+                at,
+                serde_json::json!({
+                    "kind": "session",
+                    "event_id": format!("00000000-0000-4000-{seq:04}-{n:012}"),
+                    "timestamp": at,
+                    "device_id": s.device_id,
+                    "session_id": s.session_id,
+                    "release": release,
+                    "init": init,
+                    "status": status,
+                    "started": s.started_ms,
+                    "duration_ms": if init { 0 } else { s.duration_ms },
+                    "seq": seq,
+                }),
+            ));
+        }
+    }
+    out.sort_by_key(|(at, _)| *at);
+    out
+}
+
+fn send(base: &str, batch: &[serde_json::Value]) {
+    let body = serde_json::json!({ "events": batch }).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = ureq::post(&format!("{base}/v1/batch"))
+            .header("Authorization", "Bearer trellis_dev_key")
+            .header("Content-Type", "application/json")
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body.as_bytes());
+        if let Ok(mut r) = response {
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            if r.status() == 200 {
+                let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(answer["accepted"], batch.len(), "{text}");
+                return;
+            }
+            assert_eq!(r.status(), 503, "{text}");
+        }
+        assert!(Instant::now() < deadline, "ingest never accepted a batch");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the detector gives for the same sessions in end-time order, uninterrupted: each
+/// detection id's newest record.
+fn uninterrupted(spec: &RolloutSpec) -> BTreeMap<String, Detection> {
+    let mut detector = ReleaseDetector::new(DetectConfig::default());
+    let mut out = Vec::new();
+    for mut s in sim::sessions(spec) {
+        s.project = PROJECT.into();
+        detector.observe(&s, &mut out);
+    }
+    newest(out)
+}
+
+fn newest(detections: Vec<Detection>) -> BTreeMap<String, Detection> {
+    let mut by_id: BTreeMap<String, Detection> = BTreeMap::new();
+    for d in detections {
+        if by_id
+            .get(&d.detection_id)
+            .is_none_or(|old| old.version < d.version)
+        {
+            by_id.insert(d.detection_id.clone(), d);
+        }
+    }
+    by_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection() {
+    let spec = rollout();
+    let expected = uninterrupted(&spec);
+    let bad = sim::candidate_release(&spec);
+    let bad_crashes = release::detection_id(PROJECT, &bad, Metric::CrashRate, 1);
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        [&bad_crashes],
+        "the seed gives one finding, on the bad update's crash rate: {expected:#?}"
+    );
+    assert_eq!(expected[&bad_crashes].status, "confirmed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let prefix = format!("detect-{}-{port}.", std::process::id());
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n\
+             [bus]\nkind = \"kafka\"\nbrokers = {brokers:?}\nsession_timeout = \"{session}s\"\n\
+             [topics]\npartitions = 2\nprefix = {prefix:?}\n\
+             [ingest]\nlisten = \"127.0.0.1:{port}\"\n\
+             [processors]\ngroup = \"{prefix}process\"\nissues_group = \"{prefix}issues\"\n\
+             checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\n\
+             [processors.detect]\ngroup = \"{prefix}detect\"\nperf_group = \"{prefix}detect-perf\"\n\
+             [sinks.parquet]\ngroup = \"{prefix}parquet\"\nmax_age = \"1s\"\n",
+            data = dir.path().display().to_string(),
+            brokers = brokers(),
+            session = SESSION_TIMEOUT.as_secs(),
+        ),
+    )
+    .unwrap();
+
+    let updates: Vec<serde_json::Value> = updates(&sim::sessions(&spec))
+        .into_iter()
+        .map(|(_, u)| u)
+        .collect();
+    let batches: Vec<&[serde_json::Value]> = updates.chunks(500).collect();
+    let half = batches.len() / 2;
+
+    let mut trellis = Trellis::start(&config, &base);
+    for batch in &batches[..half] {
+        send(&base, batch);
+    }
+    // Let the detect stage read and checkpoint part of it, then kill everything mid-stream.
+    let checkpoints = dir.path().join("checkpoints/detect");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "the detect stage never checkpointed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    trellis.kill();
+    std::thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
+    let _trellis = Trellis::start(&config, &base);
+    for batch in &batches[half..] {
+        send(&base, batch);
+    }
+
+    // Read `detections` until the expected findings reached their final status and nothing new
+    // came for ten seconds.
+    let names = topics::Names::new(&prefix);
+    let bus: Arc<dyn Bus> = Arc::new(
+        trellis_bus::kafka::KafkaBus::new(&trellis_bus::config::KafkaConfig {
+            brokers: brokers(),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let mut consumer = bus
+        .consumer(&format!("{prefix}watch"), &[names.detections.as_str()])
+        .await
+        .unwrap();
+    let mut seen: Vec<Detection> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut quiet_since = Instant::now();
+    loop {
+        let records = consumer
+            .poll(1000, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if !records.is_empty() {
+            quiet_since = Instant::now();
+        }
+        for r in records {
+            seen.push(records::decode::<Detection>(&r.payload).unwrap());
+        }
+        let statuses: BTreeMap<String, String> = newest(seen.clone())
+            .into_iter()
+            .map(|(id, d)| (id, d.status))
+            .collect();
+        let done = expected
+            .iter()
+            .all(|(id, d)| statuses.get(id) == Some(&d.status));
+        if done && quiet_since.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 300 s: {statuses:?}, expected {:?}",
+            expected.iter().map(|(k, d)| (k, &d.status)).collect::<Vec<_>>()
+        );
+    }
+
+    let observed = newest(seen.clone());
+    assert_eq!(
+        observed.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{observed:#?}"
+    );
+    let finding = &observed[&bad_crashes];
+    assert_eq!(finding.status, "confirmed");
+    assert_eq!(finding.kind, "release_regression");
+    assert_eq!(finding.release, bad, "the full release identity");
+    assert_eq!(finding.metric, "crash_rate");
+    assert_eq!(finding.baseline, "fleet");
+    assert!(finding.candidate_value > 2.0 * finding.baseline_value, "{finding:#?}");
+    assert!(finding.statistic >= finding.threshold, "{finding:#?}");
+    assert!(finding.candidate_count >= 300 && finding.baseline_count >= 2000);
+    assert!(finding.window_end_ms > spec.rollout_ms && finding.window_end_ms <= spec.end_ms + 3_600_000);
+    // Every version of the finding that was emitted twice (before and after the kill) is the
+    // same status: a replay never contradicts what was published.
+    let mut by_version: BTreeMap<(String, i64), String> = BTreeMap::new();
+    for d in &seen {
+        let old = by_version.insert((d.detection_id.clone(), d.version), d.status.clone());
+        assert!(old.is_none_or(|s| s == d.status), "{d:#?}");
+    }
+    assert!(
+        seen.iter().all(|d| d.release != sim::clean_release()),
+        "the healthy update is never flagged"
+    );
+
+    // The stored table answers the same through `trellis query`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["--config", config.to_str().unwrap(), "query", "--format", "csv"])
+            .arg(
+                "SELECT detection_id, status FROM detections \
+                 WHERE version = (SELECT max(version) FROM detections)",
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains(&format!("{bad_crashes},confirmed")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Parquet never held the finding: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
