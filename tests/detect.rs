@@ -1,9 +1,11 @@
 //! Regression detection end to end on the real broker: `trellis run` receives a staged rollout
-//! over HTTP (native session updates, event time compressed: three hours sent in seconds), with
-//! one update that crashes four times as often as the fleet and one healthy update beside it.
+//! over HTTP (native session updates, event time compressed: two hours sent in seconds), with
+//! one update that crashes four times as often as the fleet and one healthy update beside it,
+//! and the errors of one issue that spikes to ten times its rate for a quarter of an hour.
 //! The bad update gets a `release_regression` with its release identity and evidence, the
-//! healthy one none; a SIGKILL of trellis mid-run changes neither the detection ids nor their
-//! final status, compared with the same sessions fed straight to the detector.
+//! healthy one none, the issue one `issue_spike` that resolves; a SIGKILL of trellis mid-run
+//! changes neither the detection ids nor their final status, compared with the same sessions fed
+//! straight to the detector.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use trellis_bus::Bus;
 use trellis_processors::detect::release::{self, Metric, ReleaseDetector};
+use trellis_processors::detect::spike;
 use trellis_processors::detect::sim::{self, RolloutSpec};
 use trellis_processors::detect::DetectConfig;
 use trellis_schemas::records::{self, Detection, SessionRecord};
@@ -126,6 +129,33 @@ fn updates(sessions: &[SessionRecord]) -> Vec<(i64, serde_json::Value)> {
     out
 }
 
+/// One issue's errors, on a release of their own (so their implicit sessions are a cohort of
+/// their own): 5 per 5 minutes, and 10 times that for 15 minutes starting 40 minutes before the
+/// end.
+fn errors(spec: &RolloutSpec) -> Vec<(i64, serde_json::Value)> {
+    let mut rng = fastrand::Rng::with_seed(5);
+    let spike = (spec.end_ms - 40 * 60_000)..(spec.end_ms - 25 * 60_000);
+    let mut out = Vec::new();
+    let mut t = spec.start_ms as f64;
+    while (t as i64) < spec.end_ms {
+        let at = t as i64;
+        out.push((
+            at,
+            serde_json::json!({
+                "kind": "error",
+                "event_id": format!("00000000-0000-4000-9999-{:012}", out.len()),
+                "timestamp": at,
+                "device_id": format!("e{}", rng.u32(0..500)),
+                "release": {"platform": "android", "app_version": "3.0.0"},
+                "exceptions": [{"type": "PlantSyncError", "value": "sync failed"}],
+            }),
+        ));
+        let per_5m = if spike.contains(&at) { 50.0 } else { 5.0 };
+        t += -(1.0 - rng.f64()).ln() * 300_000.0 / per_5m;
+    }
+    out
+}
+
 fn send(base: &str, batch: &[serde_json::Value]) {
     let body = serde_json::json!({ "events": batch }).to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -204,6 +234,7 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
              [processors]\ngroup = \"{prefix}process\"\nissues_group = \"{prefix}issues\"\n\
              checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\n\
              [processors.detect]\ngroup = \"{prefix}detect\"\nperf_group = \"{prefix}detect-perf\"\n\
+             spike_baseline = \"1h\"\n\
              [sinks.parquet]\ngroup = \"{prefix}parquet\"\nmax_age = \"1s\"\n",
             data = dir.path().display().to_string(),
             brokers = brokers(),
@@ -212,10 +243,10 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     )
     .unwrap();
 
-    let updates: Vec<serde_json::Value> = updates(&sim::sessions(&spec))
-        .into_iter()
-        .map(|(_, u)| u)
-        .collect();
+    let mut timed = updates(&sim::sessions(&spec));
+    timed.extend(errors(&spec));
+    timed.sort_by_key(|(at, _)| *at);
+    let updates: Vec<serde_json::Value> = timed.into_iter().map(|(_, u)| u).collect();
     let batches: Vec<&[serde_json::Value]> = updates.chunks(500).collect();
     let half = batches.len() / 2;
 
@@ -269,9 +300,13 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
             .into_iter()
             .map(|(id, d)| (id, d.status))
             .collect();
-        let done = expected
+        let spike_resolved = seen
             .iter()
-            .all(|(id, d)| statuses.get(id) == Some(&d.status));
+            .any(|d| d.kind == "issue_spike" && d.status == "resolved");
+        let done = spike_resolved
+            && expected
+                .iter()
+                .all(|(id, d)| statuses.get(id) == Some(&d.status));
         if done && quiet_since.elapsed() > Duration::from_secs(10) {
             break;
         }
@@ -282,7 +317,10 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         );
     }
 
-    let observed = newest(seen.clone());
+    let (spikes, observed): (BTreeMap<String, Detection>, BTreeMap<String, Detection>) =
+        newest(seen.clone())
+            .into_iter()
+            .partition(|(_, d)| d.kind == "issue_spike");
     assert_eq!(
         observed.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -310,18 +348,41 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         "the healthy update is never flagged"
     );
 
+    // One spike, of the one issue, first episode, resolved once the rate was back.
+    let query = |sql: &str| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["--config", config.to_str().unwrap(), "query", "--format", "csv", sql])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let issue = loop {
+        let text = query("SELECT DISTINCT issue_id FROM issues");
+        let ids: Vec<&str> = text.lines().skip(1).collect();
+        if ids.len() == 1 {
+            break ids[0].to_string();
+        }
+        assert!(Instant::now() < deadline, "Parquet never held the one issue: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let spike_id = spike::detection_id(PROJECT, &issue, 1);
+    assert_eq!(spikes.keys().collect::<Vec<_>>(), [&spike_id], "{spikes:#?}");
+    let finding = &spikes[&spike_id];
+    assert_eq!((finding.status.as_str(), finding.version), ("resolved", 3));
+    assert_eq!(finding.issue_id.as_deref(), Some(issue.as_str()));
+    assert!(
+        (spec.end_ms - 40 * 60_000..spec.end_ms - 25 * 60_000).contains(&finding.opened_ms),
+        "opened inside the spike: {finding:#?}"
+    );
+
     // The stored table answers the same through `trellis query`.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["--config", config.to_str().unwrap(), "query", "--format", "csv"])
-            .arg(
-                "SELECT detection_id, status FROM detections \
-                 WHERE version = (SELECT max(version) FROM detections)",
-            )
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = query(&format!(
+            "SELECT detection_id, status FROM detections WHERE detection_id = '{bad_crashes}' \
+             AND version = (SELECT max(version) FROM detections WHERE detection_id = '{bad_crashes}')"
+        ));
         if text.contains(&format!("{bad_crashes},confirmed")) {
             break;
         }

@@ -226,6 +226,7 @@ pub fn files(root: &Path, names: &topics::Names) -> Files {
                     &names.sessions,
                     &names.aggregates,
                     &names.issues,
+                    &names.detections,
                 ]
                 .into_iter()
                 .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
