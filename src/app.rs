@@ -82,7 +82,8 @@ pub async fn run_processors(
     let issues = runtime::run(
         bus.clone(),
         {
-            let issues = trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone());
+            let issues =
+                trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone());
             if p.detect.enabled && p.detect.spikes {
                 issues.with_spikes(p.detect.clone())
             } else {
@@ -94,14 +95,14 @@ pub async fn run_processors(
         metrics.clone(),
         on_stop(stopped.clone()),
     );
-    use trellis_processors::detect::{self, DetectFactory, PerfFactory};
+    use trellis_processors::detect::{self, DetectFactory, PerfDetector, ReleaseDetector};
     let detect = async {
         if !p.detect.enabled {
             return Ok(());
         }
         let releases = runtime::run(
             bus.clone(),
-            DetectFactory::new(p.detect.clone(), names.clone()),
+            DetectFactory::<ReleaseDetector>::new(p.detect.clone(), names.clone()),
             Checkpoints::new(&p.checkpoint_dir, detect::STAGE),
             runner(&p.detect.group, &names.sessions),
             metrics.clone(),
@@ -109,7 +110,7 @@ pub async fn run_processors(
         );
         let perf = runtime::run(
             bus,
-            PerfFactory::new(p.detect.clone(), names.clone()),
+            DetectFactory::<PerfDetector>::new(p.detect.clone(), names.clone()),
             Checkpoints::new(&p.checkpoint_dir, detect::PERF_STAGE),
             runner(&p.detect.perf_group, &names.aggregates),
             metrics,

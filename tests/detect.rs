@@ -7,68 +7,34 @@
 //! changes neither the detection ids nor their final status, compared with the same sessions fed
 //! straight to the detector.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use trellis_bus::Bus;
-use trellis_processors::detect::release::{self, Metric, ReleaseDetector};
-use trellis_processors::detect::spike;
-use trellis_processors::detect::sim::{self, RolloutSpec};
 use trellis_processors::detect::DetectConfig;
+use trellis_processors::detect::release::{self, Metric, ReleaseDetector};
+use trellis_processors::detect::sim::{self, RolloutSpec};
+use trellis_processors::detect::spike;
 use trellis_schemas::records::{self, Detection, SessionRecord};
 use trellis_schemas::topics;
 
+use support::{SESSION_TIMEOUT, Trellis, brokers, free_port};
+
 const PROJECT: &str = "default";
-/// trellis's default consumer-group session: a restart within it of a SIGKILL can leave the
-/// test broker's group led by the dead member (ARCHITECTURE.md, Test infrastructure).
-const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn brokers() -> String {
-    std::env::var("TEST_TRELLIS_KAFKA").expect(
-        "TEST_TRELLIS_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker",
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Trellis(Child);
-
-impl Trellis {
-    fn start(config: &std::path::Path, base: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["--config", config.to_str().unwrap(), "run"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(&format!("{base}/readyz")).call().is_err() {
-            assert!(Instant::now() < deadline, "trellis run never became ready");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Trellis(child)
+/// `trellis run`, once ingest is ready.
+fn start(config: &std::path::Path, base: &str) -> Trellis {
+    let trellis = Trellis::spawn(config, "run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("{base}/readyz")).call().is_err() {
+        assert!(Instant::now() < deadline, "trellis run never became ready");
+        std::thread::sleep(Duration::from_millis(200));
     }
-
-    /// SIGKILL: no shutdown hook, no final checkpoint.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Trellis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    trellis
 }
 
 /// The rollout: 4,000 devices, a session every 30 minutes each, an update on 10% of them with
@@ -250,7 +216,7 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     let batches: Vec<&[serde_json::Value]> = updates.chunks(500).collect();
     let half = batches.len() / 2;
 
-    let mut trellis = Trellis::start(&config, &base);
+    let mut trellis = start(&config, &base);
     for batch in &batches[..half] {
         send(&base, batch);
     }
@@ -258,12 +224,15 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     let checkpoints = dir.path().join("checkpoints/detect");
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) == 0 {
-        assert!(Instant::now() < deadline, "the detect stage never checkpointed");
+        assert!(
+            Instant::now() < deadline,
+            "the detect stage never checkpointed"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     trellis.kill();
     std::thread::sleep(SESSION_TIMEOUT + Duration::from_secs(1));
-    let _trellis = Trellis::start(&config, &base);
+    let _trellis = start(&config, &base);
     for batch in &batches[half..] {
         send(&base, batch);
     }
@@ -313,7 +282,10 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         assert!(
             Instant::now() < deadline,
             "after 300 s: {statuses:?}, expected {:?}",
-            expected.iter().map(|(k, d)| (k, &d.status)).collect::<Vec<_>>()
+            expected
+                .iter()
+                .map(|(k, d)| (k, &d.status))
+                .collect::<Vec<_>>()
         );
     }
 
@@ -332,10 +304,15 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     assert_eq!(finding.release, bad, "the full release identity");
     assert_eq!(finding.metric, "crash_rate");
     assert_eq!(finding.baseline, "fleet");
-    assert!(finding.candidate_value > 2.0 * finding.baseline_value, "{finding:#?}");
+    assert!(
+        finding.candidate_value > 2.0 * finding.baseline_value,
+        "{finding:#?}"
+    );
     assert!(finding.statistic >= finding.threshold, "{finding:#?}");
     assert!(finding.candidate_count >= 300 && finding.baseline_count >= 2000);
-    assert!(finding.window_end_ms > spec.rollout_ms && finding.window_end_ms <= spec.end_ms + 3_600_000);
+    assert!(
+        finding.window_end_ms > spec.rollout_ms && finding.window_end_ms <= spec.end_ms + 3_600_000
+    );
     // Every version of the finding that was emitted twice (before and after the kill) is the
     // same status: a replay never contradicts what was published.
     let mut by_version: BTreeMap<(String, i64), String> = BTreeMap::new();
@@ -351,7 +328,14 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     // One spike, of the one issue, first episode, resolved once the rate was back.
     let query = |sql: &str| -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["--config", config.to_str().unwrap(), "query", "--format", "csv", sql])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "query",
+                "--format",
+                "csv",
+                sql,
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -363,11 +347,18 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         if ids.len() == 1 {
             break ids[0].to_string();
         }
-        assert!(Instant::now() < deadline, "Parquet never held the one issue: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "Parquet never held the one issue: {text}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     let spike_id = spike::detection_id(PROJECT, &issue, 1);
-    assert_eq!(spikes.keys().collect::<Vec<_>>(), [&spike_id], "{spikes:#?}");
+    assert_eq!(
+        spikes.keys().collect::<Vec<_>>(),
+        [&spike_id],
+        "{spikes:#?}"
+    );
     let finding = &spikes[&spike_id];
     assert_eq!((finding.status.as_str(), finding.version), ("resolved", 3));
     assert_eq!(finding.issue_id.as_deref(), Some(issue.as_str()));
@@ -375,6 +366,27 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         (spec.end_ms - 40 * 60_000..spec.end_ms - 25 * 60_000).contains(&finding.opened_ms),
         "opened inside the spike: {finding:#?}"
     );
+
+    // The README's query of the detections lists the bad update's finding as confirmed.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("trellis query \"SELECT d.status")
+        .expect("the README shows the detections query");
+    let readme_query = readme[start..]
+        .split('"')
+        .nth(1)
+        .expect("the query is quoted")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = query(&readme_query);
+        if text.contains("confirmed,crash_rate,2.0.0,update-candidate,") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the README query: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // The stored table answers the same through `trellis query`.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -386,7 +398,10 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         if text.contains(&format!("{bad_crashes},confirmed")) {
             break;
         }
-        assert!(Instant::now() < deadline, "Parquet never held the finding: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "Parquet never held the finding: {text}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }

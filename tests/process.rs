@@ -6,11 +6,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::oracle::{self, Expected, Observed};
+use support::{SESSION_TIMEOUT, Trellis, brokers};
 use trellis_bus::{Bus, Message};
 use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
@@ -241,19 +242,6 @@ async fn on_the_embedded_log_two_instances_give_the_totals_of_one() {
     one_and_two_instances_agree(bus, dir.path()).await;
 }
 
-fn brokers() -> String {
-    std::env::var("TEST_TRELLIS_KAFKA").expect(
-        "TEST_TRELLIS_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker",
-    )
-}
-
-/// The consumer group session of the children: trellis's default. A child restarted within it of
-/// a SIGKILL can find tansu naming the killed member the group's leader, and get no partitions
-/// for good (ARCHITECTURE.md, Test infrastructure); Kafka waits the session out itself, so the
-/// tests wait it out before restarting. Shorter sessions expired under load, tansu being slow to
-/// answer heartbeats then.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn kafka() -> Arc<dyn Bus> {
     let config = trellis_bus::config::KafkaConfig {
         brokers: brokers(),
@@ -267,35 +255,6 @@ fn kafka() -> Arc<dyn Bus> {
 async fn on_kafka_two_instances_give_the_totals_of_one() {
     let dir = tempfile::tempdir().unwrap();
     one_and_two_instances_agree(kafka(), dir.path()).await;
-}
-
-/// A `trellis process` child, killed when dropped (also when the test fails).
-struct ProcessChild(Child);
-
-impl ProcessChild {
-    fn spawn(config: &Path) -> Self {
-        ProcessChild(
-            Command::new(env!("CARGO_BIN_EXE_trellis"))
-                .args(["--config", config.to_str().unwrap(), "process"])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    /// SIGKILL: no shutdown hook, no final checkpoint.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ProcessChild {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +289,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     .unwrap();
 
     // Kill the processor once part of the output is out: mid-stream, between checkpoints.
-    let mut first = ProcessChild::spawn(&config);
+    let mut first = Trellis::spawn(&config, "process");
     let mut watcher = bus
         .consumer(&unique("watch"), &[&names.events])
         .await
@@ -351,7 +310,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
         .map(|d| d.count())
         .unwrap_or(0);
 
-    let mut second = ProcessChild::spawn(&config);
+    let mut second = Trellis::spawn(&config, "process");
     let observed = collect(&bus, &names, &expected).await;
     second.kill();
 

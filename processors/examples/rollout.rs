@@ -123,7 +123,10 @@ fn outcomes(spec: &Spec, config: &DetectConfig, runs: u64) -> Vec<RolloutOutcome
 fn row(name: &str, config: &DetectConfig, s: &Scenario) {
     let started = Instant::now();
     let results = outcomes(&s.spec, config, s.runs);
-    let mut delays: Vec<i64> = results.iter().filter_map(|o| o.candidate_delay_ms).collect();
+    let mut delays: Vec<i64> = results
+        .iter()
+        .filter_map(|o| o.candidate_delay_ms)
+        .collect();
     delays.sort_unstable();
     let mut sessions: Vec<i64> = results
         .iter()
@@ -134,15 +137,25 @@ fn row(name: &str, config: &DetectConfig, s: &Scenario) {
         .iter()
         .filter(|o| o.other_flags > 0 || (s.within_min.is_none() && o.candidate_delay_ms.is_some()))
         .count();
-    let fmt_min = |v: Option<i64>| v.map_or("-".to_string(), |ms| format!("{:.1}", ms as f64 / MINUTE as f64));
+    let fmt_min = |v: Option<i64>| {
+        v.map_or("-".to_string(), |ms| {
+            format!("{:.1}", ms as f64 / MINUTE as f64)
+        })
+    };
     let within = match (s.within_min, &s.spec) {
         (Some(limit), Spec::Sessions(_) | Spec::Spike(_)) => {
             let n = delays.iter().filter(|d| **d <= limit * MINUTE).count();
-            format!("{:.1}% within {limit} min", 100.0 * n as f64 / s.runs as f64)
+            format!(
+                "{:.1}% within {limit} min",
+                100.0 * n as f64 / s.runs as f64
+            )
         }
         (Some(limit), Spec::Perf(_)) => {
             let n = sessions.iter().filter(|n| **n <= limit).count();
-            format!("{:.1}% within {limit} samples", 100.0 * n as f64 / s.runs as f64)
+            format!(
+                "{:.1}% within {limit} samples",
+                100.0 * n as f64 / s.runs as f64
+            )
         }
         (None, _) => "-".to_string(),
     };
@@ -168,17 +181,75 @@ fn main() {
     }
     let filter = args.get(3).cloned().unwrap_or_default();
     let scenarios = [
-        Scenario { name: "5% rollout, 2x crashes", spec: Spec::Sessions(staged(2.0, 120)), runs: 200 / scale, within_min: Some(15) },
-        Scenario { name: "5% rollout, 1.5x crashes", spec: Spec::Sessions(staged(1.5, 120)), runs: 200 / scale, within_min: Some(60) },
-        Scenario { name: "5% rollout, clean", spec: Spec::Sessions(staged(1.0, 180)), runs: 1000 / scale, within_min: None },
-        Scenario { name: "full fleet, 2x crashes", spec: Spec::Sessions(full_fleet(2.0, 120)), runs: 200 / scale, within_min: Some(15) },
-        Scenario { name: "full fleet, 1.5x crashes", spec: Spec::Sessions(full_fleet(1.5, 120)), runs: 200 / scale, within_min: Some(60) },
-        Scenario { name: "full fleet, clean", spec: Spec::Sessions(full_fleet(1.0, 180)), runs: 1000 / scale, within_min: None },
-        Scenario { name: "5% rollout, p75 screen load +20%", spec: perf(1.2), runs: 200 / scale, within_min: Some(2000) },
-        Scenario { name: "5% rollout, screen load unchanged", spec: perf(1.0), runs: 1000 / scale, within_min: None },
-        Scenario { name: "issue at 5 per 5 min, 10x spike", spec: Spec::Spike(SpikeSpec { stop_at_first: true, ..SpikeSpec::default() }), runs: 200 / scale, within_min: Some(10) },
-        Scenario { name: "steady issue (5 per 5 min), one week", spec: steady_week(5.0), runs: 1000 / scale, within_min: None },
-        Scenario { name: "steady issue (200 per 5 min), one week", spec: steady_week(200.0), runs: 200 / scale, within_min: None },
+        Scenario {
+            name: "5% rollout, 2x crashes",
+            spec: Spec::Sessions(staged(2.0, 120)),
+            runs: 200 / scale,
+            within_min: Some(15),
+        },
+        Scenario {
+            name: "5% rollout, 1.5x crashes",
+            spec: Spec::Sessions(staged(1.5, 120)),
+            runs: 200 / scale,
+            within_min: Some(60),
+        },
+        Scenario {
+            name: "5% rollout, clean",
+            spec: Spec::Sessions(staged(1.0, 180)),
+            runs: 1000 / scale,
+            within_min: None,
+        },
+        Scenario {
+            name: "full fleet, 2x crashes",
+            spec: Spec::Sessions(full_fleet(2.0, 120)),
+            runs: 200 / scale,
+            within_min: Some(15),
+        },
+        Scenario {
+            name: "full fleet, 1.5x crashes",
+            spec: Spec::Sessions(full_fleet(1.5, 120)),
+            runs: 200 / scale,
+            within_min: Some(60),
+        },
+        Scenario {
+            name: "full fleet, clean",
+            spec: Spec::Sessions(full_fleet(1.0, 180)),
+            runs: 1000 / scale,
+            within_min: None,
+        },
+        Scenario {
+            name: "5% rollout, p75 screen load +20%",
+            spec: perf(1.2),
+            runs: 200 / scale,
+            within_min: Some(2000),
+        },
+        Scenario {
+            name: "5% rollout, screen load unchanged",
+            spec: perf(1.0),
+            runs: 1000 / scale,
+            within_min: None,
+        },
+        Scenario {
+            name: "issue at 5 per 5 min, 10x spike",
+            spec: Spec::Spike(SpikeSpec {
+                stop_at_first: true,
+                ..SpikeSpec::default()
+            }),
+            runs: 200 / scale,
+            within_min: Some(10),
+        },
+        Scenario {
+            name: "steady issue (5 per 5 min), one week",
+            spec: steady_week(5.0),
+            runs: 1000 / scale,
+            within_min: None,
+        },
+        Scenario {
+            name: "steady issue (200 per 5 min), one week",
+            spec: steady_week(200.0),
+            runs: 200 / scale,
+            within_min: None,
+        },
     ];
     println!(
         "| detector | scenario | runs | flagged | bar | delay p50 (min) | delay p90 (min) | candidate sessions (samples) at flag, p50 | false alarms | wall |"
@@ -196,8 +267,24 @@ fn main() {
     }
     // Where a tighter detector breaks the false-positive budget.
     let tighter = [
-        ("α 0.01, effect ≥ 10%", DetectConfig { alpha: 0.01, min_relative_effect: 0.1, ..default.clone() }),
-        ("α 0.05, effect ≥ 0", DetectConfig { alpha: 0.05, min_relative_effect: 0.0, min_sessions: 100, min_events: 3, ..default.clone() }),
+        (
+            "α 0.01, effect ≥ 10%",
+            DetectConfig {
+                alpha: 0.01,
+                min_relative_effect: 0.1,
+                ..default.clone()
+            },
+        ),
+        (
+            "α 0.05, effect ≥ 0",
+            DetectConfig {
+                alpha: 0.05,
+                min_relative_effect: 0.0,
+                min_sessions: 100,
+                min_events: 3,
+                ..default.clone()
+            },
+        ),
     ];
     for (name, config) in &tighter {
         for s in [&scenarios[0], &scenarios[2], &scenarios[6], &scenarios[7]] {

@@ -512,12 +512,12 @@ async fn every_analyst_query_answers_exactly_on_18_16_and_the_same_on_chdb() {
 
     // The same schema, rows and queries on ClickHouse 26.x (chDB).
     let mut tables = serde_json::Map::new();
-    for table in
-        Kind::ALL
-            .map(Kind::table)
-            .into_iter()
-            .chain(["sessions", "health_partials", "issues", "detections"])
-    {
+    for table in Kind::ALL.map(Kind::table).into_iter().chain([
+        "sessions",
+        "health_partials",
+        "issues",
+        "detections",
+    ]) {
         let path = dir.path().join(format!("{table}.jsonl"));
         std::fs::write(&path, export(&db, table)).unwrap();
         tables.insert(table.into(), path.display().to_string().into());

@@ -149,7 +149,10 @@ impl DetectConfig {
             return Err(format!("{}: is empty", key("group")));
         }
         if self.perf_group.trim().is_empty() || self.perf_group == self.group {
-            return Err(format!("{}: must be set and differ from group", key("perf_group")));
+            return Err(format!(
+                "{}: must be set and differ from group",
+                key("perf_group")
+            ));
         }
         if !(self.perf_quantile > 0.0 && self.perf_quantile < 1.0) {
             return Err(format!("{}: must be in (0, 1)", key("perf_quantile")));
@@ -158,7 +161,10 @@ impl DetectConfig {
             return Err(format!("{}: must be at least 1", key("perf_min_samples")));
         }
         if !(self.perf_min_relative_effect >= 0.0 && self.perf_min_relative_effect.is_finite()) {
-            return Err(format!("{}: must be 0 or more", key("perf_min_relative_effect")));
+            return Err(format!(
+                "{}: must be 0 or more",
+                key("perf_min_relative_effect")
+            ));
         }
         if !(self.perf_prior_effect > 0.0 && self.perf_prior_effect < 1.0) {
             return Err(format!("{}: must be in (0, 1)", key("perf_prior_effect")));
@@ -176,7 +182,10 @@ impl DetectConfig {
             return Err(format!("{}: must be above 0", key("spike_min_mean")));
         }
         if self.spike_quiet_buckets < 1 {
-            return Err(format!("{}: must be at least 1", key("spike_quiet_buckets")));
+            return Err(format!(
+                "{}: must be at least 1",
+                key("spike_quiet_buckets")
+            ));
         }
         if self.spike_max_issues < 1 {
             return Err(format!("{}: must be at least 1", key("spike_max_issues")));

@@ -2,6 +2,7 @@
 //! `retracted` once the windows behind it are complete, `resolved` when the subject goes quiet.
 
 use serde::{Deserialize, Serialize};
+use trellis_schemas::records::Detection;
 
 use super::DetectConfig;
 
@@ -66,6 +67,29 @@ pub struct Finding {
     pub opened_ms: i64,
     /// The newest evidence.
     pub evidence: Evidence,
+}
+
+impl Finding {
+    /// The finding's record: `subject` names what was judged (id, project, kind, release or
+    /// issue, metric, summary, where the evidence starts); the evidence, status and version are
+    /// the finding's.
+    pub fn record(&self, subject: Detection) -> Detection {
+        let e = &self.evidence;
+        Detection {
+            baseline: e.baseline_label.clone(),
+            baseline_value: e.baseline_value,
+            baseline_count: e.baseline_count,
+            candidate_value: e.candidate_value,
+            candidate_count: e.candidate_count,
+            statistic: e.statistic,
+            threshold: e.threshold,
+            window_end_ms: e.window_end_ms,
+            opened_ms: self.opened_ms,
+            status: self.status.name().to_string(),
+            version: self.version,
+            ..subject
+        }
+    }
 }
 
 /// One subject's findings on one metric.
@@ -142,4 +166,3 @@ pub fn step(
         }
     }
 }
-

@@ -36,6 +36,7 @@ pub mod stats;
 #[cfg(test)]
 mod tests;
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use trellis_bus::{Message, Record, dead_letter};
@@ -59,186 +60,170 @@ pub fn project_key(project: &str) -> Vec<u8> {
     project.as_bytes().to_vec()
 }
 
-/// One input partition's detectors.
-pub struct DetectProcessor {
-    detector: ReleaseDetector,
-    topics: Arc<topics::Names>,
-    found: Vec<Detection>,
-    invalid: u64,
+/// A detector a stage runs over one input topic: pure logic, fed one decoded record at a time.
+pub trait Detector: Send + Sized {
+    /// The record type of its input topic.
+    type Input: records::Record;
+    /// The stage's name: its checkpoint directory and metrics label.
+    const STAGE: &'static str;
+
+    /// A detector with `config`, from a checkpointed state or empty.
+    fn open(config: DetectConfig, state: Option<&[u8]>) -> Result<Self, StateError>;
+    /// Counts one input record; findings go to `out`.
+    fn observe(&mut self, input: &Self::Input, out: &mut Vec<Detection>);
+    /// Counters since the last call, as (name, increment).
+    fn drain_counters(&mut self, into: &mut dyn FnMut(&'static str, u64));
+    /// The state to checkpoint.
+    fn snapshot(&self) -> Result<Vec<u8>, StateError>;
 }
 
-/// Queues `found` on `detections`, keyed by project.
-fn emit(topics: &topics::Names, found: &mut Vec<Detection>, out: &mut Output) {
-    for d in found.drain(..) {
-        match records::encode(&d) {
-            Ok(payload) => out.emit(Message::new(
-                topics.detections.as_str(),
-                project_key(&d.project),
-                payload,
-            )),
-            Err(e) => tracing::error!(error = %e, "A detection does not encode."),
-        }
+impl Detector for ReleaseDetector {
+    type Input = SessionRecord;
+    const STAGE: &'static str = STAGE;
+
+    fn open(config: DetectConfig, state: Option<&[u8]>) -> Result<Self, StateError> {
+        Ok(match state {
+            Some(bytes) => ReleaseDetector::restore(config, postcard::from_bytes(bytes)?),
+            None => ReleaseDetector::new(config),
+        })
     }
-}
 
-/// A payload that does not decode, to `dlq` with the reason.
-fn dead(topics: &topics::Names, stage: &str, record: &Record, reason: &str) -> Message {
-    let mut letter = dead_letter(record, stage, reason);
-    letter.topic.clone_from(&topics.dlq);
-    letter
-}
-
-impl Processor for DetectProcessor {
-    fn process(&mut self, record: &Record, out: &mut Output) {
-        let session = match records::decode::<SessionRecord>(&record.payload) {
-            Ok(session) => session,
-            Err(e) => {
-                self.invalid += 1;
-                out.emit(dead(&self.topics, STAGE, record, &e.to_string()));
-                return;
-            }
-        };
-        self.detector.observe(&session, &mut self.found);
-        emit(&self.topics, &mut self.found, out);
+    fn observe(&mut self, input: &SessionRecord, out: &mut Vec<Detection>) {
+        ReleaseDetector::observe(self, input, out);
     }
 
     fn drain_counters(&mut self, into: &mut dyn FnMut(&'static str, u64)) {
-        let c = std::mem::take(&mut self.detector.counters);
+        let c = std::mem::take(&mut self.counters);
         for (name, n) in [
             ("sessions_counted", c.sessions),
             ("replayed", c.replayed),
             ("too_old", c.too_old),
             ("release_evicted", c.release_evicted),
             ("detections", c.emitted),
-            ("invalid", std::mem::take(&mut self.invalid)),
         ] {
-            if n > 0 {
-                into(name, n);
-            }
+            into(name, n);
         }
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        Ok(postcard::to_stdvec(&self.detector.state())?)
+        Ok(postcard::to_stdvec(&self.state())?)
     }
 }
 
-/// Makes the `detect` stage's processors.
-pub struct DetectFactory {
-    config: DetectConfig,
-    topics: Arc<topics::Names>,
-}
+impl Detector for PerfDetector {
+    type Input = HealthPartial;
+    const STAGE: &'static str = PERF_STAGE;
 
-impl DetectFactory {
-    /// The stage with `config`, writing to `topics`.
-    pub fn new(config: DetectConfig, topics: topics::Names) -> Self {
-        DetectFactory {
-            config,
-            topics: Arc::new(topics),
-        }
-    }
-}
-
-impl Factory for DetectFactory {
-    type Processor = DetectProcessor;
-
-    fn stage(&self) -> &'static str {
-        STAGE
-    }
-
-    fn create(&self, _partition: u32, state: Option<&[u8]>) -> Result<DetectProcessor, StateError> {
-        let detector = match state {
-            Some(bytes) => {
-                let state: DetectorState = postcard::from_bytes(bytes)?;
-                ReleaseDetector::restore(self.config.clone(), state)
-            }
-            None => ReleaseDetector::new(self.config.clone()),
-        };
-        Ok(DetectProcessor {
-            detector,
-            topics: self.topics.clone(),
-            found: Vec::new(),
-            invalid: 0,
+    fn open(config: DetectConfig, state: Option<&[u8]>) -> Result<Self, StateError> {
+        Ok(match state {
+            Some(bytes) => PerfDetector::restore(config, postcard::from_bytes(bytes)?),
+            None => PerfDetector::new(config),
         })
     }
-}
 
-/// One input partition's performance detector.
-pub struct PerfProcessor {
-    detector: PerfDetector,
-    topics: Arc<topics::Names>,
-    found: Vec<Detection>,
-    invalid: u64,
-}
-
-impl Processor for PerfProcessor {
-    fn process(&mut self, record: &Record, out: &mut Output) {
-        let partial = match records::decode::<HealthPartial>(&record.payload) {
-            Ok(partial) => partial,
-            Err(e) => {
-                self.invalid += 1;
-                out.emit(dead(&self.topics, PERF_STAGE, record, &e.to_string()));
-                return;
-            }
-        };
-        self.detector.observe(&partial, &mut self.found);
-        emit(&self.topics, &mut self.found, out);
+    fn observe(&mut self, input: &HealthPartial, out: &mut Vec<Detection>) {
+        PerfDetector::observe(self, input, out);
     }
 
     fn drain_counters(&mut self, into: &mut dyn FnMut(&'static str, u64)) {
-        let c = std::mem::take(&mut self.detector.counters);
+        let c = std::mem::take(&mut self.counters);
         for (name, n) in [
             ("partials_counted", c.partials),
             ("replayed", c.replayed),
             ("invalid_sketch", c.invalid_sketch),
             ("too_old", c.too_old),
             ("detections", c.emitted),
-            ("invalid", std::mem::take(&mut self.invalid)),
         ] {
-            if n > 0 {
-                into(name, n);
-            }
+            into(name, n);
         }
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        Ok(postcard::to_stdvec(&self.detector.state())?)
+        Ok(postcard::to_stdvec(&self.state())?)
     }
 }
 
-/// Makes the performance detector's processors.
-pub struct PerfFactory {
-    config: DetectConfig,
+/// One input partition's detector, as the runtime drives it: decodes, observes, publishes the
+/// findings on `detections` keyed by project, dead-letters what does not decode.
+pub struct DetectProcessor<D> {
+    detector: D,
     topics: Arc<topics::Names>,
+    found: Vec<Detection>,
+    invalid: u64,
 }
 
-impl PerfFactory {
+impl<D: Detector> Processor for DetectProcessor<D> {
+    fn process(&mut self, record: &Record, out: &mut Output) {
+        let input = match records::decode::<D::Input>(&record.payload) {
+            Ok(input) => input,
+            Err(e) => {
+                self.invalid += 1;
+                let mut letter = dead_letter(record, D::STAGE, &e.to_string());
+                letter.topic.clone_from(&self.topics.dlq);
+                out.emit(letter);
+                return;
+            }
+        };
+        self.detector.observe(&input, &mut self.found);
+        for d in self.found.drain(..) {
+            match records::encode(&d) {
+                Ok(payload) => out.emit(Message::new(
+                    self.topics.detections.as_str(),
+                    project_key(&d.project),
+                    payload,
+                )),
+                Err(e) => tracing::error!(error = %e, "A detection does not encode."),
+            }
+        }
+    }
+
+    fn drain_counters(&mut self, into: &mut dyn FnMut(&'static str, u64)) {
+        let mut nonzero = |name, n| {
+            if n > 0 {
+                into(name, n);
+            }
+        };
+        self.detector.drain_counters(&mut nonzero);
+        nonzero("invalid", std::mem::take(&mut self.invalid));
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        self.detector.snapshot()
+    }
+}
+
+/// Makes a detector stage's processors.
+pub struct DetectFactory<D> {
+    config: DetectConfig,
+    topics: Arc<topics::Names>,
+    detector: PhantomData<fn() -> D>,
+}
+
+impl<D: Detector> DetectFactory<D> {
     /// The stage with `config`, writing to `topics`.
     pub fn new(config: DetectConfig, topics: topics::Names) -> Self {
-        PerfFactory {
+        DetectFactory {
             config,
             topics: Arc::new(topics),
+            detector: PhantomData,
         }
     }
 }
 
-impl Factory for PerfFactory {
-    type Processor = PerfProcessor;
+impl<D: Detector> Factory for DetectFactory<D> {
+    type Processor = DetectProcessor<D>;
 
     fn stage(&self) -> &'static str {
-        PERF_STAGE
+        D::STAGE
     }
 
-    fn create(&self, _partition: u32, state: Option<&[u8]>) -> Result<PerfProcessor, StateError> {
-        let detector = match state {
-            Some(bytes) => {
-                let state: PerfState = postcard::from_bytes(bytes)?;
-                PerfDetector::restore(self.config.clone(), state)
-            }
-            None => PerfDetector::new(self.config.clone()),
-        };
-        Ok(PerfProcessor {
-            detector,
+    fn create(
+        &self,
+        _partition: u32,
+        state: Option<&[u8]>,
+    ) -> Result<DetectProcessor<D>, StateError> {
+        Ok(DetectProcessor {
+            detector: D::open(self.config.clone(), state)?,
             topics: self.topics.clone(),
             found: Vec::new(),
             invalid: 0,

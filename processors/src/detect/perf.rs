@@ -156,7 +156,10 @@ impl PerfDetector {
             });
         let window_end = partial.window_start_ms + partial.window_ms.max(0);
         let minute = minute_of(window_end);
-        if cohort.clock_ms.is_some_and(|clock| minute < clock - history_ms) {
+        if cohort
+            .clock_ms
+            .is_some_and(|clock| minute < clock - history_ms)
+        {
             self.counters.too_old += 1;
             return;
         }
@@ -287,8 +290,7 @@ fn baseline(
     let (sketch, previous) = older()
         .filter_map(|(_, other)| other.merged(series, from - span, from).map(|s| (s, other)))
         .max_by_key(|(s, _)| s.count())?;
-    (sketch.count() >= floor)
-        .then(|| (sketch, format!("previous {}", describe(&previous.release))))
+    (sketch.count() >= floor).then(|| (sketch, format!("previous {}", describe(&previous.release))))
 }
 
 /// Judges every release of `cohort` with new samples or an open finding, on the evidence up to
@@ -368,7 +370,14 @@ fn judge(
         for (s, evidence) in judged {
             let trial = state.trials.entry(s.clone()).or_default();
             if let Some(next) = step(config, trial, evidence, state.last_seen_ms, window_end_ms) {
-                out.push(record(&project, &state.release, &s, q, state.first_seen_ms, &next));
+                out.push(record(
+                    &project,
+                    &state.release,
+                    &s,
+                    q,
+                    state.first_seen_ms,
+                    &next,
+                ));
             }
         }
     }
@@ -435,26 +444,15 @@ fn record(
         }
         Status::Resolved => format!("{what}: the release has had no samples since; resolved."),
     };
-    Detection {
+    finding.record(Detection {
         detection_id: detection_id(project, release, metric, screen, q, finding.episode),
         project: project.to_string(),
         kind: KIND.to_string(),
         release: release.clone(),
-        issue_id: None,
         screen: (!screen.is_empty()).then(|| screen.clone()),
         metric: name,
-        baseline: e.baseline_label.clone(),
-        baseline_value: e.baseline_value,
-        baseline_count: e.baseline_count,
-        candidate_value: e.candidate_value,
-        candidate_count: e.candidate_count,
-        statistic: e.statistic,
-        threshold: e.threshold,
         window_start_ms: first_seen_ms,
-        window_end_ms: e.window_end_ms,
-        opened_ms: finding.opened_ms,
-        status: finding.status.name().to_string(),
         summary,
-        version: finding.version,
-    }
+        ..Detection::default()
+    })
 }

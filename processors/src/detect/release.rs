@@ -325,7 +325,10 @@ impl ReleaseDetector {
             ..Cohort::default()
         });
         let history_ms = self.config.history.as_millis() as i64;
-        if cohort.clock_ms.is_some_and(|clock| started < clock - history_ms) {
+        if cohort
+            .clock_ms
+            .is_some_and(|clock| started < clock - history_ms)
+        {
             self.counters.too_old += 1;
             return;
         }
@@ -338,17 +341,14 @@ impl ReleaseDetector {
         } else if cohort.clock_ms.is_none() {
             cohort.clock_ms = Some(minute);
         }
-        let state = cohort
-            .releases
-            .entry(rkey)
-            .or_insert_with(|| ReleaseState {
-                release: session.release.clone(),
-                first_seen_ms: session.started_ms,
-                last_seen_ms: session.ended_ms,
-                minutes: BTreeMap::new(),
-                dirty: false,
-                trials: BTreeMap::new(),
-            });
+        let state = cohort.releases.entry(rkey).or_insert_with(|| ReleaseState {
+            release: session.release.clone(),
+            first_seen_ms: session.started_ms,
+            last_seen_ms: session.ended_ms,
+            minutes: BTreeMap::new(),
+            dirty: false,
+            trials: BTreeMap::new(),
+        });
         state.first_seen_ms = state.first_seen_ms.min(session.started_ms);
         state.last_seen_ms = state.last_seen_ms.max(session.ended_ms);
         state.dirty = true;
@@ -495,10 +495,17 @@ fn judge(config: &DetectConfig, cohort: &mut Cohort, window_end_ms: i64, out: &m
                 }
             });
             let trial = state.trials.entry(metric).or_default();
-            let Some(next) = step(config, trial, evidence, state.last_seen_ms, window_end_ms) else {
+            let Some(next) = step(config, trial, evidence, state.last_seen_ms, window_end_ms)
+            else {
                 continue;
             };
-            out.push(record(&project, &state.release, metric, state.first_seen_ms, &next));
+            out.push(record(
+                &project,
+                &state.release,
+                metric,
+                state.first_seen_ms,
+                &next,
+            ));
         }
     }
 }
@@ -543,28 +550,16 @@ fn record(
         }
         Status::Resolved => format!("{what}: the release has had no sessions since; resolved."),
     };
-    Detection {
+    finding.record(Detection {
         detection_id: detection_id(project, release, metric, finding.episode),
         project: project.to_string(),
         kind: KIND.to_string(),
         release: release.clone(),
-        issue_id: None,
-        screen: None,
         metric: metric.name().to_string(),
-        baseline: e.baseline_label.clone(),
-        baseline_value: e.baseline_value,
-        baseline_count: e.baseline_count,
-        candidate_value: e.candidate_value,
-        candidate_count: e.candidate_count,
-        statistic: e.statistic,
-        threshold: e.threshold,
         window_start_ms: first_seen_ms,
-        window_end_ms: e.window_end_ms,
-        opened_ms: finding.opened_ms,
-        status: finding.status.name().to_string(),
         summary,
-        version: finding.version,
-    }
+        ..Detection::default()
+    })
 }
 
 /// The id of a release's `episode`th finding (from 1) on `metric`: derived from the project, the

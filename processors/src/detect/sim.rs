@@ -153,8 +153,7 @@ pub fn for_each_session(spec: &RolloutSpec, mut f: impl FnMut(&SessionRecord) ->
     } else {
         (f64::from(spec.devices) * spec.candidate_share).round() as u32
     };
-    let clean_until =
-        candidates + (f64::from(spec.devices) * spec.clean_share).round() as u32;
+    let clean_until = candidates + (f64::from(spec.devices) * spec.clean_share).round() as u32;
     // Sessions started but not ended yet, by end time: (end, start, n, device, release, status).
     let mut running: BinaryHeap<Reverse<(i64, i64, u64, u32, u8, u8)>> = BinaryHeap::new();
     let mut record = SessionRecord {
@@ -163,28 +162,29 @@ pub fn for_each_session(spec: &RolloutSpec, mut f: impl FnMut(&SessionRecord) ->
         version: 1,
         ..SessionRecord::default()
     };
-    let mut emit = |(ended_ms, started_ms, n, device, which, status): (i64, i64, u64, u32, u8, u8),
-                    record: &mut SessionRecord| {
-        let status = [
-            SessionStatus::Exited,
-            SessionStatus::Crashed,
-            SessionStatus::Abnormal,
-            SessionStatus::Errored,
-        ][usize::from(status)];
-        record.session_id.clear();
-        let _ = write!(record.session_id, "s{n}");
-        record.device_id.clear();
-        let _ = write!(record.device_id, "d{device}");
-        if record.release != releases[usize::from(which)] {
-            record.release.clone_from(&releases[usize::from(which)]);
-        }
-        record.started_ms = started_ms;
-        record.ended_ms = ended_ms;
-        record.duration_ms = ended_ms - started_ms;
-        record.status = status;
-        record.crashed = status == SessionStatus::Crashed;
-        f(record)
-    };
+    let mut emit =
+        |(ended_ms, started_ms, n, device, which, status): (i64, i64, u64, u32, u8, u8),
+         record: &mut SessionRecord| {
+            let status = [
+                SessionStatus::Exited,
+                SessionStatus::Crashed,
+                SessionStatus::Abnormal,
+                SessionStatus::Errored,
+            ][usize::from(status)];
+            record.session_id.clear();
+            let _ = write!(record.session_id, "s{n}");
+            record.device_id.clear();
+            let _ = write!(record.device_id, "d{device}");
+            if record.release != releases[usize::from(which)] {
+                record.release.clone_from(&releases[usize::from(which)]);
+            }
+            record.started_ms = started_ms;
+            record.ended_ms = ended_ms;
+            record.duration_ms = ended_ms - started_ms;
+            record.status = status;
+            record.crashed = status == SessionStatus::Crashed;
+            f(record)
+        };
     let mut t = spec.start_ms as f64;
     let mut n = 0u64;
     loop {
@@ -475,7 +475,8 @@ pub fn run_spike(spec: &SpikeSpec, config: &DetectConfig) -> RolloutOutcome {
         detector.observe(&mut state, "sim", "issue-1", at, &mut out);
         for d in out.drain(..) {
             if d.status == "open" {
-                if at >= spec.spike_ms && spec.factor > 1.0 && outcome.candidate_delay_ms.is_none() {
+                if at >= spec.spike_ms && spec.factor > 1.0 && outcome.candidate_delay_ms.is_none()
+                {
                     outcome.candidate_delay_ms = Some(at - spec.spike_ms);
                     outcome.candidate_sessions_at_flag = Some(after_spike);
                 } else {

@@ -200,7 +200,8 @@ impl SpikeDetector {
             let mut closed = from;
             while closed < to && issue.current.is_some() {
                 let count = issue.buckets.get(&closed).copied().unwrap_or(0);
-                let (needed, _) = threshold(&self.config, issue_baseline(issue, closed, baseline_ms));
+                let (needed, _) =
+                    threshold(&self.config, issue_baseline(issue, closed, baseline_ms));
                 if let Some(spike) = issue.current.as_mut() {
                     match spike.status {
                         Status::Open if closed >= spike.bucket => {

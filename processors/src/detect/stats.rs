@@ -67,10 +67,11 @@ pub fn log_mixture_ratio(candidate: Proportion, baseline: Proportion, tau: f64) 
     if theta <= 0.0 {
         return 0.0;
     }
-    let pooled = (candidate.events + baseline.events) as f64
-        / (candidate.trials + baseline.trials) as f64;
+    let pooled =
+        (candidate.events + baseline.events) as f64 / (candidate.trials + baseline.trials) as f64;
     let pooled = pooled.clamp(1e-9, 1.0 - 1e-9);
-    let v = pooled * (1.0 - pooled) * (1.0 / candidate.trials as f64 + 1.0 / baseline.trials as f64);
+    let v =
+        pooled * (1.0 - pooled) * (1.0 / candidate.trials as f64 + 1.0 / baseline.trials as f64);
     let t2 = tau * tau;
     0.5 * (v / (v + t2)).ln() + t2 * theta * theta / (2.0 * v * (v + t2))
 }
@@ -139,10 +140,16 @@ mod tests {
     fn the_rate_mixture_grows_with_evidence_and_ignores_a_better_candidate() {
         let grid = ratio_grid(0.25);
         assert_eq!(grid, [1.25, 1.5, 2.0, 3.0, 5.0, 9.0]);
-        assert_eq!(log_rate_ratio_mixture(p(5, 1000), p(200, 20_000), &grid), 0.0);
+        assert_eq!(
+            log_rate_ratio_mixture(p(5, 1000), p(200, 20_000), &grid),
+            0.0
+        );
         let small = log_rate_ratio_mixture(p(20, 1000), p(200, 20_000), &grid);
         let large = log_rate_ratio_mixture(p(200, 10_000), p(2000, 200_000), &grid);
-        assert!(small > 0.0 && large > threshold(0.001) && small < large, "{small} {large}");
+        assert!(
+            small > 0.0 && large > threshold(0.001) && small < large,
+            "{small} {large}"
+        );
     }
 
     #[test]
@@ -169,7 +176,10 @@ mod tests {
                 }
             }
         }
-        assert!(crossed < streams * 5 / 100, "{crossed} of {streams} crossed");
+        assert!(
+            crossed < streams * 5 / 100,
+            "{crossed} of {streams} crossed"
+        );
     }
 
     #[test]
@@ -194,6 +204,9 @@ mod tests {
                 }
             }
         }
-        assert!(crossed < streams * 5 / 100, "{crossed} of {streams} crossed");
+        assert!(
+            crossed < streams * 5 / 100,
+            "{crossed} of {streams} crossed"
+        );
     }
 }

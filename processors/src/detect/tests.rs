@@ -28,14 +28,22 @@ fn a_doubled_crash_rate_on_a_five_percent_rollout_is_flagged_within_half_an_hour
             ..spec(seed, 2.0)
         };
         let outcome = sim::run(&spec, &DetectConfig::default());
-        let delay = outcome.candidate_delay_ms.expect("the bad update is flagged");
-        assert!(delay <= 30 * 60_000, "seed {seed}: flagged after {delay} ms");
+        let delay = outcome
+            .candidate_delay_ms
+            .expect("the bad update is flagged");
+        assert!(
+            delay <= 30 * 60_000,
+            "seed {seed}: flagged after {delay} ms"
+        );
         assert_eq!(outcome.other_flags, 0, "seed {seed}");
         let first = &outcome.detections[0];
         assert_eq!(first.release, sim::candidate_release(&spec));
         assert_eq!(first.metric, "crash_rate");
         assert_eq!(first.baseline, "fleet");
-        assert!(first.candidate_value > first.baseline_value * 1.25, "{first:?}");
+        assert!(
+            first.candidate_value > first.baseline_value * 1.25,
+            "{first:?}"
+        );
         assert!(first.statistic >= first.threshold, "{first:?}");
         assert!(first.candidate_count >= 300 && first.baseline_count >= 2000);
     }
@@ -66,7 +74,11 @@ fn a_release_with_the_whole_fleet_is_judged_against_the_previous_release() {
     let outcome = sim::run(&spec, &DetectConfig::default());
     let first = outcome.detections.first().expect("flagged");
     assert_eq!(first.release.app_version, "2.1.0");
-    assert!(first.baseline.starts_with("previous ios 2.0.0"), "{}", first.baseline);
+    assert!(
+        first.baseline.starts_with("previous ios 2.0.0"),
+        "{}",
+        first.baseline
+    );
     assert!(outcome.candidate_delay_ms.unwrap() <= 15 * 60_000);
 }
 
@@ -89,7 +101,10 @@ fn a_finding_is_confirmed_once_its_windows_are_complete_and_ids_do_not_depend_on
         .collect();
     assert_eq!(crash.len(), 2, "{crash:#?}");
     assert_eq!((crash[0].status.as_str(), crash[0].version), ("open", 1));
-    assert_eq!((crash[1].status.as_str(), crash[1].version), ("confirmed", 2));
+    assert_eq!(
+        (crash[1].status.as_str(), crash[1].version),
+        ("confirmed", 2)
+    );
     assert_eq!(crash[0].detection_id, crash[1].detection_id);
     assert!(crash[1].window_end_ms >= crash[0].opened_ms + 30 * 60_000);
     assert!(crash[1].candidate_count > crash[0].candidate_count);
@@ -118,8 +133,12 @@ fn detections(out: &Output) -> Vec<Detection> {
 #[test]
 fn the_stage_restored_from_a_checkpoint_mid_stream_emits_what_an_uninterrupted_one_does() {
     let sessions = sim::sessions(&spec(9, 2.0));
-    let payloads: Vec<Vec<u8>> = sessions.iter().map(|s| records::encode(s).unwrap()).collect();
-    let factory = DetectFactory::new(DetectConfig::default(), topics::Names::default());
+    let payloads: Vec<Vec<u8>> = sessions
+        .iter()
+        .map(|s| records::encode(s).unwrap())
+        .collect();
+    let factory =
+        DetectFactory::<ReleaseDetector>::new(DetectConfig::default(), topics::Names::default());
 
     let mut whole = factory.create(0, None).unwrap();
     let mut all = Output::default();
@@ -133,11 +152,19 @@ fn the_stage_restored_from_a_checkpoint_mid_stream_emits_what_an_uninterrupted_o
     let mut first = factory.create(0, None).unwrap();
     let mut before_checkpoint = Output::default();
     for (i, p) in payloads[..third].iter().enumerate() {
-        first.process(&record("sessions", i as u64, p.clone()), &mut before_checkpoint);
+        first.process(
+            &record("sessions", i as u64, p.clone()),
+            &mut before_checkpoint,
+        );
     }
     let state = first.snapshot().unwrap();
     let mut lost = Output::default();
-    for (i, p) in payloads.iter().enumerate().take(payloads.len() * 2 / 3).skip(third) {
+    for (i, p) in payloads
+        .iter()
+        .enumerate()
+        .take(payloads.len() * 2 / 3)
+        .skip(third)
+    {
         first.process(&record("sessions", i as u64, p.clone()), &mut lost);
     }
     drop(first);
@@ -172,7 +199,8 @@ fn a_session_record_seen_twice_counts_once() {
 
 #[test]
 fn a_payload_that_is_not_a_session_record_is_dead_lettered() {
-    let factory = DetectFactory::new(DetectConfig::default(), topics::Names::new("t."));
+    let factory =
+        DetectFactory::<ReleaseDetector>::new(DetectConfig::default(), topics::Names::new("t."));
     let mut p = factory.create(0, None).unwrap();
     let mut out = Output::default();
     p.process(&record("t.sessions", 0, b"not avro".to_vec()), &mut out);
@@ -189,7 +217,11 @@ fn invalid_settings_name_their_key() {
         alpha: 0.0,
         ..DetectConfig::default()
     };
-    assert!(bad.validate().unwrap_err().starts_with("processors.detect.alpha"));
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .starts_with("processors.detect.alpha")
+    );
     let bad = DetectConfig {
         min_sessions: 0,
         ..DetectConfig::default()
@@ -213,7 +245,10 @@ fn a_twenty_percent_slower_screen_on_a_five_percent_rollout_is_flagged_within_20
         };
         let outcome = sim::run_perf(&spec, &DetectConfig::default());
         let samples = outcome.candidate_sessions_at_flag.expect("flagged");
-        assert!(samples <= 2000, "seed {seed}: flagged after {samples} samples");
+        assert!(
+            samples <= 2000,
+            "seed {seed}: flagged after {samples} samples"
+        );
         assert_eq!(outcome.other_flags, 0);
         let d = &outcome.detections[0];
         assert_eq!(d.kind, "perf_regression");
@@ -274,11 +309,21 @@ fn a_tenfold_issue_spike_is_flagged_within_ten_minutes() {
         let delay = outcome.candidate_delay_ms.expect("the spike is flagged");
         assert!(delay <= 10 * 60_000, "seed {seed}: after {delay} ms");
         assert_eq!(outcome.other_flags, 0, "seed {seed}");
-        let statuses: Vec<&str> = outcome.detections.iter().map(|d| d.status.as_str()).collect();
+        let statuses: Vec<&str> = outcome
+            .detections
+            .iter()
+            .map(|d| d.status.as_str())
+            .collect();
         assert_eq!(statuses[..2], ["open", "confirmed"], "seed {seed}");
         let d = &outcome.detections[0];
-        assert_eq!((d.kind.as_str(), d.issue_id.as_deref()), ("issue_spike", Some("issue-1")));
-        assert!(d.candidate_value >= 20.0 && d.baseline_value < 10.0, "{d:?}");
+        assert_eq!(
+            (d.kind.as_str(), d.issue_id.as_deref()),
+            ("issue_spike", Some("issue-1"))
+        );
+        assert!(
+            d.candidate_value >= 20.0 && d.baseline_value < 10.0,
+            "{d:?}"
+        );
     }
 }
 
@@ -294,7 +339,11 @@ fn a_steady_issue_is_never_flagged_over_a_week() {
             ..base
         };
         let outcome = sim::run_spike(&spec, &DetectConfig::default());
-        assert!(outcome.detections.is_empty(), "seed {seed}, {mean}/5m: {:?}", outcome.detections.first());
+        assert!(
+            outcome.detections.is_empty(),
+            "seed {seed}, {mean}/5m: {:?}",
+            outcome.detections.first()
+        );
     }
 }
 
@@ -312,7 +361,11 @@ fn a_spike_resolves_once_the_rate_is_back() {
     let mut rng = fastrand::Rng::with_seed(4);
     let mut t = base.start_ms;
     while t < spiked.end_ms + 2 * 3_600_000 {
-        let rate = if (spiked.spike_ms..spiked.end_ms).contains(&t) { 50.0 } else { 5.0 };
+        let rate = if (spiked.spike_ms..spiked.end_ms).contains(&t) {
+            50.0
+        } else {
+            5.0
+        };
         t += (300_000.0 / rate * -(1.0 - rng.f64()).ln()) as i64;
         detector.observe(&mut state, "p", "i", t, &mut out);
     }

@@ -21,13 +21,13 @@ use trellis_bus::{Message, Record, dead_letter};
 use trellis_schemas::records::{self, IssueCommand, IssueRecord};
 use trellis_schemas::{ErrorEvent, Event, avro, topics};
 
+use crate::detect::DetectConfig;
+use crate::detect::spike::{SpikeDetector, SpikeState};
 use crate::grouping::GroupingConfig;
 use crate::grouping::{
     AliasTable, Command, Grouper, IgnoreUntil, Issue, IssueId, Outcome, ReleaseClock, ReleaseKey,
     Signature, SimilarityIndex, Status, merge_issues,
 };
-use crate::detect::DetectConfig;
-use crate::detect::spike::{SpikeDetector, SpikeState};
 use crate::runtime::{Factory, Output, Processor, StateError};
 
 /// Every project's grouping rules, compiled once.

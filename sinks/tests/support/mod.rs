@@ -180,11 +180,12 @@ pub async fn number(root: &Path, sql: &str) -> u64 {
 /// The rows of every table, by `query`.
 pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
-    for table in Kind::ALL
-        .iter()
-        .map(|k| k.table())
-        .chain(["sessions", "aggregates", "issues", "detections"])
-    {
+    for table in Kind::ALL.iter().map(|k| k.table()).chain([
+        "sessions",
+        "aggregates",
+        "issues",
+        "detections",
+    ]) {
         out.insert(
             table,
             number(root, &format!("SELECT count(*) FROM {table}")).await,
