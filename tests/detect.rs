@@ -178,10 +178,13 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     let expected = uninterrupted(&spec);
     let bad = sim::candidate_release(&spec);
     let bad_crashes = release::detection_id(PROJECT, &bad, Metric::CrashRate, 1);
+    // The seed gives findings on the bad update's crash rate and crashed-user rate, and none
+    // on anything else.
+    let bad_users = release::detection_id(PROJECT, &bad, Metric::CrashedUserRate, 1);
     assert_eq!(
-        expected.keys().collect::<Vec<_>>(),
-        [&bad_crashes],
-        "the seed gives one finding, on the bad update's crash rate: {expected:#?}"
+        expected.keys().collect::<std::collections::BTreeSet<_>>(),
+        [&bad_crashes, &bad_users].into_iter().collect(),
+        "{expected:#?}"
     );
     assert_eq!(expected[&bad_crashes].status, "confirmed");
 

@@ -46,6 +46,10 @@ pub struct DetectConfig {
     /// Most releases tracked per project; past it the longest-quiet release is forgotten
     /// (counted as `release_evicted`).
     pub max_releases: usize,
+    /// Most users remembered per release for the crashed-user rate; past it new users are left
+    /// out of the user counts (counted as `users_capped`). About 40 bytes each, in memory and in
+    /// every checkpoint.
+    pub max_users: usize,
     /// The consumer group of the performance detector (it reads `aggregates`).
     pub perf_group: String,
     /// The percentile performance is judged on (0.75: p75).
@@ -91,6 +95,7 @@ impl Default for DetectConfig {
             resolve_after: Duration::from_secs(24 * 3600),
             history: Duration::from_secs(48 * 3600),
             max_releases: 256,
+            max_users: 200_000,
             perf_group: "trellis-detect-perf".into(),
             perf_quantile: 0.75,
             perf_min_samples: 200,
@@ -141,6 +146,9 @@ impl DetectConfig {
                 "{}: must cover previous_release_span plus confirm_after",
                 key("history")
             ));
+        }
+        if self.max_users < 1 {
+            return Err(format!("{}: must be at least 1", key("max_users")));
         }
         if self.max_releases < 2 {
             return Err(format!("{}: must be at least 2", key("max_releases")));

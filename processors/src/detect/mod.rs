@@ -99,6 +99,7 @@ impl Detector for ReleaseDetector {
             ("replayed", c.replayed),
             ("too_old", c.too_old),
             ("release_evicted", c.release_evicted),
+            ("users_capped", c.users_capped),
             ("detections", c.emitted),
         ] {
             into(name, n);

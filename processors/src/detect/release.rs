@@ -50,6 +50,10 @@ pub struct Counts {
     pub abnormal: i64,
     /// Sessions with errors that did not crash or end abnormally.
     pub errored: i64,
+    /// Distinct users (filled when summing a span, not per minute).
+    pub users: i64,
+    /// Distinct users with a crashed session among them.
+    pub crashed_users: i64,
 }
 
 impl Counts {
@@ -60,6 +64,7 @@ impl Counts {
             crashed: i64::from(status == SessionStatus::Crashed),
             abnormal: i64::from(status == SessionStatus::Abnormal),
             errored: i64::from(status == SessionStatus::Errored),
+            ..Counts::default()
         }
     }
 
@@ -68,6 +73,8 @@ impl Counts {
         self.crashed += other.crashed;
         self.abnormal += other.abnormal;
         self.errored += other.errored;
+        self.users += other.users;
+        self.crashed_users += other.crashed_users;
     }
 
     fn sub(&mut self, other: &Counts) {
@@ -87,11 +94,18 @@ pub enum Metric {
     AbnormalRate,
     /// Sessions with errors (not crashed or abnormal) over sessions.
     ErroredRate,
+    /// Users with a crashed session over users: one minus the crash-free users.
+    CrashedUserRate,
 }
 
 impl Metric {
     /// Every metric, in the order they are judged.
-    pub const ALL: [Metric; 3] = [Metric::CrashRate, Metric::AbnormalRate, Metric::ErroredRate];
+    pub const ALL: [Metric; 4] = [
+        Metric::CrashRate,
+        Metric::AbnormalRate,
+        Metric::ErroredRate,
+        Metric::CrashedUserRate,
+    ];
 
     /// The name in records and config.
     pub fn name(self) -> &'static str {
@@ -99,6 +113,7 @@ impl Metric {
             Metric::CrashRate => "crash_rate",
             Metric::AbnormalRate => "abnormal_rate",
             Metric::ErroredRate => "errored_rate",
+            Metric::CrashedUserRate => "crashed_user_rate",
         }
     }
 
@@ -107,20 +122,34 @@ impl Metric {
             Metric::CrashRate => "Crash rate",
             Metric::AbnormalRate => "Abnormal-exit rate",
             Metric::ErroredRate => "Errored-session rate",
+            Metric::CrashedUserRate => "Crashed-user rate (1 − crash-free users)",
         }
     }
 
     fn of(self, counts: &Counts) -> Proportion {
-        let events = match self {
-            Metric::CrashRate => counts.crashed,
-            Metric::AbnormalRate => counts.abnormal,
-            Metric::ErroredRate => counts.errored,
+        let (events, trials) = match self {
+            Metric::CrashRate => (counts.crashed, counts.sessions),
+            Metric::AbnormalRate => (counts.abnormal, counts.sessions),
+            Metric::ErroredRate => (counts.errored, counts.sessions),
+            Metric::CrashedUserRate => (counts.crashed_users, counts.users),
         };
-        Proportion {
-            events,
-            trials: counts.sessions,
+        Proportion { events, trials }
+    }
+
+    /// What the metric counts, for summaries.
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::CrashedUserRate => "users",
+            _ => "sessions",
         }
     }
+}
+
+/// When a user last started a session of a release, and last started one that crashed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct UserSeen {
+    last_start_ms: i64,
+    last_crash_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +159,8 @@ struct ReleaseState {
     last_seen_ms: i64,
     /// Sessions by the minute they started in.
     minutes: BTreeMap<i64, Counts>,
+    /// Users by their hash (the user id, else the device id), at most `max_users` per release.
+    users: HashMap<u64, UserSeen>,
     /// New sessions since the last judgement.
     dirty: bool,
     trials: BTreeMap<Metric, Trial>,
@@ -137,17 +168,19 @@ struct ReleaseState {
 
 impl ReleaseState {
     fn sum_since(&self, from_ms: i64) -> Counts {
-        let mut total = Counts::default();
-        for counts in self.minutes.range(from_ms..).map(|(_, c)| c) {
-            total.add(counts);
-        }
-        total
+        self.sum_between(from_ms, i64::MAX)
     }
 
+    /// Sessions that started in `[from_ms, to_ms)`, and the users whose latest session did.
     fn sum_between(&self, from_ms: i64, to_ms: i64) -> Counts {
         let mut total = Counts::default();
         for counts in self.minutes.range(from_ms..to_ms).map(|(_, c)| c) {
             total.add(counts);
+        }
+        let within = |t: i64| (from_ms..to_ms).contains(&t);
+        for user in self.users.values().filter(|u| within(u.last_start_ms)) {
+            total.users += 1;
+            total.crashed_users += i64::from(user.last_crash_ms.is_some_and(|t| t >= from_ms));
         }
         total
     }
@@ -188,6 +221,8 @@ pub struct Counters {
     pub too_old: u64,
     /// Releases forgotten to stay within `max_releases`.
     pub release_evicted: u64,
+    /// New users of a release past `max_users`, left out of its user counts.
+    pub users_capped: u64,
     /// Detection records emitted.
     pub emitted: u64,
 }
@@ -346,6 +381,7 @@ impl ReleaseDetector {
             first_seen_ms: session.started_ms,
             last_seen_ms: session.ended_ms,
             minutes: BTreeMap::new(),
+            users: HashMap::new(),
             dirty: false,
             trials: BTreeMap::new(),
         });
@@ -363,6 +399,30 @@ impl ReleaseDetector {
             .entry(started)
             .or_default()
             .add(&Counts::of(session.status));
+        let user =
+            crate::pipeline::health::user_hash(session.user_id.as_deref(), &session.device_id);
+        let crashed = session.status == SessionStatus::Crashed;
+        let started_ms = session.started_ms.min(session.ended_ms);
+        let room = state.users.len() < self.config.max_users;
+        match state.users.get_mut(&user) {
+            Some(seen) => {
+                seen.last_start_ms = seen.last_start_ms.max(started_ms);
+                if crashed {
+                    seen.last_crash_ms =
+                        Some(seen.last_crash_ms.map_or(started_ms, |t| t.max(started_ms)));
+                }
+            }
+            None if room => {
+                state.users.insert(
+                    user,
+                    UserSeen {
+                        last_start_ms: started_ms,
+                        last_crash_ms: crashed.then_some(started_ms),
+                    },
+                );
+            }
+            None => self.counters.users_capped += 1,
+        }
         self.counters.sessions += 1;
         evict_releases(&self.config, cohort, &mut self.counters);
         self.counted.insert(
@@ -403,6 +463,7 @@ fn forget_old(config: &DetectConfig, cohort: &mut Cohort, now_ms: i64) {
             }
             entry.remove();
         }
+        state.users.retain(|_, u| u.last_start_ms >= oldest);
         !state.minutes.is_empty() || state.has_current()
     });
 }
@@ -523,8 +584,9 @@ fn record(
 ) -> Detection {
     let e = &finding.evidence;
     let what = format!("{} of {}", metric.label(), describe(release));
+    let unit = metric.unit();
     let against = format!(
-        "{} of {} sessions against {} of {} sessions ({})",
+        "{} of {} {unit} against {} of {} {unit} ({})",
         percent(e.candidate_value),
         e.candidate_count,
         percent(e.baseline_value),
