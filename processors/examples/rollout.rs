@@ -60,10 +60,12 @@ fn staged(crash_factor: f64, horizon_min: i64) -> RolloutSpec {
     }
 }
 
+/// Two hours of the previous release's history, then the release on every device.
 fn full_fleet(crash_factor: f64, horizon_min: i64) -> RolloutSpec {
     let base = RolloutSpec::default();
     RolloutSpec {
         full_fleet: true,
+        rollout_ms: base.rollout_ms,
         end_ms: base.rollout_ms + horizon_min * MINUTE,
         ..staged(crash_factor, horizon_min)
     }

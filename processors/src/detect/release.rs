@@ -486,34 +486,49 @@ fn evict_releases(config: &DetectConfig, cohort: &mut Cohort, counters: &mut Cou
 
 /// The baseline of the release `key`: the rest of the cohort since its first session, or the
 /// previous release when the rest is too small.
-fn baseline(config: &DetectConfig, cohort: &Cohort, key: &str) -> Option<(Counts, String)> {
+fn baseline(config: &DetectConfig, cohort: &Cohort, key: &str, now_ms: i64) -> Option<Baseline> {
     let candidate = cohort.releases.get(key)?;
     let from = minute_of(candidate.first_seen_ms);
     // Releases older than the candidate: a new release is not judged against a newer one.
-    let mut rest = Counts::default();
-    for (other_key, other) in &cohort.releases {
-        if other_key != key && other.first_seen_ms < candidate.first_seen_ms {
-            rest.add(&other.sum_since(from));
-        }
-    }
-    if rest.sessions >= config.min_baseline_sessions {
-        return Some((rest, "fleet".to_string()));
-    }
-    let span = config.previous_release_span.as_millis() as i64;
-    let previous = cohort
-        .releases
-        .iter()
-        .filter(|(other_key, other)| {
+    let older = || {
+        cohort.releases.iter().filter(move |(other_key, other)| {
             other_key.as_str() != key && other.first_seen_ms < candidate.first_seen_ms
         })
-        .map(|(_, other)| (other.sum_between(from - span, from), other))
-        .max_by_key(|(counts, _)| counts.sessions)?;
-    (previous.0.sessions >= config.min_baseline_sessions).then(|| {
-        (
-            previous.0,
-            format!("previous {}", describe(&previous.1.release)),
-        )
+    };
+    let mut rest = Counts::default();
+    for (_, other) in older() {
+        rest.add(&other.sum_since(from));
+    }
+    if rest.sessions >= config.min_baseline_sessions {
+        return Some(Baseline {
+            counts: rest,
+            label: "fleet".to_string(),
+            candidate: candidate.sum_since(from),
+        });
+    }
+    // The candidate's first `span` against the previous release's last `span` before it: equal
+    // spans, since a user's chance of a crash grows with the time they are watched.
+    let (counts, span, previous) = older()
+        .map(|(_, other)| {
+            let span = (config.previous_release_span.as_millis() as i64)
+                .min(now_ms - from)
+                .min(from - minute_of(other.first_seen_ms))
+                .max(MINUTE_MS);
+            (other.sum_between(from - span, from), span, other)
+        })
+        .max_by_key(|(counts, _, _)| counts.sessions)?;
+    (counts.sessions >= config.min_baseline_sessions).then(|| Baseline {
+        counts,
+        label: format!("previous {}", describe(&previous.release)),
+        candidate: candidate.sum_between(from, from + span),
     })
+}
+
+/// A candidate's evidence and its baseline's, over matching spans.
+struct Baseline {
+    counts: Counts,
+    label: String,
+    candidate: Counts,
 }
 
 /// Judges every release of `cohort` that has new sessions or an open finding, on the evidence
@@ -528,16 +543,15 @@ fn judge(config: &DetectConfig, cohort: &mut Cohort, window_end_ms: i64, out: &m
     let threshold = stats::threshold(config.alpha);
     let ratios = stats::ratio_grid(config.min_relative_effect);
     for key in keys {
-        let base = baseline(config, cohort, &key);
+        let base = baseline(config, cohort, &key, window_end_ms);
         let project = cohort.project.clone();
         let Some(state) = cohort.releases.get_mut(&key) else {
             continue;
         };
         state.dirty = false;
-        let candidate = state.sum_since(i64::MIN);
         for metric in Metric::ALL {
-            let evidence = base.as_ref().map(|(counts, label)| {
-                let (c, b) = (metric.of(&candidate), metric.of(counts));
+            let evidence = base.as_ref().map(|base| {
+                let (c, b) = (metric.of(&base.candidate), metric.of(&base.counts));
                 let statistic = stats::log_rate_ratio_mixture(c, b, &ratios);
                 let bad = c.trials >= config.min_sessions
                     && c.events >= config.min_events
@@ -548,7 +562,7 @@ fn judge(config: &DetectConfig, cohort: &mut Cohort, window_end_ms: i64, out: &m
                     candidate_count: c.trials,
                     baseline_value: b.rate(),
                     baseline_count: b.trials,
-                    baseline_label: label.clone(),
+                    baseline_label: base.label.clone(),
                     statistic,
                     threshold,
                     window_end_ms,

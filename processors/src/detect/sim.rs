@@ -123,6 +123,10 @@ pub fn clean_release() -> Release {
     release("2.0.0", Some("update-clean"))
 }
 
+/// A session the simulator has started: end, start, number, device, release (0 the current one,
+/// 1 the candidate, 2 the clean update) and status (0 exited, 1 crashed, 2 abnormal, 3 errored).
+type Running = (i64, i64, u64, u32, u8, u8);
+
 /// The sessions of `spec`, ordered by end time.
 pub fn sessions(spec: &RolloutSpec) -> Vec<SessionRecord> {
     let mut out = Vec::new();
@@ -154,37 +158,36 @@ pub fn for_each_session(spec: &RolloutSpec, mut f: impl FnMut(&SessionRecord) ->
         (f64::from(spec.devices) * spec.candidate_share).round() as u32
     };
     let clean_until = candidates + (f64::from(spec.devices) * spec.clean_share).round() as u32;
-    // Sessions started but not ended yet, by end time: (end, start, n, device, release, status).
-    let mut running: BinaryHeap<Reverse<(i64, i64, u64, u32, u8, u8)>> = BinaryHeap::new();
+    // Sessions started but not ended yet, by end time.
+    let mut running: BinaryHeap<Reverse<Running>> = BinaryHeap::new();
     let mut record = SessionRecord {
         project: "sim".into(),
         explicit: true,
         version: 1,
         ..SessionRecord::default()
     };
-    let mut emit =
-        |(ended_ms, started_ms, n, device, which, status): (i64, i64, u64, u32, u8, u8),
-         record: &mut SessionRecord| {
-            let status = [
-                SessionStatus::Exited,
-                SessionStatus::Crashed,
-                SessionStatus::Abnormal,
-                SessionStatus::Errored,
-            ][usize::from(status)];
-            record.session_id.clear();
-            let _ = write!(record.session_id, "s{n}");
-            record.device_id.clear();
-            let _ = write!(record.device_id, "d{device}");
-            if record.release != releases[usize::from(which)] {
-                record.release.clone_from(&releases[usize::from(which)]);
-            }
-            record.started_ms = started_ms;
-            record.ended_ms = ended_ms;
-            record.duration_ms = ended_ms - started_ms;
-            record.status = status;
-            record.crashed = status == SessionStatus::Crashed;
-            f(record)
-        };
+    let mut emit = |(ended_ms, started_ms, n, device, which, status): Running,
+                    record: &mut SessionRecord| {
+        let status = [
+            SessionStatus::Exited,
+            SessionStatus::Crashed,
+            SessionStatus::Abnormal,
+            SessionStatus::Errored,
+        ][usize::from(status)];
+        record.session_id.clear();
+        let _ = write!(record.session_id, "s{n}");
+        record.device_id.clear();
+        let _ = write!(record.device_id, "d{device}");
+        if record.release != releases[usize::from(which)] {
+            record.release.clone_from(&releases[usize::from(which)]);
+        }
+        record.started_ms = started_ms;
+        record.ended_ms = ended_ms;
+        record.duration_ms = ended_ms - started_ms;
+        record.status = status;
+        record.crashed = status == SessionStatus::Crashed;
+        f(record)
+    };
     let mut t = spec.start_ms as f64;
     let mut n = 0u64;
     loop {

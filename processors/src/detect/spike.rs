@@ -158,21 +158,24 @@ impl SpikeDetector {
         });
         issue.first_ms = issue.first_ms.min(event_ms);
         *issue.buckets.entry(bucket).or_default() += 1;
-        if issue.current.is_none() {
-            if let Some(spike) = judge(&self.config, issue, bucket) {
-                issue.episodes += 1;
-                let spike = Spike {
-                    episode: issue.episodes,
-                    status: Status::Open,
-                    version: 1,
-                    bucket,
-                    opened_ms: event_ms,
-                    quiet: 0,
-                    ..spike
-                };
-                out.push(record(project, issue_id, &spike, &self.config));
-                issue.current = Some(spike);
-            }
+        let spike = issue
+            .current
+            .is_none()
+            .then(|| judge(&self.config, issue, bucket))
+            .flatten();
+        if let Some(spike) = spike {
+            issue.episodes += 1;
+            let spike = Spike {
+                episode: issue.episodes,
+                status: Status::Open,
+                version: 1,
+                bucket,
+                opened_ms: event_ms,
+                quiet: 0,
+                ..spike
+            };
+            out.push(record(project, issue_id, &spike, &self.config));
+            issue.current = Some(spike);
         }
         self.evict(state, project);
         self.counters.emitted += (out.len() - before) as u64;
