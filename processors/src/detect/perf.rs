@@ -26,7 +26,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::DetectConfig;
 use super::finding::{Evidence, Finding, Status, Trial, step};
-use super::release::{MINUTE_MS, cohort_key, describe, hex128, minute_of, release_key};
+use super::release::{MINUTE_MS, clamp_ms, cohort_key, describe, hex128, minute_of, release_key};
 use super::stats::{self, Proportion};
 
 /// The `kind` of the detections this module emits.
@@ -154,7 +154,8 @@ impl PerfDetector {
                 project: partial.project.clone(),
                 ..PerfCohort::default()
             });
-        let window_end = partial.window_start_ms + partial.window_ms.max(0);
+        let window_start = clamp_ms(partial.window_start_ms);
+        let window_end = window_start + clamp_ms(partial.window_ms).clamp(0, 24 * 3_600_000);
         let minute = minute_of(window_end);
         if cohort
             .clock_ms
@@ -173,7 +174,7 @@ impl PerfDetector {
             None => cohort.clock_ms = Some(minute),
             Some(_) => {}
         }
-        self.seen.insert(id, partial.window_start_ms);
+        self.seen.insert(id, window_start);
         self.counters.partials += 1;
         if partial.perf.is_empty() {
             self.counters.emitted += (out.len() - before) as u64;
@@ -184,15 +185,15 @@ impl PerfDetector {
             .entry(release_key(&partial.release))
             .or_insert_with(|| PerfRelease {
                 release: partial.release.clone(),
-                first_seen_ms: partial.window_start_ms,
+                first_seen_ms: window_start,
                 last_seen_ms: window_end,
                 series: BTreeMap::new(),
                 dirty: BTreeSet::new(),
                 trials: BTreeMap::new(),
             });
-        state.first_seen_ms = state.first_seen_ms.min(partial.window_start_ms);
+        state.first_seen_ms = state.first_seen_ms.min(window_start);
         state.last_seen_ms = state.last_seen_ms.max(window_end);
-        let bucket = partial.window_start_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
+        let bucket = window_start.div_euclid(BUCKET_MS) * BUCKET_MS;
         for perf in &partial.perf {
             let Ok(sketch) = serde_json::from_str::<DDSketch>(&perf.sketch) else {
                 self.counters.invalid_sketch += 1;

@@ -282,6 +282,12 @@ pub fn describe(r: &Release) -> String {
     text
 }
 
+/// Event times as the detectors compute with them: within ±2^53 ms (±285,000 years), so that
+/// adding or subtracting a span of days to a time from the network cannot overflow.
+pub(super) fn clamp_ms(ms: i64) -> i64 {
+    ms.clamp(-(1 << 53), 1 << 53)
+}
+
 pub(super) fn minute_of(ms: i64) -> i64 {
     ms.div_euclid(MINUTE_MS) * MINUTE_MS
 }
@@ -340,8 +346,10 @@ impl ReleaseDetector {
     /// newer version of a counted session replaces the older one's contribution.
     pub fn observe(&mut self, session: &SessionRecord, out: &mut Vec<Detection>) {
         let before = out.len();
-        let minute = minute_of(session.ended_ms);
-        let started = minute_of(session.started_ms.min(session.ended_ms));
+        let (started_ms, ended_ms) = (clamp_ms(session.started_ms), clamp_ms(session.ended_ms));
+        let started_ms = started_ms.min(ended_ms);
+        let minute = minute_of(ended_ms);
+        let started = minute_of(started_ms);
         let id = xxhash_rust::xxh3::xxh3_64(
             format!("{}\u{0}{}", session.project, session.session_id).as_bytes(),
         );
@@ -378,15 +386,15 @@ impl ReleaseDetector {
         }
         let state = cohort.releases.entry(rkey).or_insert_with(|| ReleaseState {
             release: session.release.clone(),
-            first_seen_ms: session.started_ms,
-            last_seen_ms: session.ended_ms,
+            first_seen_ms: started_ms,
+            last_seen_ms: ended_ms,
             minutes: BTreeMap::new(),
             users: HashMap::new(),
             dirty: false,
             trials: BTreeMap::new(),
         });
-        state.first_seen_ms = state.first_seen_ms.min(session.started_ms);
-        state.last_seen_ms = state.last_seen_ms.max(session.ended_ms);
+        state.first_seen_ms = state.first_seen_ms.min(started_ms);
+        state.last_seen_ms = state.last_seen_ms.max(ended_ms);
         state.dirty = true;
         if let Some(before) = previous {
             // The counts of the older version leave wherever they went in this release.
@@ -402,7 +410,6 @@ impl ReleaseDetector {
         let user =
             crate::pipeline::health::user_hash(session.user_id.as_deref(), &session.device_id);
         let crashed = session.status == SessionStatus::Crashed;
-        let started_ms = session.started_ms.min(session.ended_ms);
         let room = state.users.len() < self.config.max_users;
         match state.users.get_mut(&user) {
             Some(seen) => {

@@ -20,7 +20,7 @@ use trellis_schemas::records::Detection;
 
 use super::DetectConfig;
 use super::finding::Status;
-use super::release::hex128;
+use super::release::{clamp_ms, hex128};
 
 /// The `kind` of the detections this module emits.
 pub const KIND: &str = "issue_spike";
@@ -137,6 +137,7 @@ impl SpikeDetector {
         out: &mut Vec<Detection>,
     ) {
         let before = out.len();
+        let event_ms = clamp_ms(event_ms);
         let bucket = bucket_of(event_ms);
         let baseline_ms = self.config.spike_baseline.as_millis() as i64;
         let clock = state.clocks.get(project).copied();

@@ -383,7 +383,6 @@ fn the_poisson_tail_matches_known_values() {
     assert_eq!(spike::poisson_log_upper_tail(0, 3.0), 0.0);
 }
 
-
 /// A user's chance of a crash grows with the time they are watched: a release with the whole
 /// fleet, watched for three hours, against a previous release seen for only half an hour
 /// before it, must not look worse on crash-free users (it did, in every seed, before the spans
@@ -404,4 +403,37 @@ fn a_clean_release_with_the_whole_fleet_is_not_flagged_against_a_short_history()
         "{:?}",
         outcome.detections.first().map(|d| &d.summary)
     );
+}
+
+#[test]
+fn times_at_the_ends_of_the_range_do_not_overflow() {
+    let mut releases = ReleaseDetector::new(DetectConfig::default());
+    let mut perf = PerfDetector::new(DetectConfig::default());
+    let mut spikes = spike::SpikeDetector::new(DetectConfig::default());
+    let mut state = spike::SpikeState::default();
+    let mut out = Vec::new();
+    for (i, t) in [i64::MIN, i64::MAX, 0, i64::MIN, i64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let session = trellis_schemas::records::SessionRecord {
+            session_id: format!("s{i}"),
+            project: "p".into(),
+            started_ms: t,
+            ended_ms: t,
+            version: 1,
+            ..Default::default()
+        };
+        releases.observe(&session, &mut out);
+        let partial = trellis_schemas::records::HealthPartial {
+            partial_id: format!("p{i}"),
+            project: "p".into(),
+            window_start_ms: t,
+            window_ms: t,
+            ..Default::default()
+        };
+        perf.observe(&partial, &mut out);
+        spikes.observe(&mut state, "p", "i", t, &mut out);
+    }
+    assert!(out.is_empty());
 }
