@@ -164,12 +164,13 @@ impl PerfDetector {
             self.counters.too_old += 1;
             return;
         }
+        let mut moved = false;
         match cohort.clock_ms {
             Some(clock) if minute > clock => {
                 judge(&self.config, cohort, clock + MINUTE_MS, out);
                 cohort.clock_ms = Some(minute);
                 forget_old(&self.config, cohort, minute);
-                self.seen.retain(|_, w| *w >= minute - history_ms);
+                moved = true;
             }
             None => cohort.clock_ms = Some(minute),
             Some(_) => {}
@@ -177,6 +178,9 @@ impl PerfDetector {
         self.seen.insert(id, window_start);
         self.counters.partials += 1;
         if partial.perf.is_empty() {
+            if moved {
+                self.forget_seen();
+            }
             self.counters.emitted += (out.len() - before) as u64;
             return;
         }
@@ -212,7 +216,19 @@ impl PerfDetector {
             }
             state.dirty.insert(key);
         }
+        if moved {
+            self.forget_seen();
+        }
         self.counters.emitted += (out.len() - before) as u64;
+    }
+
+    /// Forgets partial ids behind the slowest cohort's clock less the history, so a cohort that
+    /// lags another keeps its replay protection.
+    fn forget_seen(&mut self) {
+        let history_ms = self.config.history.as_millis() as i64;
+        if let Some(slowest) = self.cohorts.values().filter_map(|c| c.clock_ms).min() {
+            self.seen.retain(|_, w| *w >= slowest - history_ms);
+        }
     }
 }
 
@@ -235,6 +251,7 @@ fn forget_old(config: &DetectConfig, cohort: &mut PerfCohort, now_ms: i64) {
         let Some(quietest) = cohort
             .releases
             .iter()
+            .filter(|(_, s)| s.trials.values().all(|t| t.current.is_none()))
             .min_by_key(|(_, s)| s.last_seen_ms)
             .map(|(k, _)| k.clone())
         else {

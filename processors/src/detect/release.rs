@@ -197,6 +197,9 @@ struct Cohort {
     releases: BTreeMap<String, ReleaseState>,
     /// The cohort's event time: the newest minute a session ended in.
     clock_ms: Option<i64>,
+    /// Sessions counted in the last `confirm_after` plus an hour of the cohort's event time, by
+    /// session-id hash: a replay is skipped, a newer version replaces the older one's counts.
+    counted: HashMap<u64, Counted>,
 }
 
 /// A session as counted, so a later version of it replaces its contribution.
@@ -231,10 +234,6 @@ pub struct Counters {
 pub struct ReleaseDetector {
     config: DetectConfig,
     cohorts: BTreeMap<String, Cohort>,
-    /// Sessions counted in the last `confirm_after` plus an hour, by session-id hash.
-    counted: HashMap<u64, Counted>,
-    /// The same ids by minute, to forget them in order.
-    counted_by_minute: BTreeMap<i64, Vec<u64>>,
     /// Counters since the last drain.
     pub counters: Counters,
 }
@@ -243,7 +242,6 @@ pub struct ReleaseDetector {
 #[derive(Serialize, Deserialize)]
 pub struct DetectorState {
     cohorts: Vec<(String, Cohort)>,
-    counted: Vec<(u64, Counted)>,
 }
 
 fn opt(o: &Option<String>) -> &str {
@@ -302,8 +300,6 @@ impl ReleaseDetector {
         ReleaseDetector {
             config,
             cohorts: BTreeMap::new(),
-            counted: HashMap::new(),
-            counted_by_minute: BTreeMap::new(),
             counters: Counters::default(),
         }
     }
@@ -312,14 +308,6 @@ impl ReleaseDetector {
     pub fn restore(config: DetectConfig, state: DetectorState) -> Self {
         let mut detector = ReleaseDetector::new(config);
         detector.cohorts = state.cohorts.into_iter().collect();
-        for (hash, counted) in state.counted {
-            detector
-                .counted_by_minute
-                .entry(counted.ended)
-                .or_default()
-                .push(hash);
-            detector.counted.insert(hash, counted);
-        }
         detector
     }
 
@@ -331,7 +319,6 @@ impl ReleaseDetector {
                 .iter()
                 .map(|(k, c)| (k.clone(), c.clone()))
                 .collect(),
-            counted: self.counted.iter().map(|(k, c)| (*k, *c)).collect(),
         }
     }
 
@@ -353,14 +340,6 @@ impl ReleaseDetector {
         let id = xxhash_rust::xxh3::xxh3_64(
             format!("{}\u{0}{}", session.project, session.session_id).as_bytes(),
         );
-        let previous = match self.counted.get(&id) {
-            Some(c) if c.version >= session.version => {
-                self.counters.replayed += 1;
-                return;
-            }
-            Some(c) => Some(*c),
-            None => None,
-        };
         let ckey = cohort_key(&session.project, &session.release);
         let rkey = release_key(&session.release);
         let cohort = self.cohorts.entry(ckey.clone()).or_insert_with(|| Cohort {
@@ -368,19 +347,31 @@ impl ReleaseDetector {
             ..Cohort::default()
         });
         let history_ms = self.config.history.as_millis() as i64;
+        let keep_ms = self.config.confirm_after.as_millis() as i64 + 3_600_000;
+        // A session that ended further behind the cohort's clock than the replay memory reaches
+        // is not counted: counting it could not be protected against a replay counting it again.
         if cohort
             .clock_ms
-            .is_some_and(|clock| started < clock - history_ms)
+            .is_some_and(|clock| started < clock - history_ms || minute < clock - keep_ms)
         {
             self.counters.too_old += 1;
             return;
         }
+        let previous = match cohort.counted.get(&id) {
+            Some(c) if c.version >= session.version => {
+                self.counters.replayed += 1;
+                return;
+            }
+            Some(c) => Some(*c),
+            None => None,
+        };
         // The cohort's event time moved into a new minute: judge what the minutes before hold.
         if cohort.clock_ms.is_some_and(|clock| minute > clock) {
             let clock = cohort.clock_ms.unwrap_or(minute);
             judge(&self.config, cohort, clock + MINUTE_MS, out);
             cohort.clock_ms = Some(minute);
             forget_old(&self.config, cohort, minute);
+            cohort.counted.retain(|_, c| c.ended >= minute - keep_ms);
         } else if cohort.clock_ms.is_none() {
             cohort.clock_ms = Some(minute);
         }
@@ -432,7 +423,7 @@ impl ReleaseDetector {
         }
         self.counters.sessions += 1;
         evict_releases(&self.config, cohort, &mut self.counters);
-        self.counted.insert(
+        cohort.counted.insert(
             id,
             Counted {
                 version: session.version,
@@ -441,22 +432,7 @@ impl ReleaseDetector {
                 status: session.status,
             },
         );
-        self.counted_by_minute.entry(minute).or_default().push(id);
-        self.forget_counted(minute);
         self.counters.emitted += (out.len() - before) as u64;
-    }
-
-    /// Forgets counted session ids older than the window in which versions still change.
-    fn forget_counted(&mut self, newest_minute: i64) {
-        let keep_ms = self.config.confirm_after.as_millis() as i64 + 3_600_000;
-        while let Some(entry) = self.counted_by_minute.first_entry() {
-            if *entry.key() >= newest_minute - keep_ms {
-                break;
-            }
-            for id in entry.remove() {
-                self.counted.remove(&id);
-            }
-        }
     }
 }
 
@@ -478,9 +454,11 @@ fn forget_old(config: &DetectConfig, cohort: &mut Cohort, now_ms: i64) {
 /// Keeps a cohort within `max_releases`, forgetting the releases quiet the longest.
 fn evict_releases(config: &DetectConfig, cohort: &mut Cohort, counters: &mut Counters) {
     while cohort.releases.len() > config.max_releases {
+        // A release with an open or confirmed finding stays until the finding closes.
         let Some(quietest) = cohort
             .releases
             .iter()
+            .filter(|(_, s)| !s.has_current())
             .min_by_key(|(_, s)| s.last_seen_ms)
             .map(|(k, _)| k.clone())
         else {

@@ -437,3 +437,31 @@ fn times_at_the_ends_of_the_range_do_not_overflow() {
     }
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_late_session_replayed_after_newer_ones_counts_once() {
+    let sessions = sim::sessions(&spec(2, 1.0));
+    let late = sessions[sessions.len() / 2].clone();
+    let mut detector = ReleaseDetector::new(DetectConfig::default());
+    let mut out = Vec::new();
+    for s in &sessions[..sessions.len() * 3 / 4] {
+        detector.observe(s, &mut out);
+    }
+    // Sessions of another project at a much later event time must not make this project's
+    // detector forget what it counted.
+    let mut other = sessions[0].clone();
+    other.project = "other".into();
+    other.started_ms += 30 * 24 * 3_600_000;
+    other.ended_ms += 30 * 24 * 3_600_000;
+    detector.observe(&other, &mut out);
+    let counted = detector.counters.sessions;
+    detector.observe(&late, &mut out);
+    assert_eq!(detector.counters.sessions, counted, "the replayed session counted again");
+    assert_eq!(detector.counters.replayed, 1);
+    // A session that ended further back than the replay memory reaches is not counted at all.
+    let mut ancient = sessions[0].clone();
+    ancient.session_id = "ancient".into();
+    detector.observe(&ancient, &mut out);
+    assert_eq!(detector.counters.sessions, counted);
+    assert_eq!(detector.counters.too_old, 1);
+}
