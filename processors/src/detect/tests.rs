@@ -456,7 +456,10 @@ fn a_late_session_replayed_after_newer_ones_counts_once() {
     detector.observe(&other, &mut out);
     let counted = detector.counters.sessions;
     detector.observe(&late, &mut out);
-    assert_eq!(detector.counters.sessions, counted, "the replayed session counted again");
+    assert_eq!(
+        detector.counters.sessions, counted,
+        "the replayed session counted again"
+    );
     assert_eq!(detector.counters.replayed, 1);
     // A session that ended further back than the replay memory reaches is not counted at all.
     let mut ancient = sessions[0].clone();
