@@ -265,19 +265,14 @@ pub(super) fn release_key(r: &Release) -> String {
     [r.app_version.as_str(), opt(&r.build), opt(&r.update_id)].join("\u{0}")
 }
 
-/// A release for people: `ios 2.14.0 (1402) update 8d1c… on production`.
+/// A release for people: `ios 2.14.0 (1402) update 8d1c… on production` (the issues' release
+/// printing, and the channel).
 pub fn describe(r: &Release) -> String {
-    let mut text = format!("{} {}", r.platform, r.app_version);
-    if let Some(build) = &r.build {
-        text.push_str(&format!(" ({build})"));
+    let key = crate::grouping::ReleaseKey::of(r);
+    match &r.channel {
+        Some(channel) => format!("{key} on {channel}"),
+        None => key.to_string(),
     }
-    if let Some(update) = &r.update_id {
-        text.push_str(&format!(" update {update}"));
-    }
-    if let Some(channel) = &r.channel {
-        text.push_str(&format!(" on {channel}"));
-    }
-    text
 }
 
 /// Event times as the detectors compute with them: within ±2^53 ms (±285,000 years), so that
