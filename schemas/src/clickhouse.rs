@@ -228,15 +228,23 @@ pub enum RecordTable {
     /// `ReplacingMergeTree(version)` ordered by `(project, detection_id)`, so `FINAL` gives each
     /// finding's current status.
     Detections,
+    /// [`crate::records::Alert`]s from the `alerts` topic: `ReplacingMergeTree(version)`
+    /// ordered by `(project, alert_id)`, so `FINAL` gives each alert's current state.
+    Alerts,
+    /// [`crate::records::AuditEntry`]s from the `audit` topic: `ReplacingMergeTree` ordered by
+    /// `(project, at_ms, audit_id)`, so a replayed entry collapses.
+    Audit,
 }
 
 impl RecordTable {
     /// Every record table.
-    pub const ALL: [RecordTable; 4] = [
+    pub const ALL: [RecordTable; 6] = [
         RecordTable::Sessions,
         RecordTable::HealthPartials,
         RecordTable::Issues,
         RecordTable::Detections,
+        RecordTable::Alerts,
+        RecordTable::Audit,
     ];
 
     /// The table's name.
@@ -246,6 +254,8 @@ impl RecordTable {
             RecordTable::HealthPartials => "health_partials",
             RecordTable::Issues => "issues",
             RecordTable::Detections => "detections",
+            RecordTable::Alerts => "alerts",
+            RecordTable::Audit => "audit",
         }
     }
 
@@ -273,6 +283,16 @@ impl RecordTable {
                 // No date partition, so every version of a finding collapses into one row.
                 ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, detection_id)\n",
             ),
+            RecordTable::Alerts => (
+                "    `fired_date` Date MATERIALIZED toDate(toDateTime(intDiv(fired_ms, 1000)))\n",
+                // No date partition, so every version of an alert collapses into one row.
+                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, alert_id)\n",
+            ),
+            RecordTable::Audit => (
+                "    `at_date` Date MATERIALIZED toDate(toDateTime(intDiv(at_ms, 1000)))\n",
+                ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(at_date)\n\
+                 ORDER BY (project, at_ms, audit_id)\n",
+            ),
         }
     }
 }
@@ -295,6 +315,12 @@ fn record_fields(table: RecordTable) -> Vec<arrow_schema::FieldRef> {
         }
         RecordTable::Detections => {
             Vec::<arrow_schema::FieldRef>::from_type::<crate::records::Detection>(options)
+        }
+        RecordTable::Alerts => {
+            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::Alert>(options)
+        }
+        RecordTable::Audit => {
+            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::AuditEntry>(options)
         }
     };
     traced.unwrap_or_else(|e| panic!("{} cannot be traced to Arrow: {e}", table.table()))
@@ -342,6 +368,8 @@ pub fn record_physical_columns(table: RecordTable) -> Vec<(String, String)> {
         RecordTable::HealthPartials => ("window_date".into(), "Date".into()),
         RecordTable::Issues => ("first_seen_date".into(), "Date".into()),
         RecordTable::Detections => ("opened_date".into(), "Date".into()),
+        RecordTable::Alerts => ("fired_date".into(), "Date".into()),
+        RecordTable::Audit => ("at_date".into(), "Date".into()),
     });
     out
 }

@@ -32,16 +32,18 @@ pub mod topics {
     pub const AGGREGATES: &str = "aggregates";
     /// Findings of the `detect` stage (regressions), keyed by project.
     pub const DETECTIONS: &str = "detections";
-    /// Alerts and rollback decisions, for the notifiers.
+    /// Alert decisions (the outbox the deliverer sends from), keyed by project.
     pub const ALERTS: &str = "alerts";
+    /// The audit trail: guard decisions, overrides, on-call changes, keyed by project.
+    pub const AUDIT: &str = "audit";
     /// Dead letters: what a stage could not use, with the reason.
     pub const DLQ: &str = "dlq";
     /// Error events and issue commands keyed by project and issue id, from the processors (and
     /// the admin API) to the issues stage, so one instance owns each issue.
     pub const GROUPED: &str = "errors.grouped";
     /// Every topic trellis creates at start-up.
-    pub const ALL: [&str; 9] = [
-        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, DLQ, GROUPED,
+    pub const ALL: [&str; 10] = [
+        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, AUDIT, DLQ, GROUPED,
     ];
 
     /// The topic names of one deployment: the names above behind an optional prefix, so that
@@ -64,6 +66,8 @@ pub mod topics {
         pub detections: String,
         /// [`ALERTS`] with the prefix.
         pub alerts: String,
+        /// [`AUDIT`] with the prefix.
+        pub audit: String,
         /// [`DLQ`] with the prefix.
         pub dlq: String,
         /// [`GROUPED`] with the prefix.
@@ -83,13 +87,14 @@ pub mod topics {
                 aggregates: p(AGGREGATES),
                 detections: p(DETECTIONS),
                 alerts: p(ALERTS),
+                audit: p(AUDIT),
                 dlq: p(DLQ),
                 grouped: p(GROUPED),
             }
         }
 
         /// Every topic, prefixed.
-        pub fn all(&self) -> [&str; 9] {
+        pub fn all(&self) -> [&str; 10] {
             [
                 &self.raw,
                 &self.events,
@@ -98,6 +103,7 @@ pub mod topics {
                 &self.aggregates,
                 &self.detections,
                 &self.alerts,
+                &self.audit,
                 &self.dlq,
                 &self.grouped,
             ]

@@ -256,6 +256,100 @@ pub struct Detection {
     pub version: i64,
 }
 
+/// A decision of the `alert` stage: one version of one alert, written to `alerts` (the outbox)
+/// before anything is delivered. The newest `version` of an `alert_id` is the alert's state; a
+/// version whose `event` is not `none` is a notification the deliverer sends, to each of
+/// `destinations`, with `delivery_id` as its idempotency key.
+///
+/// An alert is one rule's view of one subject (a release, an issue) over one episode: `firing`
+/// from the first detection that matches the rule until every matching detection of the subject
+/// is resolved or retracted (`resolved`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct Alert {
+    /// 32 hex digits derived from the rule, project, subject and episode.
+    pub alert_id: String,
+    /// The project.
+    pub project: String,
+    /// The rule that decided.
+    pub rule: String,
+    /// What the rule does: `notify` or `halt` (stop the rollout of a bad release).
+    pub action: String,
+    /// The detection kind: `release_regression`, `perf_regression`, `issue_spike`, ...
+    pub kind: String,
+    /// What the alert is about, for people: a release (`ios 2.14.0 (1402) update u-7 on
+    /// production`) or an issue id.
+    pub subject: String,
+    /// The release judged, for release and performance regressions.
+    pub release: Release,
+    /// The issue, for issue spikes and velocity.
+    pub issue_id: Option<String>,
+    /// The screen, for per-screen performance regressions.
+    pub screen: Option<String>,
+    /// The metric of the detection behind this version.
+    pub metric: String,
+    /// `warning` or `critical` (the candidate at least twice its baseline).
+    pub severity: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    /// What this version announces: `alert.firing`, `alert.resolved`, `rollout.halt`, or
+    /// `none` (a change kept on record that notifies nobody: a cooldown, a lower severity).
+    pub event: String,
+    /// The idempotency key of this version's deliveries: stable across retries and replays.
+    pub delivery_id: String,
+    /// The detection behind this version.
+    pub detection_id: String,
+    /// What the candidate was compared with (`fleet`, `previous <release>`, ...).
+    pub baseline: String,
+    /// The baseline's value of the metric.
+    pub baseline_value: f64,
+    /// The baseline's sample count.
+    pub baseline_count: i64,
+    /// The candidate's value of the metric.
+    pub candidate_value: f64,
+    /// The candidate's sample count.
+    pub candidate_count: i64,
+    /// The test statistic that decided.
+    pub statistic: f64,
+    /// Its threshold.
+    pub threshold: f64,
+    /// Event time the evidence ends at, ms since the epoch.
+    pub window_end_ms: i64,
+    /// Event time the alert started firing, ms since the epoch.
+    pub fired_ms: i64,
+    /// The destinations this version goes to (names from `[alerts.destinations]`).
+    pub destinations: Vec<String>,
+    /// One sentence for people.
+    pub summary: String,
+    /// Version: a later version of the same alert replaces an earlier one.
+    pub version: i64,
+}
+
+/// One entry of the audit trail: who did what to which subject, when, why, on what evidence.
+/// Written for every guard decision (`rollout.halt`), every override given through the admin
+/// API, and every on-call change (a push token Expo no longer knows).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct AuditEntry {
+    /// Unique per entry, derived from what caused it, so a replay writes the same id.
+    pub audit_id: String,
+    /// The project.
+    pub project: String,
+    /// When, ms since the epoch: event time for decisions from detections, the wall clock for
+    /// people's overrides and deliveries.
+    pub at_ms: i64,
+    /// Who: a person (as the admin API was told), `trellis guard`, `trellis deliverer`.
+    pub actor: String,
+    /// What: `rollout.halt`, `rollout.resume`, `push_token.removed`, ...
+    pub action: String,
+    /// To what: an update id, an alert id, a destination and token.
+    pub subject: String,
+    /// Why, for people.
+    pub reason: String,
+    /// The evidence, as JSON (baseline and candidate with their counts, an Expo answer, ...).
+    pub evidence: String,
+}
+
 /// A record type with a committed Avro schema.
 pub trait Record: AvroSchema + Serialize + DeserializeOwned {
     /// Its name, as used for its `.avsc` file.
@@ -308,6 +402,8 @@ record!(HealthPartial, "health_partial");
 record!(IssueRecord, "issue_record");
 record!(IssueCommand, "issue_command");
 record!(Detection, "detection");
+record!(Alert, "alert");
+record!(AuditEntry, "audit_entry");
 
 /// The `.avsc` text a record type implies, as `trellis schema export` writes it.
 pub fn derived_avsc<T: Record>() -> String {
@@ -386,6 +482,8 @@ mod tests {
         check_committed::<IssueRecord>();
         check_committed::<IssueCommand>();
         check_committed::<Detection>();
+        check_committed::<Alert>();
+        check_committed::<AuditEntry>();
     }
 
     #[test]

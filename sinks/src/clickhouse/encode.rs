@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding, RecordTable};
-use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{
+    self, Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+};
 use trellis_schemas::topics::Names;
 use trellis_schemas::{Event, Kind, avro};
 
@@ -56,6 +58,10 @@ pub enum RecordKey {
     Issues,
     /// `detections`.
     Detections,
+    /// `alerts`.
+    Alerts,
+    /// `audit`.
+    Audit,
 }
 
 impl From<RecordKey> for RecordTable {
@@ -65,6 +71,8 @@ impl From<RecordKey> for RecordTable {
             RecordKey::HealthPartials => RecordTable::HealthPartials,
             RecordKey::Issues => RecordTable::Issues,
             RecordKey::Detections => RecordTable::Detections,
+            RecordKey::Alerts => RecordTable::Alerts,
+            RecordKey::Audit => RecordTable::Audit,
         }
     }
 }
@@ -78,6 +86,8 @@ impl Target {
                 RecordKey::HealthPartials,
                 RecordKey::Issues,
                 RecordKey::Detections,
+                RecordKey::Alerts,
+                RecordKey::Audit,
             ]
             .map(Target::Record),
         )
@@ -331,6 +341,12 @@ pub fn encode_record(
     } else if topic == topics.detections {
         let record = records::decode::<Detection>(payload)?;
         record_row(RecordKey::Detections, &record, out)
+    } else if topic == topics.alerts {
+        let record = records::decode::<Alert>(payload)?;
+        record_row(RecordKey::Alerts, &record, out)
+    } else if topic == topics.audit {
+        let record = records::decode::<AuditEntry>(payload)?;
+        record_row(RecordKey::Audit, &record, out)
     } else {
         Err(EncodeError::Topic(topic.to_string()))
     }

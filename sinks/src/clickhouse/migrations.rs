@@ -85,6 +85,10 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
     issues.extend(dedup_window(db, RecordTable::Issues.table(), server));
     let mut detections = vec![create_record_table(db, RecordTable::Detections)];
     detections.extend(dedup_window(db, RecordTable::Detections.table(), server));
+    let mut alerts = vec![create_record_table(db, RecordTable::Alerts)];
+    alerts.extend(dedup_window(db, RecordTable::Alerts.table(), server));
+    alerts.push(create_record_table(db, RecordTable::Audit));
+    alerts.extend(dedup_window(db, RecordTable::Audit.table(), server));
     vec![
         Migration {
             version: 1,
@@ -110,6 +114,11 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
             version: 5,
             name: "detections table",
             statements: detections,
+        },
+        Migration {
+            version: 6,
+            name: "alerts and audit tables",
+            statements: alerts,
         },
     ]
 }

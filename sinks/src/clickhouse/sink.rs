@@ -271,6 +271,8 @@ pub async fn run(
         topics.aggregates.as_str(),
         topics.issues.as_str(),
         topics.detections.as_str(),
+        topics.alerts.as_str(),
+        topics.audit.as_str(),
     ];
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
     let consumer = bus_retry(config, &mut shutdown, || {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use arrow_schema::Schema;
 use trellis_schemas::Kind;
 use trellis_schemas::arrow as arrow_schemas;
-use trellis_schemas::records::{Detection, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{
+    Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+};
 
 /// The extension of finished files.
 pub const EXTENSION: &str = "parquet";
@@ -32,11 +34,16 @@ pub enum Table {
     /// Detections, from the `detections` topic: every version of every finding (the newest
     /// `version` of a `detection_id` is its current state).
     Detections,
+    /// Alerts, from the `alerts` topic: every version of every alert (the newest `version` of
+    /// an `alert_id` is its current state).
+    Alerts,
+    /// The audit trail, from the `audit` topic.
+    Audit,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 12] = [
         Table::Event(Kind::Analytics),
         Table::Event(Kind::Error),
         Table::Event(Kind::Performance),
@@ -47,6 +54,8 @@ impl Table {
         Table::Aggregates,
         Table::Issues,
         Table::Detections,
+        Table::Alerts,
+        Table::Audit,
     ];
 
     /// The table's name, also its directory.
@@ -57,6 +66,8 @@ impl Table {
             Table::Aggregates => arrow_schemas::AGGREGATES_TABLE,
             Table::Issues => "issues",
             Table::Detections => "detections",
+            Table::Alerts => "alerts",
+            Table::Audit => "audit",
         }
     }
 
@@ -68,6 +79,8 @@ impl Table {
             Table::Aggregates => arrow_schemas::record_schema::<HealthPartial>(),
             Table::Issues => arrow_schemas::record_schema::<IssueRecord>(),
             Table::Detections => arrow_schemas::record_schema::<Detection>(),
+            Table::Alerts => arrow_schemas::record_schema::<Alert>(),
+            Table::Audit => arrow_schemas::record_schema::<AuditEntry>(),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
-use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{
+    self, Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+};
 use trellis_schemas::{avro, topics::Names};
 
 use super::Error;
@@ -46,6 +48,8 @@ pub async fn run_with_metrics(
         topics.aggregates.as_str(),
         topics.issues.as_str(),
         topics.detections.as_str(),
+        topics.alerts.as_str(),
+        topics.audit.as_str(),
     ];
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
     let mut consumer = retry("Joining the consumer group", || {
@@ -194,6 +198,10 @@ fn decode(topics: &Names, record: &Record) -> Result<Row, String> {
         records::decode::<IssueRecord>(payload).map(Row::Issue)
     } else if record.topic == topics.detections {
         records::decode::<Detection>(payload).map(Row::Detection)
+    } else if record.topic == topics.alerts {
+        records::decode::<Alert>(payload).map(Row::Alert)
+    } else if record.topic == topics.audit {
+        records::decode::<AuditEntry>(payload).map(Row::Audit)
     } else {
         return Err(format!(
             "the Parquet sink does not read topic {:?}",

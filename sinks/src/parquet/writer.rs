@@ -10,7 +10,9 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
-use trellis_schemas::records::{Detection, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{
+    Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+};
 use trellis_schemas::{
     AnalyticsEvent, ErrorEvent, Event, Kind, Notification, PerformanceSample, SessionUpdate,
     Transaction,
@@ -61,6 +63,10 @@ pub enum Row {
     Issue(IssueRecord),
     /// A version of a detection, for `detections`.
     Detection(Detection),
+    /// A version of an alert, for `alerts`.
+    Alert(Alert),
+    /// An audit entry, for `audit`.
+    Audit(AuditEntry),
 }
 
 impl Row {
@@ -72,6 +78,8 @@ impl Row {
             Row::Aggregate(_) => Table::Aggregates,
             Row::Issue(_) => Table::Issues,
             Row::Detection(_) => Table::Detections,
+            Row::Alert(_) => Table::Alerts,
+            Row::Audit(_) => Table::Audit,
         }
     }
 
@@ -83,12 +91,14 @@ impl Row {
             Row::Aggregate(a) => &a.project,
             Row::Issue(i) => &i.project,
             Row::Detection(d) => &d.project,
+            Row::Alert(a) => &a.project,
+            Row::Audit(a) => &a.project,
         }
     }
 
     /// The time that places the row in a date and hour: event time, session start, window start,
     /// an issue's first event (so every version of an issue lands in the same directory), the
-    /// time a detection opened (likewise).
+    /// time a detection opened or an alert fired (likewise), an audit entry's time.
     pub fn time_ms(&self) -> i64 {
         match self {
             Row::Event(e) => e.common().timestamp_ms,
@@ -96,6 +106,8 @@ impl Row {
             Row::Aggregate(a) => a.window_start_ms,
             Row::Issue(i) => i.first_seen_ms,
             Row::Detection(d) => d.opened_ms,
+            Row::Alert(a) => a.fired_ms,
+            Row::Audit(a) => a.at_ms,
         }
     }
 }
@@ -123,6 +135,10 @@ pub enum Rows {
     Issues(Vec<IssueRecord>),
     /// `detections`.
     Detections(Vec<Detection>),
+    /// `alerts`.
+    Alerts(Vec<Alert>),
+    /// `audit`.
+    Audit(Vec<AuditEntry>),
 }
 
 macro_rules! each {
@@ -138,6 +154,8 @@ macro_rules! each {
             Rows::Aggregates($v) => $body,
             Rows::Issues($v) => $body,
             Rows::Detections($v) => $body,
+            Rows::Alerts($v) => $body,
+            Rows::Audit($v) => $body,
         }
     };
 }
@@ -156,6 +174,8 @@ impl Rows {
             Table::Aggregates => Rows::Aggregates(Vec::new()),
             Table::Issues => Rows::Issues(Vec::new()),
             Table::Detections => Rows::Detections(Vec::new()),
+            Table::Alerts => Rows::Alerts(Vec::new()),
+            Table::Audit => Rows::Audit(Vec::new()),
         }
     }
 
@@ -172,6 +192,8 @@ impl Rows {
             Rows::Aggregates(_) => Table::Aggregates,
             Rows::Issues(_) => Table::Issues,
             Rows::Detections(_) => Table::Detections,
+            Rows::Alerts(_) => Table::Alerts,
+            Rows::Audit(_) => Table::Audit,
         }
     }
 
@@ -188,6 +210,8 @@ impl Rows {
             (Rows::Aggregates(v), Row::Aggregate(a)) => v.push(a),
             (Rows::Issues(v), Row::Issue(i)) => v.push(i),
             (Rows::Detections(v), Row::Detection(d)) => v.push(d),
+            (Rows::Alerts(v), Row::Alert(a)) => v.push(a),
+            (Rows::Audit(v), Row::Audit(a)) => v.push(a),
             (rows, row) => {
                 return Err(EncodeError::WrongTable {
                     row: row.table().name(),
@@ -221,6 +245,8 @@ impl Rows {
             Rows::Aggregates(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Issues(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Detections(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::Alerts(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::Audit(v) => arrow_schemas::records_to_batch(v)?,
         };
         each!(self, v => v.clear());
         Ok(batch)
