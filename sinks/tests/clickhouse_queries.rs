@@ -517,6 +517,8 @@ async fn every_analyst_query_answers_exactly_on_18_16_and_the_same_on_chdb() {
         "health_partials",
         "issues",
         "detections",
+        "alerts",
+        "audit",
     ]) {
         let path = dir.path().join(format!("{table}.jsonl"));
         std::fs::write(&path, export(&db, table)).unwrap();

@@ -94,6 +94,8 @@ pub struct Data {
     pub partials: Vec<HealthPartial>,
     pub issues: Vec<IssueRecord>,
     pub detections: Vec<Detection>,
+    pub alerts: Vec<trellis_schemas::records::Alert>,
+    pub audit: Vec<trellis_schemas::records::AuditEntry>,
 }
 
 pub fn fleet_data(devices: usize, seed: u64) -> Data {
@@ -113,7 +115,10 @@ pub fn fleet_data(devices: usize, seed: u64) -> Data {
         partials: Vec::new(),
         issues: Vec::new(),
         detections: trellis_processors::detect::sim::sample_detections(),
+        alerts: Vec::new(),
+        audit: Vec::new(),
     };
+    (data.alerts, data.audit) = trellis_alerts::sample_alerts();
     for (partition, events) in parts.into_iter().enumerate() {
         let mut p = Pipeline::new(rules, partition as u32);
         for (offset, e) in events.into_iter().enumerate() {
@@ -196,6 +201,12 @@ impl Data {
         for d in &self.detections {
             out.entry("detections").or_default().insert(&d.detection_id);
         }
+        for a in &self.alerts {
+            out.entry("alerts").or_default().insert(&a.alert_id);
+        }
+        for a in &self.audit {
+            out.entry("audit").or_default().insert(&a.audit_id);
+        }
         out.into_iter()
             .map(|(t, ids)| (t, ids.len() as u64))
             .collect()
@@ -242,6 +253,20 @@ impl Data {
                 records::encode(d).unwrap(),
             )
         }));
+        out.extend(self.alerts.iter().map(|a| {
+            Message::new(
+                names.alerts.as_str(),
+                a.project.clone().into_bytes(),
+                records::encode(a).unwrap(),
+            )
+        }));
+        out.extend(self.audit.iter().map(|a| {
+            Message::new(
+                names.audit.as_str(),
+                a.project.clone().into_bytes(),
+                records::encode(a).unwrap(),
+            )
+        }));
         out
     }
 }
@@ -272,6 +297,8 @@ pub fn final_counts(database: &str) -> BTreeMap<&'static str, u64> {
         "health_partials",
         "issues",
         "detections",
+        "alerts",
+        "audit",
     ];
     tables
         .into_iter()
@@ -311,6 +338,8 @@ pub fn assert_exact(database: &str, expected: &BTreeMap<&'static str, u64>) {
             "health_partials" => "partial_id",
             "issues" => "issue_id",
             "detections" => "detection_id",
+            "alerts" => "alert_id",
+            "audit" => "audit_id",
             _ => "event_id",
         };
         assert_eq!(

@@ -25,6 +25,8 @@ pub struct Outputs {
     pub partials: Vec<HealthPartial>,
     pub issues: Vec<IssueRecord>,
     pub detections: Vec<Detection>,
+    pub alerts: Vec<trellis_schemas::records::Alert>,
+    pub audit: Vec<trellis_schemas::records::AuditEntry>,
 }
 
 impl Outputs {
@@ -46,7 +48,10 @@ impl Outputs {
             partials: Vec::new(),
             issues: Vec::new(),
             detections: trellis_processors::detect::sim::sample_detections(),
+            alerts: Vec::new(),
+            audit: Vec::new(),
         };
+        (out.alerts, out.audit) = trellis_alerts::sample_alerts();
         for (partition, events) in parts.into_iter().enumerate() {
             let mut p = Pipeline::new(rules, partition as u32);
             for (offset, e) in events.into_iter().enumerate() {
@@ -85,6 +90,8 @@ impl Outputs {
         counts.insert("aggregates", self.partials.len() as u64);
         counts.insert("issues", self.issues.len() as u64);
         counts.insert("detections", self.detections.len() as u64);
+        counts.insert("alerts", self.alerts.len() as u64);
+        counts.insert("audit", self.audit.len() as u64);
         counts
     }
 
@@ -126,6 +133,20 @@ impl Outputs {
                 names.detections.as_str(),
                 d.project.clone(),
                 records::encode(d).unwrap(),
+            ));
+        }
+        for a in &self.alerts {
+            messages.push(Message::new(
+                names.alerts.as_str(),
+                a.project.clone(),
+                records::encode(a).unwrap(),
+            ));
+        }
+        for a in &self.audit {
+            messages.push(Message::new(
+                names.audit.as_str(),
+                a.project.clone(),
+                records::encode(a).unwrap(),
             ));
         }
         for n in 0..garbage {
@@ -185,6 +206,8 @@ pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
         "aggregates",
         "issues",
         "detections",
+        "alerts",
+        "audit",
     ]) {
         out.insert(
             table,
@@ -228,6 +251,8 @@ pub fn files(root: &Path, names: &topics::Names) -> Files {
                     &names.aggregates,
                     &names.issues,
                     &names.detections,
+                    &names.alerts,
+                    &names.audit,
                 ]
                 .into_iter()
                 .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
