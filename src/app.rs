@@ -126,6 +126,61 @@ pub async fn run_processors(
     Ok(())
 }
 
+/// Runs the `alert` stage (unless `alerts.enabled` is false) until `shutdown` resolves: the
+/// decider over `detections`, which checkpoints before returning, and the deliverer over
+/// `alerts`.
+pub async fn run_alerts(
+    config: &Config,
+    bus: Arc<dyn trellis_bus::Bus>,
+    metrics: Arc<trellis_processors::Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
+    if !config.alerts.enabled {
+        shutdown.await;
+        return Ok(());
+    }
+    let p = &config.processors;
+    let names = config.topics.names();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let decide = runtime::run(
+        bus.clone(),
+        trellis_alerts::AlertFactory::new(config.alerts.clone(), names.clone()),
+        Checkpoints::new(&p.checkpoint_dir, trellis_alerts::STAGE),
+        RunnerConfig {
+            group: config.alerts.group.clone(),
+            topic: names.detections.clone(),
+            poll_max: p.poll_max,
+            poll_timeout: std::time::Duration::from_millis(200),
+            checkpoint_interval: p.checkpoint_interval,
+            idle_timeout: p.idle_timeout,
+        },
+        metrics.clone(),
+        on_stop(stopped.clone()),
+    );
+    let state_dir = p.checkpoint_dir.join(trellis_alerts::deliver::STAGE);
+    let deliver = trellis_alerts::deliver::run(
+        bus,
+        config.alerts.clone(),
+        names,
+        metrics,
+        &state_dir,
+        on_stop(stopped),
+    );
+    tokio::try_join!(
+        async { decide.await.context("running the alert stage") },
+        async { deliver.await.context("delivering alerts") },
+    )?;
+    Ok(())
+}
+
 /// Runs the Parquet sink until `shutdown` resolves, counting into `metrics`.
 pub async fn run_parquet_sink(
     config: &Config,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
+use trellis_alerts::AlertConfig;
 use trellis_bus::BusConfig;
 use trellis_ingest::IngestConfig;
 use trellis_processors::ProcessorConfig;
@@ -34,6 +35,8 @@ pub struct Config {
     pub processors: ProcessorConfig,
     /// The sinks: Parquet files and ClickHouse tables.
     pub sinks: SinksConfig,
+    /// Alerting and the rollout guard: rules over detections and where alerts go.
+    pub alerts: AlertConfig,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
     pub log: String,
 }
@@ -47,6 +50,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             processors: ProcessorConfig::default(),
             sinks: SinksConfig::default(),
+            alerts: AlertConfig::default(),
             log: "info".into(),
         }
     }
@@ -133,6 +137,11 @@ impl Config {
         Self::from_figment(figment.merge(env))
     }
 
+    /// A configuration from TOML text alone (no environment), validated.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let mut config: Config = figment
             .extract()
@@ -193,6 +202,10 @@ impl Config {
         }
         if let Err(reason) = self.processors.validate() {
             let key = "processors";
+            return Err(ConfigError::Invalid { key, reason });
+        }
+        if let Err(reason) = self.alerts.validate() {
+            let key = "alerts";
             return Err(ConfigError::Invalid { key, reason });
         }
         self.sinks

@@ -6,6 +6,7 @@
 
 mod app;
 mod config;
+mod demo;
 mod issues;
 
 /// Ingest allocates and frees small buffers per event; mimalloc does that in a fraction of the
@@ -45,6 +46,23 @@ enum Command {
     /// Runs only the processors (scale-out: instances in one consumer group split the
     /// partitions and share `processors.checkpoint_dir`).
     Process,
+    /// Runs only the alert stage: decides alerts from `detections` and delivers them
+    /// (scale-out; `trellis run` includes it).
+    Alert,
+    /// Shows the rollout guard at work: starts trellis on a temporary directory with a built-in
+    /// receiver, sends a fleet with a bad OTA update on 5% of it, and prints the Slack message
+    /// and the signed `rollout.halt` call.
+    Demo {
+        /// Devices in the simulated fleet.
+        #[arg(long, default_value_t = 8000)]
+        devices: u32,
+        /// Seed of the simulated fleet.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Give up after this long without a halt.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Prints the effective configuration, after the file and the environment, as TOML.
     Config,
     /// Schema tools.
@@ -59,7 +77,8 @@ enum Command {
         sink: SinkKind,
     },
     /// Answers SQL over the Parquet files (tables: events, errors, perf, transactions,
-    /// session_updates, notifications, sessions, aggregates, issues), also while trellis runs.
+    /// session_updates, notifications, sessions, aggregates, issues, detections, alerts), also
+    /// while trellis runs.
     Query {
         /// The SQL.
         sql: String,
@@ -142,6 +161,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Issues(args) => issues::run(args),
+        Command::Demo {
+            devices,
+            seed,
+            timeout,
+        } => demo::run(devices, seed, timeout).await,
         Command::Query { sql, format } => {
             let config = Config::load(cli.config.as_deref())?;
             let format: trellis_sinks::query::OutputFormat = format
@@ -186,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(bus = ?config.bus, "trellis ingest started.");
             app::run_ingest(&config, bus, listener, Vec::new(), app::shutdown_signal()).await
         }
-        Command::Process => {
+        Command::Process | Command::Alert => {
             let config = Config::load(cli.config.as_deref())?;
             init_tracing(&config.log);
             let bus = app::open_bus(&config).await?;
@@ -202,6 +226,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         tracing::error!(error = %e, "Metrics endpoint failed.");
                     }
                 });
+            }
+            if matches!(cli.command, Command::Alert) {
+                tracing::info!(bus = ?config.bus, "trellis alert started.");
+                return app::run_alerts(&config, bus, metrics, app::shutdown_signal()).await;
             }
             tracing::info!(bus = ?config.bus, "trellis processors started.");
             app::run_processors(&config, bus, metrics, app::shutdown_signal()).await
@@ -240,7 +268,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     sources,
                     on_stop(stopped.clone())
                 ),
-                app::run_processors(&config, bus.clone(), metrics, on_stop(stopped.clone())),
+                app::run_processors(
+                    &config,
+                    bus.clone(),
+                    metrics.clone(),
+                    on_stop(stopped.clone())
+                ),
+                app::run_alerts(&config, bus.clone(), metrics, on_stop(stopped.clone())),
                 app::run_parquet_sink(&config, bus, sink_metrics, on_stop(stopped)),
             )?;
             Ok(())

@@ -122,6 +122,66 @@ fn a_bad_configuration_fails_at_start_up_naming_the_key() {
 }
 
 #[test]
+fn a_bad_alert_rule_fails_at_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("trellis.toml");
+    for (toml, key, says) in [
+        (
+            "[[alerts.rules]]\nname = \"guard\"\ndestinations = [\"pager\"]\n",
+            "alerts.rules[0].destinations",
+            "no destination \"pager\"",
+        ),
+        (
+            "[alerts.destinations.rollback]\nkind = \"webhook\"\nurl = \"https://x.example\"\nsecret = \"short\"\n",
+            "alerts.destinations.rollback.secret",
+            "at least 16 characters",
+        ),
+        (
+            "[[alerts.rules]]\nname = \"a\"\nkinds = [\"crash_spike\"]\n",
+            "alerts.rules[0].kinds",
+            "unknown kind \"crash_spike\"",
+        ),
+        (
+            "[[alerts.rules]]\nname = \"a\"\naction = \"rollback\"\n",
+            "alerts.rules",
+            "rollback",
+        ),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let out = trellis()
+            .args(["config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{toml}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(key) && stderr.contains(says),
+            "{toml}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn demo_halts_the_bad_update_with_one_signed_call() {
+    let out = trellis()
+        .args(["demo", "--devices", "8000", "--timeout", "300s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\"type\": \"rollout.halt\""), "{stdout}");
+    assert!(
+        stdout.contains("\"update_id\": \"update-candidate\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Signature verified."), "{stdout}");
+    assert!(stdout.contains("── Slack"), "{stdout}");
+    assert!(stdout.contains("Candidate: "), "{stdout}");
+}
+
+#[test]
 fn schema_export_writes_the_committed_avsc_files() {
     let dir = tempfile::tempdir().unwrap();
     let out = trellis()

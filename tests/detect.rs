@@ -5,7 +5,8 @@
 //! The bad update gets a `release_regression` with its release identity and evidence, the
 //! healthy one none, the issue one `issue_spike` that resolves; a SIGKILL of trellis mid-run
 //! changes neither the detection ids nor their final status, compared with the same sessions fed
-//! straight to the detector.
+//! straight to the detector. The rollout guard halts the bad update with exactly one signed
+//! `rollout.halt` call, never the healthy one, and Slack hears of the regression.
 
 mod support;
 
@@ -19,10 +20,13 @@ use trellis_processors::detect::DetectConfig;
 use trellis_processors::detect::release::{self, Metric, ReleaseDetector};
 use trellis_processors::detect::sim::{self, RolloutSpec};
 use trellis_processors::detect::spike;
-use trellis_schemas::records::{self, Detection, SessionRecord};
+use trellis_schemas::records::{self, Detection};
 use trellis_schemas::topics;
 
+use support::receiver::{Receiver, signed_by};
 use support::{SESSION_TIMEOUT, Trellis, brokers, free_port};
+
+const SECRET: &str = "rollback-service-secret";
 
 const PROJECT: &str = "default";
 
@@ -57,42 +61,6 @@ fn rollout() -> RolloutSpec {
         end_ms: start_ms + 2 * 3_600_000,
         ..RolloutSpec::default()
     }
-}
-
-/// Each session as the SDK sends it: an `init` update at its start and its final status at its
-/// end, in the order they happened.
-fn updates(sessions: &[SessionRecord]) -> Vec<(i64, serde_json::Value)> {
-    let mut out = Vec::new();
-    for (n, s) in sessions.iter().enumerate() {
-        let release = serde_json::to_value(&s.release).unwrap();
-        let status = serde_json::to_value(s.status).unwrap();
-        for (seq, (at, init, status)) in [
-            (s.started_ms, true, serde_json::json!("ok")),
-            (s.ended_ms, false, status),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out.push((
-                at,
-                serde_json::json!({
-                    "kind": "session",
-                    "event_id": format!("00000000-0000-4000-{seq:04}-{n:012}"),
-                    "timestamp": at,
-                    "device_id": s.device_id,
-                    "session_id": s.session_id,
-                    "release": release,
-                    "init": init,
-                    "status": status,
-                    "started": s.started_ms,
-                    "duration_ms": if init { 0 } else { s.duration_ms },
-                    "seq": seq,
-                }),
-            ));
-        }
-    }
-    out.sort_by_key(|(at, _)| *at);
-    out
 }
 
 /// One issue's errors, on a release of their own (so their implicit sessions are a cohort of
@@ -191,6 +159,7 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let receiver = Receiver::start();
     let prefix = format!("detect-{}-{port}.", std::process::id());
     let config = dir.path().join("trellis.toml");
     std::fs::write(
@@ -204,7 +173,16 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
              checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\n\
              [processors.detect]\ngroup = \"{prefix}detect\"\nperf_group = \"{prefix}detect-perf\"\n\
              spike_baseline = \"1h\"\n\
-             [sinks.parquet]\ngroup = \"{prefix}parquet\"\nmax_age = \"1s\"\n",
+             [sinks.parquet]\ngroup = \"{prefix}parquet\"\nmax_age = \"1s\"\n\
+             [alerts]\ngroup = \"{prefix}alert\"\ndeliver_group = \"{prefix}alert-deliver\"\n\
+             [alerts.destinations.slack]\nkind = \"slack\"\n\
+             url = \"{hooks}/services/T000/B000/XXXXXXXX\"\n\
+             [alerts.destinations.rollback]\nkind = \"webhook\"\nurl = \"{hooks}/rollback\"\n\
+             secret = {SECRET:?}\n\
+             [[alerts.rules]]\nname = \"regressions\"\ndestinations = [\"slack\"]\n\
+             [[alerts.rules]]\nname = \"guard\"\naction = \"halt\"\nmin_severity = \"critical\"\n\
+             destinations = [\"rollback\"]\n",
+            hooks = receiver.base,
             data = dir.path().display().to_string(),
             brokers = brokers(),
             session = SESSION_TIMEOUT.as_secs(),
@@ -212,7 +190,7 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     )
     .unwrap();
 
-    let mut timed = updates(&sim::sessions(&spec));
+    let mut timed = sim::native_updates(&sim::sessions(&spec));
     timed.extend(errors(&spec));
     timed.sort_by_key(|(at, _)| *at);
     let updates: Vec<serde_json::Value> = timed.into_iter().map(|(_, u)| u).collect();
@@ -406,5 +384,58 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
             "Parquet never held the finding: {text}"
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The guard halted the bad update once, signed, with its identity and evidence.
+    wait_until_quiet(&receiver);
+    let calls = receiver.received_at("/rollback");
+    assert!(calls.iter().all(|r| signed_by(r, SECRET)), "{calls:#?}");
+    let halts: Vec<serde_json::Value> = calls
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.json())
+        .filter(|b| b["type"] == "rollout.halt")
+        .collect();
+    assert_eq!(halts.len(), 1, "exactly one halt: {halts:#?}");
+    let halt = &halts[0];
+    assert_eq!(halt["release"], serde_json::to_value(&bad).unwrap());
+    assert_eq!(halt["project"], PROJECT);
+    assert!(halt["candidate"]["value"].as_f64() > halt["baseline"]["value"].as_f64());
+    let clean = serde_json::to_value(sim::clean_release()).unwrap();
+    assert!(
+        calls.iter().all(|r| r.json()["release"] != clean),
+        "the healthy update is never halted"
+    );
+    // Slack heard of the bad update, as Block Kit with a plain-text fallback.
+    let slack = receiver.received_at("/services/T000/B000/XXXXXXXX");
+    assert!(!slack.is_empty());
+    for message in &slack {
+        let body = message.json();
+        assert!(body["text"].as_str().is_some_and(|t| !t.is_empty()));
+        assert_eq!(body["blocks"][0]["type"], "header");
+        assert!(
+            body["blocks"][1]["fields"][2]["text"]
+                .as_str()
+                .unwrap()
+                .contains("update update-candidate"),
+            "{body:#}"
+        );
+    }
+}
+
+/// Waits until the receiver has had requests and none for five seconds.
+fn wait_until_quiet(receiver: &Receiver) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut count, mut since) = (0, Instant::now());
+    loop {
+        let now = receiver.received().len();
+        if now != count {
+            (count, since) = (now, Instant::now());
+        }
+        if count > 0 && since.elapsed() > Duration::from_secs(5) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no alert deliveries: {count}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

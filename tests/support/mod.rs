@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod oracle;
+pub mod receiver;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

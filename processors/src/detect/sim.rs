@@ -237,6 +237,42 @@ pub fn for_each_session(spec: &RolloutSpec, mut f: impl FnMut(&SessionRecord) ->
     }
 }
 
+/// Each session as an SDK sends it to ingest's native batch endpoint: an `init` update at its
+/// start and its final status at its end, as (event time, JSON), in the order they happened.
+pub fn native_updates(sessions: &[SessionRecord]) -> Vec<(i64, serde_json::Value)> {
+    let mut out = Vec::with_capacity(2 * sessions.len());
+    for (n, s) in sessions.iter().enumerate() {
+        let release = serde_json::to_value(&s.release).expect("a release serializes");
+        let status = serde_json::to_value(s.status).expect("a status serializes");
+        for (seq, (at, init, status)) in [
+            (s.started_ms, true, serde_json::json!("ok")),
+            (s.ended_ms, false, status),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push((
+                at,
+                serde_json::json!({
+                    "kind": "session",
+                    "event_id": format!("00000000-0000-4000-{seq:04}-{n:012}"),
+                    "timestamp": at,
+                    "device_id": s.device_id,
+                    "session_id": s.session_id,
+                    "release": release,
+                    "init": init,
+                    "status": status,
+                    "started": s.started_ms,
+                    "duration_ms": if init { 0 } else { s.duration_ms },
+                    "seq": seq,
+                }),
+            ));
+        }
+    }
+    out.sort_by_key(|(at, _)| *at);
+    out
+}
+
 /// Runs `spec` through a [`ReleaseDetector`] with `config`.
 pub fn run(spec: &RolloutSpec, config: &DetectConfig) -> RolloutOutcome {
     let candidate = candidate_release(spec);
