@@ -235,8 +235,8 @@ mod tests {
                 .count()
         };
         assert_eq!(count(old), 0);
-        assert_eq!(count(new), 10);
+        assert_eq!(count(new), 12);
         let versions: Vec<u32> = migrations("db", old).iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3, 4, 5]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     }
 }
