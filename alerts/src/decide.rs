@@ -16,7 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use trellis_schemas::records::{Alert, Detection};
+use trellis_schemas::Release;
+use trellis_schemas::records::{Alert, AuditEntry, Detection, GuardCommand};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::{Action, AlertConfig, Rule, Severity};
@@ -48,10 +49,89 @@ struct Tracked {
     last: Alert,
 }
 
+/// What people said about an alert (by its rule and subject), kept beside it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Marks {
+    /// The episode someone acknowledged: its escalations notify nobody.
+    acked_episode: Option<u32>,
+    /// Until when (event time, ms) nothing of it notifies but a halt.
+    silenced_until_ms: Option<i64>,
+}
+
+/// Where a rollout stands with the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutState {
+    /// The guard may halt it.
+    Active,
+    /// Halted, by the guard or by hand: nothing halts it again until it is resumed.
+    Halted,
+    /// The guard was told to leave it alone: its alerts notify, it is never halted.
+    Ignored,
+}
+
+impl RolloutState {
+    /// The name in audit entries and listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutState::Active => "active",
+            RolloutState::Halted => "halted",
+            RolloutState::Ignored => "ignored",
+        }
+    }
+}
+
+/// An OTA update's rollout, as the guard knows it: learned from a finding on the update, or
+/// registered by a deployment pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Rollout {
+    /// The update, as far as it is known.
+    release: Release,
+    /// The share of the fleet offered the update, if a pipeline said.
+    percentage: Option<f64>,
+    state: RolloutState,
+    /// Whether a pipeline registered it.
+    registered: bool,
+    /// Manual halts and resumes so far: part of their alert ids.
+    changes: u32,
+    /// The newest guard alert on the update: the evidence a manual halt carries.
+    evidence: Option<Alert>,
+    /// When it last changed (event time or the command's time), for forgetting.
+    changed_ms: i64,
+}
+
 /// The state of one partition's decider, as checkpointed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeciderState {
     alerts: BTreeMap<String, Tracked>,
+    marks: BTreeMap<String, Marks>,
+    /// By project and update id.
+    rollouts: BTreeMap<String, Rollout>,
+}
+
+/// The state as checkpointed before acknowledgements and rollouts existed.
+#[derive(Deserialize)]
+struct LegacyState {
+    alerts: BTreeMap<String, Tracked>,
+}
+
+impl DeciderState {
+    /// The checkpoint's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+
+    /// The state from a checkpoint, also one written before acknowledgements and rollouts
+    /// existed (postcard has no optional fields: the older layout is tried second).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes).or_else(|e| {
+            postcard::from_bytes::<LegacyState>(bytes)
+                .map(|legacy| DeciderState {
+                    alerts: legacy.alerts,
+                    ..DeciderState::default()
+                })
+                .map_err(|_| e)
+        })
+    }
 }
 
 /// Counters since the last drain.
@@ -67,6 +147,12 @@ pub struct Counters {
     pub cooled_down: u64,
     /// Alerts forgotten to stay within `max_alerts`.
     pub forgotten: u64,
+    /// Notifications held back by a silence or an acknowledgement.
+    pub silenced: u64,
+    /// Guard commands applied.
+    pub commands: u64,
+    /// Guard commands refused (dead-lettered with the reason).
+    pub commands_refused: u64,
 }
 
 /// The alert decisions of the projects one partition of `detections` holds.
@@ -150,6 +236,31 @@ impl Decider {
         let severity = severity(d);
         let (subject_key, label) = subject(d);
         let now = d.window_end_ms;
+        let rollout_at = d
+            .issue_id
+            .is_none()
+            .then_some(d.release.update_id.as_deref())
+            .flatten()
+            .map(|u| rollout_key(&d.project, u));
+        if let (Some(key), true) = (&rollout_at, live) {
+            self.state
+                .rollouts
+                .entry(key.clone())
+                .or_insert_with(|| Rollout {
+                    release: d.release.clone(),
+                    percentage: None,
+                    state: RolloutState::Active,
+                    registered: false,
+                    changes: 0,
+                    evidence: None,
+                    changed_ms: now,
+                });
+        }
+        // A release without an update id has no rollout to consult: its alerts halt once each.
+        let mut may_halt = rollout_at
+            .as_ref()
+            .and_then(|k| self.state.rollouts.get(k))
+            .is_none_or(|r| r.state == RolloutState::Active);
         for rule in &self.config.rules {
             if !rule.covers(&d.project, &d.kind, &d.metric) {
                 continue;
@@ -176,16 +287,25 @@ impl Decider {
                         rule,
                         &mut t,
                         d,
-                        &subject_key,
-                        &label,
+                        (&subject_key, &label),
                         severity,
                         destinations,
+                        may_halt,
                     );
                     self.state.alerts.insert(key.clone(), t);
                     Some(alert)
                 }
-                (Some(t), true) if !t.firing => (severity >= rule.min_severity)
-                    .then(|| fire(rule, t, d, &subject_key, &label, severity, destinations)),
+                (Some(t), true) if !t.firing => (severity >= rule.min_severity).then(|| {
+                    fire(
+                        rule,
+                        t,
+                        d,
+                        (&subject_key, &label),
+                        severity,
+                        destinations,
+                        may_halt,
+                    )
+                }),
                 (Some(t), true) => {
                     let new = t.live.insert(d.detection_id.clone());
                     let higher = t.notified.is_none_or(|n| severity > n);
@@ -207,7 +327,15 @@ impl Decider {
                 }
             };
             if let Some(mut alert) = decided {
+                let marks = self.state.marks.get(&key);
                 if let Some(t) = self.state.alerts.get_mut(&key) {
+                    let acked = t.firing && marks.and_then(|m| m.acked_episode) == Some(t.episode);
+                    let silenced = marks
+                        .and_then(|m| m.silenced_until_ms)
+                        .is_some_and(|until| now < until);
+                    if acked {
+                        alert.state = "acknowledged".into();
+                    }
                     t.changed_ms = now;
                     // A new episode's firing waits out the cooldown, unless it asks for a halt;
                     // an escalation does not wait (it happens once per episode); a resolution
@@ -222,6 +350,14 @@ impl Decider {
                         self.counters.cooled_down += 1;
                     } else if alert.event == "alert.resolved" && !t.announced {
                         alert.event = NO_EVENT.into();
+                    } else if alert.event != NO_EVENT
+                        && alert.event != "rollout.halt"
+                        && (silenced || (acked && alert.event == "alert.firing"))
+                    {
+                        // People said they know: a silence holds everything but a halt, an
+                        // acknowledgement holds the episode's escalations.
+                        alert.event = NO_EVENT.into();
+                        self.counters.silenced += 1;
                     } else if alert.event != NO_EVENT {
                         t.last_notified_ms = Some(now);
                         t.announced = true;
@@ -232,6 +368,19 @@ impl Decider {
                 if alert.event != NO_EVENT {
                     self.counters.notifications += 1;
                 }
+                if let Some(r) = rollout_at
+                    .as_ref()
+                    .and_then(|k| self.state.rollouts.get_mut(k))
+                 {
+                    if alert.event == "rollout.halt" {
+                        r.state = RolloutState::Halted;
+                        may_halt = false;
+                    }
+                    if alert.state != "resolved" {
+                        r.evidence = Some(alert.clone());
+                    }
+                    r.changed_ms = now;
+                }
                 self.counters.decided += 1;
                 out.push(alert);
             }
@@ -239,8 +388,208 @@ impl Decider {
         self.forget();
     }
 
-    /// Forgets the longest-resolved alerts beyond `max_alerts` (firing ones are kept).
+    /// Applies an admin's command: pushes the alert versions it decides (a manual halt or
+    /// resume, an acknowledged alert) to `out` and its audit entry to `audit`; refuses what does
+    /// not apply (an unknown rollout or alert, halting a halted rollout) with the reason.
+    pub fn command(
+        &mut self,
+        c: &GuardCommand,
+        out: &mut Vec<Alert>,
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<(), String> {
+        let result = match c.action.as_str() {
+            "register" | "update" | "halt" | "resume" | "ignore" => self.on_rollout(c, out),
+            "ack" | "silence" => self.on_alert(c, out),
+            other => Err(format!("no guard action {other:?}")),
+        };
+        match result {
+            Ok((subject, evidence)) => {
+                self.counters.commands += 1;
+                let action = match c.action.as_str() {
+                    "ack" | "silence" => format!("alert.{}", c.action),
+                    other => format!("rollout.{other}"),
+                };
+                audit.push(AuditEntry {
+                    audit_id: c.command_id.clone(),
+                    project: c.project.clone(),
+                    at_ms: c.at_ms,
+                    actor: c.actor.clone(),
+                    action,
+                    subject,
+                    reason: c.reason.clone(),
+                    evidence: evidence.to_string(),
+                });
+                self.forget();
+                Ok(())
+            }
+            Err(reason) => {
+                self.counters.commands_refused += 1;
+                Err(reason)
+            }
+        }
+    }
+
+    /// A rollout command: what it was about (the update id) and the evidence for its audit entry.
+    fn on_rollout(
+        &mut self,
+        c: &GuardCommand,
+        out: &mut Vec<Alert>,
+    ) -> Result<(String, serde_json::Value), String> {
+        let update = c
+            .update_id
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .ok_or("a rollout command needs update_id")?;
+        let key = rollout_key(&c.project, update);
+        let destinations = self.halt_destinations(&c.project);
+        let known = self.state.rollouts.get_mut(&key);
+        let rollout = match (c.action.as_str(), known) {
+            ("register", Some(r)) => r,
+            ("register" | "halt" | "ignore", None) => {
+                let mut release = c.release.clone().unwrap_or_default();
+                release.update_id = Some(update.to_string());
+                self.state.rollouts.entry(key).or_insert(Rollout {
+                    release,
+                    percentage: None,
+                    state: RolloutState::Active,
+                    registered: false,
+                    changes: 0,
+                    evidence: None,
+                    changed_ms: c.at_ms,
+                })
+            }
+            (_, Some(r)) => r,
+            (_, None) => return Err(format!("no rollout of update {update:?} in {:?}", c.project)),
+        };
+        let before = rollout.state;
+        let previous = rollout.percentage;
+        rollout.changed_ms = c.at_ms;
+        match c.action.as_str() {
+            "register" | "update" => {
+                if let Some(given) = c.release.as_ref().filter(|_| c.action == "register") {
+                    merge_release(&mut rollout.release, given);
+                }
+                rollout.registered |= c.action == "register";
+                rollout.percentage = c.percentage.or(rollout.percentage);
+            }
+            "halt" if before == RolloutState::Halted => {
+                return Err(format!("update {update:?} is halted already"));
+            }
+            "resume" if before == RolloutState::Active => {
+                return Err(format!("update {update:?} is not halted or ignored"));
+            }
+            "halt" | "resume" => {
+                if let Some(given) = &c.release {
+                    merge_release(&mut rollout.release, given);
+                }
+                rollout.state = if c.action == "halt" {
+                    RolloutState::Halted
+                } else {
+                    RolloutState::Active
+                };
+                // A resumed or ignored-then-resumed update may be halted by the guard again,
+                // by its next episode of regression.
+                rollout.changes += 1;
+                if before != RolloutState::Ignored || c.action == "halt" {
+                    out.push(manual_alert(c, rollout, update, destinations));
+                }
+            }
+            _ => rollout.state = RolloutState::Ignored,
+        }
+        let evidence = serde_json::json!({
+            "state": rollout.state.name(),
+            "previous_state": before.name(),
+            "percentage": rollout.percentage,
+            "previous_percentage": previous,
+            "release": release_json(&rollout.release),
+            "detection_id": rollout.evidence.as_ref().map(|a| a.detection_id.clone()),
+        });
+        if c.action == "resume" {
+            let release = rollout.release.clone();
+            for t in self.state.alerts.values_mut() {
+                if t.last.project == c.project && t.last.release.update_id == release.update_id {
+                    t.halted = false;
+                }
+            }
+        }
+        Ok((update.to_string(), evidence))
+    }
+
+    /// An alert command: the alert id and the evidence for its audit entry.
+    fn on_alert(
+        &mut self,
+        c: &GuardCommand,
+        out: &mut Vec<Alert>,
+    ) -> Result<(String, serde_json::Value), String> {
+        let id = c.alert_id.as_deref().ok_or("an alert command needs alert_id")?;
+        let Some((key, t)) = self
+            .state
+            .alerts
+            .iter_mut()
+            .find(|(_, t)| t.last.alert_id == id && t.last.project == c.project)
+        else {
+            return Err(format!("no alert {id:?} in {:?}", c.project));
+        };
+        let marks = self.state.marks.entry(key.clone()).or_default();
+        if c.action == "silence" {
+            let until = c
+                .until_ms
+                .filter(|u| *u > c.at_ms)
+                .ok_or("silence needs until_ms after the command's time")?;
+            marks.silenced_until_ms = Some(until);
+            return Ok((
+                id.to_string(),
+                serde_json::json!({"until_ms": until, "state": t.last.state}),
+            ));
+        }
+        if !t.firing {
+            return Err(format!("alert {id:?} is not firing"));
+        }
+        if marks.acked_episode == Some(t.episode) {
+            return Err(format!("alert {id:?} is acknowledged already"));
+        }
+        marks.acked_episode = Some(t.episode);
+        let alert = Alert {
+            state: "acknowledged".into(),
+            event: NO_EVENT.into(),
+            version: t.last.version + 1,
+            delivery_id: format!("{}.{}", t.last.alert_id, t.last.version + 1),
+            ..t.last.clone()
+        };
+        t.last = alert.clone();
+        self.counters.decided += 1;
+        out.push(alert);
+        Ok((id.to_string(), serde_json::json!({"state": "acknowledged"})))
+    }
+
+    /// Where manual halts and resumes of `project`'s rollouts go: the destinations of the halt
+    /// rules that cover it, else every destination.
+    fn halt_destinations(&self, project: &str) -> Vec<String> {
+        let mut names = BTreeSet::new();
+        for rule in &self.config.rules {
+            let covers = rule.projects.is_empty() || rule.projects.iter().any(|p| p == project);
+            if rule.action == Action::Halt && covers {
+                names.extend(self.config.destinations_of(rule));
+            }
+        }
+        if names.is_empty() {
+            names.extend(self.config.destinations.keys().cloned());
+        }
+        names.into_iter().collect()
+    }
+
+    /// Where `project`'s rollout of `update` stands, if the guard knows it.
+    pub fn rollout(&self, project: &str, update: &str) -> Option<RolloutState> {
+        self.state
+            .rollouts
+            .get(&rollout_key(project, update))
+            .map(|r| r.state)
+    }
+
+    /// Forgets the longest-resolved alerts beyond `max_alerts` (firing ones are kept), and as
+    /// many learned rollouts.
     fn forget(&mut self) {
+        self.forget_rollouts();
         let excess = self
             .state
             .alerts
@@ -259,8 +608,113 @@ impl Decider {
         resolved.sort();
         for (_, key) in resolved.into_iter().take(excess) {
             self.state.alerts.remove(&key);
+            self.state.marks.remove(&key);
             self.counters.forgotten += 1;
         }
+    }
+
+    /// Forgets the longest-unchanged active rollouts nobody registered beyond `max_alerts`
+    /// (halted, ignored and registered ones are what people decided: they are kept).
+    fn forget_rollouts(&mut self) {
+        let excess = self
+            .state
+            .rollouts
+            .len()
+            .saturating_sub(self.config.max_alerts);
+        if excess == 0 {
+            return;
+        }
+        let mut learned: Vec<(i64, String)> = self
+            .state
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.state == RolloutState::Active && !r.registered)
+            .map(|(k, r)| (r.changed_ms, k.clone()))
+            .collect();
+        learned.sort();
+        for (_, key) in learned.into_iter().take(excess) {
+            self.state.rollouts.remove(&key);
+        }
+    }
+}
+
+/// The key of `project`'s rollout of `update`.
+fn rollout_key(project: &str, update: &str) -> String {
+    [project, update].join("\u{0}")
+}
+
+/// Fills what `known` lacks from what a caller said.
+fn merge_release(known: &mut Release, given: &Release) {
+    let fill = |k: &mut Option<String>, g: &Option<String>| {
+        if g.as_deref().is_some_and(|v| !v.is_empty()) {
+            k.clone_from(g);
+        }
+    };
+    if !given.platform.is_empty() {
+        known.platform.clone_from(&given.platform);
+    }
+    if !given.app_version.is_empty() {
+        known.app_version.clone_from(&given.app_version);
+    }
+    fill(&mut known.build, &given.build);
+    fill(&mut known.runtime_version, &given.runtime_version);
+    fill(&mut known.channel, &given.channel);
+    fill(&mut known.environment, &given.environment);
+}
+
+fn release_json(r: &Release) -> serde_json::Value {
+    serde_json::json!({
+        "platform": r.platform,
+        "app_version": r.app_version,
+        "build": r.build,
+        "runtime_version": r.runtime_version,
+        "update_id": r.update_id,
+        "channel": r.channel,
+        "environment": r.environment,
+    })
+}
+
+/// The single-version alert of a manual halt or resume: the update's newest guard evidence,
+/// if the guard had any, under an id of its own.
+fn manual_alert(c: &GuardCommand, r: &Rollout, update: &str, destinations: Vec<String>) -> Alert {
+    let evidence = r.evidence.clone().unwrap_or_default();
+    let halt = c.action == "halt";
+    let alert_id = hex128(&["rollout", &c.project, update, &r.changes.to_string()]);
+    let said = if c.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", c.reason)
+    };
+    Alert {
+        delivery_id: format!("{alert_id}.1"),
+        alert_id,
+        project: c.project.clone(),
+        rule: "manual".into(),
+        action: if halt { "halt" } else { "resume" }.into(),
+        kind: if evidence.kind.is_empty() {
+            "rollout".into()
+        } else {
+            evidence.kind.clone()
+        },
+        subject: trellis_processors::detect::release::describe(&r.release),
+        release: r.release.clone(),
+        issue_id: None,
+        state: if halt { "halted" } else { "resumed" }.into(),
+        event: if halt { "rollout.halt" } else { "rollout.resume" }.into(),
+        window_end_ms: if evidence.window_end_ms > 0 {
+            evidence.window_end_ms
+        } else {
+            c.at_ms
+        },
+        fired_ms: c.at_ms,
+        destinations,
+        summary: format!(
+            "{} by {}{said}",
+            if halt { "Halted" } else { "Resumed" },
+            c.actor
+        ),
+        version: 1,
+        ..evidence
     }
 }
 
@@ -269,17 +723,17 @@ fn fire(
     rule: &Rule,
     t: &mut Tracked,
     d: &Detection,
-    subject_key: &str,
-    label: &str,
+    (subject_key, label): (&str, &str),
     severity: Severity,
     destinations: Vec<String>,
+    may_halt: bool,
 ) -> Alert {
     t.episode += 1;
     t.firing = true;
     t.announced = false;
     t.live = BTreeSet::from([d.detection_id.clone()]);
     t.notified = Some(severity);
-    let halt = rule.action == Action::Halt && d.issue_id.is_none() && !t.halted;
+    let halt = rule.action == Action::Halt && d.issue_id.is_none() && !t.halted && may_halt;
     t.halted |= halt;
     let alert_id = alert_id(&rule.name, &d.project, subject_key, t.episode);
     let alert = Alert {
@@ -617,5 +1071,222 @@ mod tests {
         assert_eq!(decider.counters.forgotten, 1);
         assert_eq!(decider.state().alerts.len(), 2);
         assert!(decider.state().alerts.values().any(|t| t.firing));
+    }
+
+    fn command(action: &str, at_minute: i64) -> GuardCommand {
+        GuardCommand {
+            command_id: format!("c-{action}-{at_minute}"),
+            project: "shop".into(),
+            action: action.into(),
+            update_id: Some("u-7".into()),
+            actor: "ana".into(),
+            reason: "looked at it".into(),
+            at_ms: at_minute * MIN,
+            ..GuardCommand::default()
+        }
+    }
+
+    fn apply(decider: &mut Decider, c: &GuardCommand) -> (Vec<Alert>, Vec<AuditEntry>) {
+        let (mut out, mut audit) = (Vec::new(), Vec::new());
+        decider.command(c, &mut out, &mut audit).unwrap();
+        (out, audit)
+    }
+
+    #[test]
+    fn an_ignored_update_is_never_halted_but_still_notifies() {
+        let mut decider = Decider::new(config(vec![Rule::default(), halt_rule()]));
+        let register = GuardCommand {
+            release: Some(Release {
+                channel: Some("production".into()),
+                runtime_version: Some("2.14".into()),
+                ..Release::default()
+            }),
+            percentage: Some(5.0),
+            ..command("register", 1)
+        };
+        let (out, audit) = apply(&mut decider, &register);
+        assert!(out.is_empty());
+        assert_eq!(audit[0].action, "rollout.register");
+        assert_eq!(audit[0].audit_id, "c-register-1");
+        let (_, audit) = apply(&mut decider, &command("ignore", 2));
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].actor.as_str()),
+            ("rollout.ignore", "ana")
+        );
+        assert!(audit[0].evidence.contains(r#""percentage":5.0"#), "{}", audit[0].evidence);
+        let out = run(&mut decider, &[detection("d1", "crash_rate", "open", 3.0, 10)]);
+        assert_eq!(
+            events(&out),
+            [("regressions", "alert.firing", 1), ("guard", "alert.firing", 1)]
+        );
+        assert_eq!(decider.rollout("shop", "u-7"), Some(RolloutState::Ignored));
+    }
+
+    #[test]
+    fn a_manual_halt_stops_the_guard_and_a_resume_lets_the_next_episode_halt() {
+        let mut decider = Decider::new(config(vec![halt_rule()]));
+        // Unknown to the guard until now: a halt by hand still goes out.
+        let (out, audit) = apply(&mut decider, &command("halt", 1));
+        assert_eq!(events(&out), [("manual", "rollout.halt", 1)]);
+        assert_eq!(out[0].destinations, ["rollback"]);
+        assert_eq!(out[0].summary, "Halted by ana: looked at it");
+        assert_eq!(out[0].release.update_id.as_deref(), Some("u-7"));
+        assert_eq!(audit[0].action, "rollout.halt");
+        // Halting it twice is refused, and the guard does not halt it either.
+        let (mut o, mut a) = (Vec::new(), Vec::new());
+        let refused = decider.command(&command("halt", 2), &mut o, &mut a);
+        assert_eq!(refused, Err(r#"update "u-7" is halted already"#.into()));
+        assert!(o.is_empty() && a.is_empty());
+        let out = run(&mut decider, &[detection("d1", "crash_rate", "open", 3.0, 10)]);
+        assert_eq!(events(&out), [("guard", "alert.firing", 1)]);
+        // Resumed: the resume goes out with the guard's evidence, and the episode in progress
+        // does not halt again; the next one does.
+        let (resumed, _) = apply(&mut decider, &command("resume", 20));
+        assert_eq!(events(&resumed), [("manual", "rollout.resume", 1)]);
+        assert_eq!(resumed[0].detection_id, "d1");
+        assert_ne!(resumed[0].alert_id, out[0].alert_id);
+        let out = run(
+            &mut decider,
+            &[
+                detection("d2", "crashed_user_rate", "open", 3.0, 30),
+                detection("d1", "crash_rate", "resolved", 3.0, 2000),
+                detection("d2", "crashed_user_rate", "resolved", 3.0, 2000),
+                detection("d3", "crash_rate", "open", 3.0, 3000),
+            ],
+        );
+        assert_eq!(
+            events(&out),
+            [
+                ("guard", "none", 2),
+                ("guard", "alert.resolved", 3),
+                ("guard", "rollout.halt", 1)
+            ]
+        );
+        assert_eq!(decider.rollout("shop", "u-7"), Some(RolloutState::Halted));
+    }
+
+    #[test]
+    fn an_update_of_an_unknown_rollout_is_refused() {
+        let mut decider = Decider::new(config(vec![halt_rule()]));
+        let (mut o, mut a) = (Vec::new(), Vec::new());
+        let c = GuardCommand {
+            percentage: Some(50.0),
+            ..command("update", 1)
+        };
+        assert!(decider.command(&c, &mut o, &mut a).is_err());
+        assert!(decider.command(&command("resume", 1), &mut o, &mut a).is_err());
+        assert_eq!(decider.counters.commands_refused, 2);
+        assert!(o.is_empty() && a.is_empty());
+    }
+
+    #[test]
+    fn an_acknowledged_alert_escalates_quietly_and_resolves_aloud() {
+        let mut decider = Decider::new(config(vec![Rule::default()]));
+        let fired = run(&mut decider, &[detection("d1", "crash_rate", "open", 1.5, 10)]);
+        let ack = GuardCommand {
+            update_id: None,
+            alert_id: Some(fired[0].alert_id.clone()),
+            ..command("ack", 11)
+        };
+        let (acked, audit) = apply(&mut decider, &ack);
+        assert_eq!(
+            (acked[0].state.as_str(), acked[0].event.as_str(), acked[0].version),
+            ("acknowledged", "none", 2)
+        );
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].subject.as_str()),
+            ("alert.ack", fired[0].alert_id.as_str())
+        );
+        let (mut o, mut a) = (Vec::new(), Vec::new());
+        assert!(decider.command(&ack, &mut o, &mut a).is_err(), "acknowledged twice");
+        let out = run(
+            &mut decider,
+            &[
+                detection("d2", "crashed_user_rate", "open", 3.0, 12),
+                detection("d1", "crash_rate", "resolved", 1.5, 2000),
+                detection("d2", "crashed_user_rate", "resolved", 3.0, 2000),
+            ],
+        );
+        assert_eq!(
+            out.iter()
+                .map(|a| (a.state.as_str(), a.event.as_str()))
+                .collect::<Vec<_>>(),
+            [("acknowledged", "none"), ("resolved", "alert.resolved")]
+        );
+        assert_eq!(decider.counters.silenced, 1);
+    }
+
+    #[test]
+    fn a_silenced_alert_notifies_nothing_until_the_silence_ends_but_a_halt() {
+        let mut decider = Decider::new(config(vec![halt_rule()]));
+        let fired = run(&mut decider, &[detection("d1", "crash_rate", "open", 3.0, 10)]);
+        assert_eq!(events(&fired), [("guard", "rollout.halt", 1)]);
+        let silence = GuardCommand {
+            update_id: None,
+            alert_id: Some(fired[0].alert_id.clone()),
+            until_ms: Some(500 * MIN),
+            ..command("silence", 11)
+        };
+        let (out, audit) = apply(&mut decider, &silence);
+        assert!(out.is_empty());
+        assert!(audit[0].evidence.contains("\"until_ms\":30000000"), "{}", audit[0].evidence);
+        apply(&mut decider, &command("resume", 12));
+        let out = run(
+            &mut decider,
+            &[
+                detection("d1", "crash_rate", "resolved", 3.0, 100),
+                // Within the silence: a new episode's halt still goes out ...
+                detection("d2", "crash_rate", "open", 3.0, 300),
+                detection("d2", "crash_rate", "resolved", 3.0, 400),
+            ],
+        );
+        assert_eq!(
+            events(&out),
+            [
+                ("guard", "none", 2),
+                ("guard", "rollout.halt", 1),
+                ("guard", "none", 2)
+            ]
+        );
+        // ... and after it, the resolution of a third is told again.
+        apply(&mut decider, &command("resume", 450));
+        let out = run(
+            &mut decider,
+            &[
+                detection("d3", "crash_rate", "open", 1.5, 600),
+                detection("d3", "crash_rate", "resolved", 1.5, 700),
+            ],
+        );
+        assert!(out.is_empty(), "a warning is below the guard's severity");
+        let out = run(
+            &mut decider,
+            &[
+                detection("d4", "crash_rate", "open", 3.0, 800),
+                detection("d4", "crash_rate", "resolved", 3.0, 900),
+            ],
+        );
+        assert_eq!(
+            events(&out),
+            [("guard", "rollout.halt", 1), ("guard", "alert.resolved", 2)]
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_rollouts_restores() {
+        #[derive(Serialize)]
+        struct Legacy<'a> {
+            alerts: &'a BTreeMap<String, Tracked>,
+        }
+        let mut decider = Decider::new(config(vec![Rule::default()]));
+        run(&mut decider, &[detection("d1", "crash_rate", "open", 1.5, 10)]);
+        let legacy = postcard::to_stdvec(&Legacy {
+            alerts: &decider.state().alerts,
+        })
+        .unwrap();
+        let state = DeciderState::from_bytes(&legacy).unwrap();
+        assert_eq!(state.alerts.len(), 1);
+        let now = DeciderState::from_bytes(&decider.state().to_bytes().unwrap()).unwrap();
+        assert_eq!(now.rollouts.len(), 1);
+        assert!(DeciderState::from_bytes(b"\xff\xff").is_err());
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use trellis_bus::{Message, Record, dead_letter};
 use trellis_processors::runtime::{Factory, Output, Processor, StateError};
-use trellis_schemas::records::{self, Alert, AuditEntry, Detection};
+use trellis_schemas::records::{self, Alert, AuditEntry, Detection, GuardCommand};
 use trellis_schemas::topics;
 
 pub use config::AlertConfig;
@@ -41,6 +41,10 @@ pub struct AlertProcessor {
 
 impl Processor for AlertProcessor {
     fn process(&mut self, record: &Record, out: &mut Output) {
+        if records::is::<GuardCommand>(&record.payload) {
+            self.command(record, out);
+            return;
+        }
         let detection = match records::decode::<Detection>(&record.payload) {
             Ok(d) => d,
             Err(e) => {
@@ -54,24 +58,9 @@ impl Processor for AlertProcessor {
         self.decider.observe(&detection, &mut self.decided);
         for alert in self.decided.drain(..) {
             if alert.event == "rollout.halt" {
-                let entry = guard_entry(&alert);
-                match records::encode(&entry) {
-                    Ok(payload) => out.emit(Message::new(
-                        self.topics.audit.as_str(),
-                        entry.project.as_bytes().to_vec(),
-                        payload,
-                    )),
-                    Err(e) => tracing::error!(error = %e, "An audit entry does not encode."),
-                }
+                emit_audit(&self.topics, &guard_entry(&alert), out);
             }
-            match records::encode(&alert) {
-                Ok(payload) => out.emit(Message::new(
-                    self.topics.alerts.as_str(),
-                    alert.project.as_bytes().to_vec(),
-                    payload,
-                )),
-                Err(e) => tracing::error!(error = %e, "An alert does not encode."),
-            }
+            emit_alert(&self.topics, &alert, out);
         }
     }
 
@@ -82,7 +71,10 @@ impl Processor for AlertProcessor {
             ("decided", c.decided),
             ("notifications", c.notifications),
             ("cooled_down", c.cooled_down),
+            ("silenced", c.silenced),
             ("forgotten", c.forgotten),
+            ("commands", c.commands),
+            ("commands_refused", c.commands_refused),
             ("invalid", std::mem::take(&mut self.invalid)),
         ] {
             if n > 0 {
@@ -92,7 +84,61 @@ impl Processor for AlertProcessor {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        Ok(postcard::to_stdvec(self.decider.state())?)
+        Ok(self.decider.state().to_bytes()?)
+    }
+}
+
+impl AlertProcessor {
+    /// Applies an admin's command; a refused one goes to the dead-letter topic with the reason.
+    fn command(&mut self, record: &Record, out: &mut Output) {
+        let mut audit = Vec::new();
+        let applied = records::decode::<GuardCommand>(&record.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                self.decider
+                    .command(&c, &mut self.decided, &mut audit)
+                    .inspect(|()| {
+                        tracing::info!(project = %c.project, action = %c.action,
+                            actor = %c.actor, "Guard command applied.");
+                    })
+                    .inspect_err(|reason| {
+                        tracing::warn!(project = %c.project, action = %c.action, %reason,
+                            "Guard command refused.");
+                    })
+            });
+        if let Err(reason) = applied {
+            let mut letter = dead_letter(record, STAGE, &reason);
+            letter.topic.clone_from(&self.topics.dlq);
+            out.emit(letter);
+        }
+        for entry in &audit {
+            emit_audit(&self.topics, entry, out);
+        }
+        for alert in self.decided.drain(..) {
+            emit_alert(&self.topics, &alert, out);
+        }
+    }
+}
+
+fn emit_audit(topics: &topics::Names, entry: &AuditEntry, out: &mut Output) {
+    match records::encode(entry) {
+        Ok(payload) => out.emit(Message::new(
+            topics.audit.as_str(),
+            entry.project.as_bytes().to_vec(),
+            payload,
+        )),
+        Err(e) => tracing::error!(error = %e, "An audit entry does not encode."),
+    }
+}
+
+fn emit_alert(topics: &topics::Names, alert: &Alert, out: &mut Output) {
+    match records::encode(alert) {
+        Ok(payload) => out.emit(Message::new(
+            topics.alerts.as_str(),
+            alert.project.as_bytes().to_vec(),
+            payload,
+        )),
+        Err(e) => tracing::error!(error = %e, "An alert does not encode."),
     }
 }
 
@@ -144,7 +190,7 @@ impl Factory for AlertFactory {
 
     fn create(&self, _partition: u32, state: Option<&[u8]>) -> Result<AlertProcessor, StateError> {
         let decider = match state {
-            Some(bytes) => Decider::restore(self.config.clone(), postcard::from_bytes(bytes)?),
+            Some(bytes) => Decider::restore(self.config.clone(), DeciderState::from_bytes(bytes)?),
             None => Decider::new(self.config.clone()),
         };
         Ok(AlertProcessor {

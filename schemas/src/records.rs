@@ -201,6 +201,37 @@ pub struct IssueCommand {
     pub at_ms: i64,
 }
 
+/// An admin's command to the rollout guard, carried on `detections` (keyed by project) to the
+/// alert stage, in order with the findings it decides on. The sinks recognise it by its schema
+/// and skip it: the command's effect is stored, as `audit` entries and `alerts` versions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct GuardCommand {
+    /// A unique id for the command, echoed to the caller; the id of its audit entry.
+    pub command_id: String,
+    /// The project.
+    pub project: String,
+    /// `register` or `update` (a rollout and its percentage), `halt`, `resume` or `ignore` (a
+    /// rollout), `ack` or `silence` (an alert).
+    pub action: String,
+    /// For rollout actions: the OTA update id the rollout ships.
+    pub update_id: Option<String>,
+    /// For `register` (and optionally `halt`): what the update is, as far as the caller said.
+    pub release: Option<Release>,
+    /// For `register` and `update`: the share of the fleet offered the update, 0 to 100.
+    pub percentage: Option<f64>,
+    /// For `ack` and `silence`: the alert.
+    pub alert_id: Option<String>,
+    /// For `silence`: until when, ms since the epoch.
+    pub until_ms: Option<i64>,
+    /// Who gave it: the caller's `who`, else the admin token's name.
+    pub actor: String,
+    /// Why, as the caller said.
+    pub reason: String,
+    /// When the command was given, ms since the epoch.
+    pub at_ms: i64,
+}
+
 /// A finding of the `detect` stage: a release worse than its baseline, an issue spiking, a
 /// performance regression. One record per version; the newest `version` of a `detection_id` is
 /// the finding's current state.
@@ -401,6 +432,7 @@ record!(SessionRecord, "session_record");
 record!(HealthPartial, "health_partial");
 record!(IssueRecord, "issue_record");
 record!(IssueCommand, "issue_command");
+record!(GuardCommand, "guard_command");
 record!(Detection, "detection");
 record!(Alert, "alert");
 record!(AuditEntry, "audit_entry");
@@ -425,6 +457,12 @@ pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, CodecError> {
         }
     })?;
     Ok(buf)
+}
+
+/// Whether `payload` was written by [`encode`] for `T` (its schema fingerprint), without
+/// decoding it.
+pub fn is<T: Record>(payload: &[u8]) -> bool {
+    payload.get(..10) == Some(&T::codec().header[..])
 }
 
 /// Decodes an Avro single-object payload written by [`encode`] for the same type.
@@ -481,6 +519,7 @@ mod tests {
         check_committed::<HealthPartial>();
         check_committed::<IssueRecord>();
         check_committed::<IssueCommand>();
+        check_committed::<GuardCommand>();
         check_committed::<Detection>();
         check_committed::<Alert>();
         check_committed::<AuditEntry>();

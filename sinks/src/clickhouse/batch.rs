@@ -77,7 +77,8 @@ impl Batch {
         range.1 = range.1.max(record.offset);
         let mut row = Vec::new();
         match encode_record(topics, &record.topic, &record.payload, &mut row) {
-            Ok(target) => {
+            Ok(None) => {}
+            Ok(Some(target)) => {
                 let rows = self.tables.entry(target).or_default();
                 rows.data.extend_from_slice(&row);
                 rows.ends.push(rows.data.len());

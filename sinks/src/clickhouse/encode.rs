@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding, RecordTable};
 use trellis_schemas::records::{
-    self, Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+    self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
 };
 use trellis_schemas::topics::Names;
 use trellis_schemas::{Event, Kind, avro};
@@ -308,9 +308,22 @@ fn tree<T: serde::Serialize>(value: &T) -> Result<Value, EncodeError> {
     })
 }
 
-/// Decodes a record of `events`, `sessions`, `aggregates`, `issues` or `detections` and appends its row to `out`;
-/// returns the table it belongs to.
+/// Decodes a record of a topic the sink reads and appends its row to `out`; returns the table
+/// it belongs to, or `None` for the guard's commands on `detections`, which are stored as what
+/// they caused (audit entries, alert versions) and have no row of their own.
 pub fn encode_record(
+    topics: &Names,
+    topic: &str,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Option<Target>, EncodeError> {
+    if topic == topics.detections && records::is::<GuardCommand>(payload) {
+        return Ok(None);
+    }
+    encode_row(topics, topic, payload, out).map(Some)
+}
+
+fn encode_row(
     topics: &Names,
     topic: &str,
     payload: &[u8],
@@ -401,6 +414,7 @@ mod tests {
             &avro::encode(&event).unwrap(),
             &mut out,
         )
+        .unwrap()
         .unwrap();
         assert_eq!(target, Target::Kind(Kind::Performance));
         // Starts with event_id, project, timestamp_ms, sent_at_ms (null) ...
@@ -437,6 +451,24 @@ mod tests {
             encode_record(&names, "other", b"", &mut out),
             Err(EncodeError::Topic(_))
         ));
+    }
+
+    #[test]
+    fn a_guard_command_on_detections_has_no_row_and_is_no_error() {
+        let names = Names::new("");
+        let command = records::encode(&GuardCommand {
+            action: "ignore".into(),
+            ..GuardCommand::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            encode_record(&names, &names.detections, &command, &mut out),
+            Ok(None)
+        ));
+        assert!(out.is_empty());
+        // Anywhere else it is a payload of the wrong kind.
+        assert!(encode_record(&names, &names.alerts, &command, &mut out).is_err());
     }
 
     fn both_ways<T: serde::Serialize>(target: Target, value: &T) -> Vec<u8> {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
 use trellis_schemas::records::{
-    self, Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+    self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
 };
 use trellis_schemas::{avro, topics::Names};
 
@@ -141,7 +141,7 @@ impl State {
                 }
             };
             let row = match decode(&self.topics, record) {
-                Ok(row) => Some(row),
+                Ok(row) => row,
                 Err(reason) => {
                     tracing::debug!(topic = %record.topic, partition = record.partition,
                         offset = record.offset, %reason, "Record dead-lettered.");
@@ -186,8 +186,13 @@ impl State {
     }
 }
 
-fn decode(topics: &Names, record: &Record) -> Result<Row, String> {
+/// The row `record` is stored as; `None` for the guard's commands, which travel on
+/// `detections` but are stored as what they caused (audit entries, alert versions).
+fn decode(topics: &Names, record: &Record) -> Result<Option<Row>, String> {
     let payload = &record.payload;
+    if record.topic == topics.detections && records::is::<GuardCommand>(payload) {
+        return Ok(None);
+    }
     let result = if record.topic == topics.events {
         avro::decode(payload).map(Row::Event)
     } else if record.topic == topics.sessions {
@@ -208,7 +213,7 @@ fn decode(topics: &Names, record: &Record) -> Result<Row, String> {
             record.topic
         ));
     };
-    result.map_err(|e| e.to_string())
+    result.map(Some).map_err(|e| e.to_string())
 }
 
 /// Runs `f` on the state on a blocking thread (it writes files) and hands the state back.
