@@ -326,6 +326,31 @@ mod tests {
     }
 
     #[test]
+    fn admin_tokens_are_bare_or_scoped_to_named_projects() {
+        let config = load(
+            "[ingest]\nadmin_tokens = [\"every-project-token-1\", \
+             { token = \"pipeline-token-000001\", name = \"eas\", projects = [\"default\"] }]\n",
+            &[],
+        )
+        .unwrap();
+        let tokens = &config.ingest.admin_tokens;
+        assert_eq!((tokens[0].name(), tokens[0].allows("any")), ("admin", true));
+        assert_eq!(tokens[1].name(), "eas");
+        assert!(tokens[1].allows("default") && !tokens[1].allows("other"));
+        let err = load(
+            "[ingest]\nadmin_tokens = [{ token = \"pipeline-token-000001\", name = \"eas\", \
+             projects = [\"shop\"] }]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ingest.admin_tokens[0].projects: no project \"shop\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_environment_overrides_the_file() {
         // SAFETY: this test is the only one in the process touching these variables.
         unsafe {

@@ -1,6 +1,5 @@
 //! `trellis issues`: the admin API from the command line.
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 /// What to do to an issue.
@@ -86,19 +85,7 @@ pub fn run(args: IssuesArgs) -> anyhow::Result<()> {
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut response = ureq::post(&url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .header("Authorization", &format!("Bearer {}", args.token))
-        .header("Content-Type", "application/json")
-        .send(serde_json::to_vec(&body)?.as_slice())
-        .with_context(|| format!("POST {url}"))?;
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    if status != 202 {
-        anyhow::bail!("{url}: {status} {text}");
-    }
+    let text = crate::guard::send("POST", &url, &args.token, &serde_json::Value::Object(body))?;
     println!("{text}");
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod app;
 mod config;
 mod demo;
+mod guard;
 mod issues;
 
 /// Ingest allocates and frees small buffers per event; mimalloc does that in a fraction of the
@@ -70,6 +71,12 @@ enum Command {
     Schema(SchemaCommand),
     /// Changes an issue through the admin API of a running trellis.
     Issues(issues::IssuesArgs),
+    /// Lists rollouts and the guard's view of them; registers, halts, resumes or ignores one.
+    #[command(subcommand)]
+    Rollouts(guard::Rollouts),
+    /// Lists alerts; acknowledges or silences one.
+    #[command(subcommand)]
+    Alerts(guard::Alerts),
     /// Runs one sink alone (scale-out).
     Sink {
         /// Which sink.
@@ -77,7 +84,7 @@ enum Command {
         sink: SinkKind,
     },
     /// Answers SQL over the Parquet files (tables: events, errors, perf, transactions,
-    /// session_updates, notifications, sessions, aggregates, issues, detections, alerts), also
+    /// session_updates, notifications, sessions, aggregates, issues, detections, alerts, audit), also
     /// while trellis runs.
     Query {
         /// The SQL.
@@ -161,6 +168,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Issues(args) => issues::run(args),
+        Command::Rollouts(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            guard::rollouts(command, &config.sinks.parquet.root).await
+        }
+        Command::Alerts(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            guard::alerts(command, &config.sinks.parquet.root).await
+        }
         Command::Demo {
             devices,
             seed,

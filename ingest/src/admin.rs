@@ -1,6 +1,9 @@
-//! The admin API: authenticated commands on issues.
+//! The admin API: authenticated commands on issues, rollouts and alerts.
 //!
-//! `POST /v1/projects/{project}/issues/{id}/{action}` with `Authorization: Bearer <admin token>`
+//! Every route takes `Authorization: Bearer <admin token>` (`ingest.admin_tokens`; a scoped
+//! token only for its projects) and answers `202 {"command_id"}` once the bus has the command.
+//!
+//! Issues: `POST /v1/projects/{project}/issues/{id}/{action}` with `Authorization: Bearer <admin token>`
 //! (`ingest.admin_tokens`) and an optional JSON body. Actions: `resolve`,
 //! `resolve_in_next_release`, `resolve_in_release` (`{"app_version": "2.15.0", "build": "1410"}`),
 //! `ignore` (`{"until_count": N}`, `{"until_users": N}`, `{"until_ms": T}` or nothing for
@@ -9,6 +12,19 @@
 //! the answer is `202 {"command_id"}` once the bus has it. The issue's next record on `issues`
 //! shows the result; a command the stage refuses (no such issue, reopening an open issue) goes to
 //! `dlq` with the reason.
+//!
+//! Rollouts and alerts (the alert stage applies them, in order with the findings it decides on;
+//! each becomes an entry on `audit`, and what it refuses goes to `dlq` with the reason):
+//! - `POST /v1/projects/{project}/rollouts` registers a rollout: `{"update_id", "channel",
+//!   "runtime_version", "percentage", "who"}` (and optionally `platform`, `app_version`,
+//!   `build`, `environment`, `reason`);
+//! - `PATCH /v1/projects/{project}/rollouts/{update_id}` changes its `percentage`;
+//! - `POST /v1/projects/{project}/rollouts/{update_id}/{halt|resume|ignore}` overrides the guard
+//!   (`{"who", "reason"}`): `halt` sends `rollout.halt` now, `resume` sends `rollout.resume` and
+//!   lets the guard halt the update again, `ignore` keeps the guard from ever halting it;
+//! - `POST /v1/projects/{project}/alerts/{alert_id}/{ack|silence}`: `ack` keeps a firing alert's
+//!   escalations quiet, `silence` (`{"for": "2h"}` or `{"until_ms": T}`) every notification of it
+//!   but a halt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use trellis_bus::Message;
 use trellis_schemas::Release;
-use trellis_schemas::records::{self, IssueCommand};
+use trellis_schemas::records::{self, GuardCommand, IssueCommand};
 
 use crate::server::AppState;
 
@@ -64,6 +80,110 @@ fn is_issue_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Who an admin request comes from: its token's holder, or the refusal to answer with.
+fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<String, Response> {
+    let tokens = &state.config.admin_tokens;
+    if tokens.is_empty() {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the admin API is off: set ingest.admin_tokens",
+        ));
+    }
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+    else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "no admin token (Authorization: Bearer ...)",
+        ));
+    };
+    let Some(token) = tokens
+        .iter()
+        .find(|t| constant_time_eq(t.secret().as_bytes(), given.as_bytes()))
+    else {
+        return Err(refuse(StatusCode::FORBIDDEN, "not an admin token"));
+    };
+    if !state.config.projects.iter().any(|p| p.name == project) {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no project {project:?}"),
+        ));
+    }
+    if !token.allows(project) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("this token may not change project {project:?}"),
+        ));
+    }
+    Ok(token.name().to_string())
+}
+
+/// Compares a presented token with a configured one in time that depends on the length only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A command id no other command has.
+fn new_command_id(at_ms: i64) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!(
+            "{at_ms}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
+        .as_bytes(),
+    )
+    .to_string()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Publishes a command keyed by `project`; answers `202 {"command_id"}` once the bus has it.
+async fn publish(
+    state: &AppState,
+    topic: &str,
+    project: &str,
+    command_id: String,
+    payload: Result<Vec<u8>, trellis_schemas::avro::CodecError>,
+) -> Response {
+    let payload = match payload {
+        Ok(p) => p,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let message = Message::new(topic, project.as_bytes().to_vec(), payload);
+    let publish = state.producer.publish(vec![message]);
+    match tokio::time::timeout(state.config.publish_timeout, publish).await {
+        Ok(Ok(_)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "command_id": command_id })),
+        )
+            .into_response(),
+        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")),
+        Err(_) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bus did not acknowledge in time",
+        ),
+    }
+}
+
+/// A JSON body, or the 400 that names what is wrong with it; an empty body is the default.
+fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("body: {e}")))
+}
+
 /// `POST /v1/projects/{project}/issues/{id}/{action}`.
 pub async fn issue_command(
     State(state): State<AppState>,
@@ -71,29 +191,8 @@ pub async fn issue_command(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let tokens = &state.config.admin_tokens;
-    if tokens.is_empty() {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the admin API is off: set ingest.admin_tokens",
-        );
-    }
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-    else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "no admin token (Authorization: Bearer ...)",
-        );
-    };
-    if !tokens.iter().any(|t| t == token) {
-        return refuse(StatusCode::FORBIDDEN, "not an admin token");
-    }
-    if !state.config.projects.iter().any(|p| p.name == project) {
-        return refuse(StatusCode::NOT_FOUND, format!("no project {project:?}"));
+    if let Err(refused) = authorize(&state, &headers, &project) {
+        return refused;
     }
     if !is_issue_id(&id) {
         return refuse(
@@ -107,13 +206,9 @@ pub async fn issue_command(
             format!("no action {action:?}; one of {}", ACTIONS.join(", ")),
         );
     }
-    let body: CommandBody = if body.is_empty() {
-        CommandBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("body: {e}")),
-        }
+    let body: CommandBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let release = match (action.as_str(), body.app_version) {
         ("resolve_in_release", Some(app_version)) if !app_version.trim().is_empty() => {
@@ -157,21 +252,8 @@ pub async fn issue_command(
             "merge needs into: the issue id to merge into",
         );
     }
-    let at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let command_id = uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!(
-            "{at_ms}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        )
-        .as_bytes(),
-    )
-    .to_string();
+    let at_ms = now_ms();
+    let command_id = new_command_id(at_ms);
     let command = IssueCommand {
         command_id: command_id.clone(),
         project: project.clone(),
@@ -185,29 +267,273 @@ pub async fn issue_command(
         issue: None,
         at_ms,
     };
-    let payload = match records::encode(&command) {
-        Ok(p) => p,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let message = Message::new(
-        state.topics.grouped.as_str(),
-        project.as_bytes().to_vec(),
-        payload,
-    );
-    let publish = state.producer.publish(vec![message]);
-    match tokio::time::timeout(state.config.publish_timeout, publish).await {
-        Ok(Ok(_)) => {
-            tracing::info!(%project, issue = %id, %action, %command_id, "Issue command accepted.");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "command_id": command_id })),
-            )
-                .into_response()
-        }
-        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")),
-        Err(_) => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bus did not acknowledge in time",
-        ),
+    tracing::info!(%project, issue = %id, %action, %command_id, "Issue command given.");
+    let topic = state.topics.grouped.clone();
+    publish(&state, &topic, &project, command_id, records::encode(&command)).await
+}
+
+/// The body of a rollout registration, change or override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutBody {
+    /// Registration: the OTA update id.
+    pub update_id: Option<String>,
+    /// Registration: the channel (`production`).
+    pub channel: Option<String>,
+    /// Registration: the runtime version the update runs on.
+    pub runtime_version: Option<String>,
+    /// Registration: the platform, if the update is for one.
+    pub platform: Option<String>,
+    /// Registration: the app version, if known.
+    pub app_version: Option<String>,
+    /// Registration: the build, if known.
+    pub build: Option<String>,
+    /// Registration: the environment, if known.
+    pub environment: Option<String>,
+    /// Registration and change: the share of the fleet offered the update, 0 to 100.
+    pub percentage: Option<f64>,
+    /// Who asks (a person or a pipeline); the token's holder when absent.
+    pub who: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// The body of an alert command.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertBody {
+    /// `silence`: for how long (`30m`, `2h`).
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub duration: Option<std::time::Duration>,
+    /// `silence`: until when, ms since the epoch.
+    pub until_ms: Option<i64>,
+    /// Who asks; the token's holder when absent.
+    pub who: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// The actor of a command: the token's holder, and who they said they act for.
+fn actor(holder: String, who: Option<String>) -> String {
+    match who.map(|w| w.trim().to_string()).filter(|w| !w.is_empty()) {
+        Some(who) if who != holder => format!("{who} ({holder})"),
+        _ => holder,
     }
+}
+
+/// Refuses an id that is empty, longer than 128 bytes or holds control characters.
+fn check_update_id(update_id: &str) -> Result<(), Response> {
+    if update_id.trim().is_empty()
+        || update_id.len() > 128
+        || update_id.chars().any(char::is_control)
+    {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "update_id must be 1 to 128 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_percentage(percentage: Option<f64>, needed: bool) -> Result<(), Response> {
+    match percentage {
+        Some(p) if !(0.0..=100.0).contains(&p) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "percentage must be between 0 and 100",
+        )),
+        None if needed => Err(refuse(StatusCode::BAD_REQUEST, "percentage is required")),
+        _ => Ok(()),
+    }
+}
+
+/// Publishes a guard command on `detections`, where the alert stage reads it in order with the
+/// findings of the same project.
+async fn guard(state: &AppState, mut command: GuardCommand) -> Response {
+    command.at_ms = now_ms();
+    command.command_id = new_command_id(command.at_ms);
+    tracing::info!(project = %command.project, action = %command.action,
+        actor = %command.actor, command_id = %command.command_id, "Guard command given.");
+    let topic = state.topics.detections.clone();
+    let project = command.project.clone();
+    let id = command.command_id.clone();
+    publish(state, &topic, &project, id, records::encode(&command)).await
+}
+
+/// `POST /v1/projects/{project}/rollouts`: a deployment pipeline registers a rollout.
+pub async fn register_rollout(
+    State(state): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let holder = match authorize(&state, &headers, &project) {
+        Ok(h) => h,
+        Err(refused) => return refused,
+    };
+    let body: RolloutBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let Some(update_id) = body.update_id.clone() else {
+        return refuse(StatusCode::BAD_REQUEST, "update_id is required");
+    };
+    if let Err(refused) = check_update_id(&update_id)
+        .and_then(|()| check_percentage(body.percentage, true))
+    {
+        return refused;
+    }
+    if body.channel.as_deref().is_none_or(|c| c.trim().is_empty())
+        || body.runtime_version.as_deref().is_none_or(|r| r.trim().is_empty())
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "channel and runtime_version are required",
+        );
+    }
+    let release = Release {
+        platform: body.platform.unwrap_or_default(),
+        app_version: body.app_version.unwrap_or_default(),
+        build: body.build,
+        runtime_version: body.runtime_version,
+        update_id: Some(update_id.clone()),
+        channel: body.channel,
+        environment: body.environment,
+    };
+    let command = GuardCommand {
+        project,
+        action: "register".into(),
+        update_id: Some(update_id),
+        release: Some(release),
+        percentage: body.percentage,
+        actor: actor(holder, body.who),
+        reason: body.reason.unwrap_or_default(),
+        ..GuardCommand::default()
+    };
+    guard(&state, command).await
+}
+
+/// `PATCH /v1/projects/{project}/rollouts/{update_id}`: the rollout's new percentage.
+pub async fn update_rollout(
+    State(state): State<AppState>,
+    Path((project, update_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let holder = match authorize(&state, &headers, &project) {
+        Ok(h) => h,
+        Err(refused) => return refused,
+    };
+    let body: RolloutBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    if let Err(refused) =
+        check_update_id(&update_id).and_then(|()| check_percentage(body.percentage, true))
+    {
+        return refused;
+    }
+    let command = GuardCommand {
+        project,
+        action: "update".into(),
+        update_id: Some(update_id),
+        percentage: body.percentage,
+        actor: actor(holder, body.who),
+        reason: body.reason.unwrap_or_default(),
+        ..GuardCommand::default()
+    };
+    guard(&state, command).await
+}
+
+/// `POST /v1/projects/{project}/rollouts/{update_id}/{halt|resume|ignore}`.
+pub async fn rollout_override(
+    State(state): State<AppState>,
+    Path((project, update_id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let holder = match authorize(&state, &headers, &project) {
+        Ok(h) => h,
+        Err(refused) => return refused,
+    };
+    if !["halt", "resume", "ignore"].contains(&action.as_str()) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no action {action:?}; one of halt, resume, ignore"),
+        );
+    }
+    let body: RolloutBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    if let Err(refused) = check_update_id(&update_id) {
+        return refused;
+    }
+    let command = GuardCommand {
+        project,
+        action,
+        update_id: Some(update_id),
+        actor: actor(holder, body.who),
+        reason: body.reason.unwrap_or_default(),
+        ..GuardCommand::default()
+    };
+    guard(&state, command).await
+}
+
+/// `POST /v1/projects/{project}/alerts/{alert_id}/{ack|silence}`.
+pub async fn alert_command(
+    State(state): State<AppState>,
+    Path((project, alert_id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let holder = match authorize(&state, &headers, &project) {
+        Ok(h) => h,
+        Err(refused) => return refused,
+    };
+    if !is_issue_id(&alert_id) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{alert_id:?} is not an alert id (32 hex digits)"),
+        );
+    }
+    if !["ack", "silence"].contains(&action.as_str()) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no action {action:?}; one of ack, silence"),
+        );
+    }
+    let body: AlertBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let until_ms = match (action.as_str(), body.duration, body.until_ms) {
+        ("silence", Some(d), None) => Some(now_ms().saturating_add(d.as_millis() as i64)),
+        ("silence", None, Some(t)) if t > now_ms() => Some(t),
+        ("silence", None, Some(_)) => {
+            return refuse(StatusCode::BAD_REQUEST, "until_ms is in the past");
+        }
+        ("silence", _, _) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "silence takes one of for (\"2h\") and until_ms",
+            );
+        }
+        (_, None, None) => None,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "ack takes no for or until_ms",
+            );
+        }
+    };
+    let command = GuardCommand {
+        project,
+        action,
+        alert_id: Some(alert_id.to_ascii_lowercase()),
+        until_ms,
+        actor: actor(holder, body.who),
+        reason: body.reason.unwrap_or_default(),
+        ..GuardCommand::default()
+    };
+    guard(&state, command).await
 }

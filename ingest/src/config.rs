@@ -28,9 +28,59 @@ pub struct IngestConfig {
     /// clock when it exceeds this (Sentry's clock-drift correction).
     #[serde(with = "humantime_serde")]
     pub clock_drift_threshold: Duration,
-    /// Bearer tokens of the admin API (`/v1/projects/{project}/issues/{id}/{action}`): change
-    /// issue status, merge issues. Empty turns the admin API off. At least 16 characters each.
-    pub admin_tokens: Vec<String>,
+    /// Bearer tokens of the admin API (issue commands, rollouts and their overrides, alert
+    /// acknowledgements and silences). A bare string holds for every project and is named
+    /// `admin` in the audit trail; `{ token, name, projects }` is named `name` and holds for
+    /// `projects` only. Empty turns the admin API off. At least 16 characters each.
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+/// An admin API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AdminToken {
+    /// Every project, as `admin`.
+    Any(String),
+    /// Some projects, under a name.
+    Scoped(ScopedToken),
+}
+
+/// An admin token for some projects, with the name the audit trail gives its holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// The bearer token.
+    pub token: String,
+    /// Who holds it (`release-pipeline`, `ana`): the actor of what it does.
+    pub name: String,
+    /// The projects it may change.
+    pub projects: Vec<String>,
+}
+
+impl AdminToken {
+    /// The bearer token.
+    pub fn secret(&self) -> &str {
+        match self {
+            AdminToken::Any(t) => t,
+            AdminToken::Scoped(s) => &s.token,
+        }
+    }
+
+    /// Who holds it.
+    pub fn name(&self) -> &str {
+        match self {
+            AdminToken::Any(_) => "admin",
+            AdminToken::Scoped(s) => &s.name,
+        }
+    }
+
+    /// Whether it may change `project`.
+    pub fn allows(&self, project: &str) -> bool {
+        match self {
+            AdminToken::Any(_) => true,
+            AdminToken::Scoped(s) => s.projects.iter().any(|p| p == project),
+        }
+    }
 }
 
 impl Default for IngestConfig {
@@ -159,10 +209,31 @@ impl Default for RateLimitConfig {
 impl IngestConfig {
     /// Checks what serde cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(i) = self.admin_tokens.iter().position(|t| t.trim().len() < 16) {
-            return Err(format!(
-                "ingest.admin_tokens[{i}]: must be at least 16 characters"
-            ));
+        for (i, t) in self.admin_tokens.iter().enumerate() {
+            if t.secret().trim().len() < 16 {
+                return Err(format!(
+                    "ingest.admin_tokens[{i}]: must be at least 16 characters"
+                ));
+            }
+            if let AdminToken::Scoped(s) = t {
+                if s.name.trim().is_empty() {
+                    return Err(format!("ingest.admin_tokens[{i}].name: must not be empty"));
+                }
+                if s.projects.is_empty() {
+                    return Err(format!(
+                        "ingest.admin_tokens[{i}].projects: name at least one project"
+                    ));
+                }
+                if let Some(p) = s
+                    .projects
+                    .iter()
+                    .find(|p| !self.projects.iter().any(|c| &c.name == *p))
+                {
+                    return Err(format!(
+                        "ingest.admin_tokens[{i}].projects: no project {p:?} in ingest.projects"
+                    ));
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         let mut sentry_ids = std::collections::HashSet::new();

@@ -88,6 +88,22 @@ pub fn router(state: AppState) -> Router {
             post(crate::admin::issue_command),
         )
         .route(
+            "/v1/projects/{project}/rollouts",
+            post(crate::admin::register_rollout),
+        )
+        .route(
+            "/v1/projects/{project}/rollouts/{update_id}",
+            axum::routing::patch(crate::admin::update_rollout),
+        )
+        .route(
+            "/v1/projects/{project}/rollouts/{update_id}/{action}",
+            post(crate::admin::rollout_override),
+        )
+        .route(
+            "/v1/projects/{project}/alerts/{alert_id}/{action}",
+            post(crate::admin::alert_command),
+        )
+        .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )

@@ -198,6 +198,10 @@ impl Harness {
         request("POST", &format!("{}{path}", self.url), headers, Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+        request("PATCH", &format!("{}{path}", self.url), headers, Some(body)).await
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         request("GET", &format!("{}{path}", self.url), &[], None).await
     }
@@ -250,14 +254,17 @@ pub async fn request(
             .into();
         let mut response = match body {
             Some(body) => {
-                let mut req = agent.post(&url);
+                let mut req = if method == "PATCH" {
+                    agent.patch(&url)
+                } else {
+                    agent.post(&url)
+                };
                 for (k, v) in &headers {
                     req = req.header(k, v);
                 }
                 req.send(&body[..]).unwrap()
             }
             None => {
-                let _ = method;
                 let mut req = agent.get(&url);
                 for (k, v) in &headers {
                     req = req.header(k, v);

@@ -1,0 +1,199 @@
+//! The admin API's rollout and alert commands: who may give them, what a bad one gets, and
+//! what reaches the bus (the alert stage's side is in the workspace's `tests/alerts.rs`).
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Harness, config, unique};
+use serde_json::json;
+use trellis_ingest::config::{AdminToken, ProjectConfig, ScopedToken};
+use trellis_schemas::records::{self, GuardCommand};
+use trellis_schemas::topics;
+
+const ANY: &str = "admin-token-for-every-project";
+const PIPELINE: &str = "release-pipeline-token-0001";
+
+/// Ingest with two projects, a token for both and one for the first only: (harness, first,
+/// second).
+async fn harness() -> (Harness, String, String) {
+    let (mut config, project, _) = config();
+    let second = unique("second");
+    config.projects.push(ProjectConfig {
+        name: second.clone(),
+        keys: vec![unique("key_")],
+        ..ProjectConfig::default()
+    });
+    config.admin_tokens = vec![
+        AdminToken::Any(ANY.into()),
+        AdminToken::Scoped(ScopedToken {
+            token: PIPELINE.into(),
+            name: "release-pipeline".into(),
+            projects: vec![project.clone()],
+        }),
+    ];
+    let h = Harness::embedded(config).await;
+    h.bus.create_topic(topics::DETECTIONS, 2).await.unwrap();
+    (h, project, second)
+}
+
+async fn send(
+    h: &Harness,
+    method: &str,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> common::Response {
+    let auth = format!("Bearer {token}");
+    let headers = [("Authorization", auth.as_str())];
+    let body = body.to_string().into_bytes();
+    if method == "PATCH" {
+        h.patch(path, &headers, body).await
+    } else {
+        h.post(path, &headers, body).await
+    }
+}
+
+fn error(r: &common::Response) -> (u16, String) {
+    (r.status, r.json()["error"].as_str().unwrap_or_default().to_string())
+}
+
+/// The guard commands on `detections` (keyed by their project), once `want` arrived.
+async fn commands(h: &Harness, want: usize) -> Vec<GuardCommand> {
+    let mut consumer = h
+        .bus
+        .consumer(&unique("reader"), &[topics::DETECTIONS])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        for r in consumer.poll(100, Duration::from_millis(100)).await.unwrap() {
+            let c = records::decode::<GuardCommand>(&r.payload).unwrap();
+            assert_eq!(r.key, c.project.as_bytes());
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
+async fn tokens_are_scoped_to_their_projects_and_name_the_actor() {
+    let (h, project, second) = harness().await;
+    let halt = |p: &str| format!("/v1/projects/{p}/rollouts/u-1/halt");
+    let r = h.post(&halt(&project), &[], b"{}".to_vec()).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = send(&h, "POST", "not-an-admin-token-000", &halt(&project), json!({})).await;
+    assert_eq!(error(&r), (403, "not an admin token".into()));
+    let r = send(&h, "POST", PIPELINE, &halt(&second), json!({})).await;
+    assert_eq!(
+        error(&r),
+        (403, format!("this token may not change project {second:?}"))
+    );
+    let r = send(&h, "POST", PIPELINE, &halt("nowhere"), json!({})).await;
+    assert_eq!(error(&r), (404, "no project \"nowhere\"".into()));
+    // Issue commands are scoped the same way.
+    let issue = format!("/v1/projects/{second}/issues/{}/resolve", "a".repeat(32));
+    let r = send(&h, "POST", PIPELINE, &issue, json!({})).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let r = send(&h, "POST", PIPELINE, &halt(&project), json!({"reason": "crash loop"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["command_id"].as_str().unwrap().to_string();
+    let r = send(&h, "POST", ANY, &halt(&second), json!({"who": "ana"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let got = commands(&h, 2).await;
+    assert_eq!(got.len(), 2);
+    let mine = got.iter().find(|c| c.project == project).unwrap();
+    assert_eq!(
+        (
+            mine.command_id.as_str(),
+            mine.action.as_str(),
+            mine.update_id.as_deref(),
+            mine.actor.as_str(),
+            mine.reason.as_str()
+        ),
+        (id.as_str(), "halt", Some("u-1"), "release-pipeline", "crash loop")
+    );
+    let theirs = got.iter().find(|c| c.project == second).unwrap();
+    assert_eq!(theirs.actor, "ana (admin)");
+}
+
+#[tokio::test]
+async fn rollouts_are_registered_changed_and_overridden_with_clear_refusals() {
+    let (h, project, _) = harness().await;
+    let rollouts = format!("/v1/projects/{project}/rollouts");
+    for (body, reason) in [
+        (json!({"channel": "production", "runtime_version": "2.14", "percentage": 5}), "update_id is required"),
+        (json!({"update_id": "u-9", "runtime_version": "2.14", "percentage": 5}), "channel and runtime_version are required"),
+        (json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14", "percentage": 150}), "percentage must be between 0 and 100"),
+        (json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14"}), "percentage is required"),
+        (json!({"update_id": "", "channel": "production", "runtime_version": "2.14", "percentage": 5}), "update_id must be 1 to 128 bytes without control characters"),
+    ] {
+        let r = send(&h, "POST", PIPELINE, &rollouts, body).await;
+        assert_eq!(error(&r), (400, reason.into()));
+    }
+    let r = send(&h, "POST", PIPELINE, &rollouts, json!({"update_id": "u-9", "percent": 5})).await;
+    assert_eq!(r.status, 400);
+    assert!(error(&r).1.contains("unknown field `percent`"), "{}", r.body);
+
+    let register = json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14",
+        "platform": "ios", "percentage": 5, "who": "eas-update"});
+    let r = send(&h, "POST", PIPELINE, &rollouts, register).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = send(&h, "PATCH", PIPELINE, &format!("{rollouts}/u-9"), json!({"percentage": 25})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = send(&h, "POST", PIPELINE, &format!("{rollouts}/u-9/pause"), json!({})).await;
+    assert_eq!(error(&r), (404, "no action \"pause\"; one of halt, resume, ignore".into()));
+    let r = send(&h, "POST", PIPELINE, &format!("{rollouts}/u-9/ignore"), json!({"reason": "known flaky metric"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    let got = commands(&h, 3).await;
+    let actions: Vec<_> = got.iter().map(|c| c.action.as_str()).collect();
+    assert_eq!(actions, ["register", "update", "ignore"]);
+    let release = got[0].release.clone().unwrap();
+    assert_eq!(
+        (release.platform.as_str(), release.channel.as_deref(), release.runtime_version.as_deref(), release.update_id.as_deref()),
+        ("ios", Some("production"), Some("2.14"), Some("u-9"))
+    );
+    assert_eq!(got[0].percentage, Some(5.0));
+    assert_eq!(got[0].actor, "eas-update (release-pipeline)");
+    assert_eq!(got[1].percentage, Some(25.0));
+    assert_eq!(got[2].reason, "known flaky metric");
+}
+
+#[tokio::test]
+async fn alerts_are_acknowledged_and_silenced_for_a_while() {
+    let (h, project, _) = harness().await;
+    let alert = "0123456789abcdef0123456789abcdef";
+    let path = |id: &str, action: &str| format!("/v1/projects/{project}/alerts/{id}/{action}");
+    let r = send(&h, "POST", ANY, &path("nope", "ack"), json!({})).await;
+    assert_eq!(error(&r), (400, "\"nope\" is not an alert id (32 hex digits)".into()));
+    let r = send(&h, "POST", ANY, &path(alert, "mute"), json!({})).await;
+    assert_eq!(r.status, 404);
+    let r = send(&h, "POST", ANY, &path(alert, "silence"), json!({})).await;
+    assert_eq!(error(&r), (400, "silence takes one of for (\"2h\") and until_ms".into()));
+    let r = send(&h, "POST", ANY, &path(alert, "silence"), json!({"until_ms": 1000})).await;
+    assert_eq!(error(&r), (400, "until_ms is in the past".into()));
+    let r = send(&h, "POST", ANY, &path(alert, "ack"), json!({"for": "2h"})).await;
+    assert_eq!(error(&r), (400, "ack takes no for or until_ms".into()));
+
+    let before = now_ms();
+    let r = send(&h, "POST", ANY, &path(alert, "silence"), json!({"for": "2h", "who": "ana"})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = send(&h, "POST", ANY, &path(alert, "ack"), json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let got = commands(&h, 2).await;
+    assert_eq!(got[0].action, "silence");
+    assert_eq!(got[0].alert_id.as_deref(), Some(alert));
+    let until = got[0].until_ms.unwrap();
+    assert!((before + 7_200_000..=now_ms() + 7_200_000).contains(&until), "{until}");
+    assert_eq!((got[1].action.as_str(), got[1].until_ms), ("ack", None));
+}
