@@ -262,7 +262,8 @@ async fn rows(root: &Path, sql: &str) -> anyhow::Result<Vec<serde_json::Map<Stri
     let answer = query(root, sql, OutputFormat::Json)
         .await
         .with_context(|| format!("reading the Parquet tables under {}", root.display()))?;
-    let rows: Vec<Value> = serde_json::from_str(answer.trim()).unwrap_or_default();
+    let rows: Vec<Value> = serde_json::from_str(answer.trim())
+        .with_context(|| format!("the answer to {sql:?} is not a JSON array"))?;
     Ok(rows
         .into_iter()
         .filter_map(|r| match r {
@@ -391,7 +392,8 @@ pub async fn list_rollouts(root: &Path, project: Option<&str>) -> anyhow::Result
                 match (l.registered, l.sessions > 0) {
                     (true, true) => "registered, seen",
                     (true, false) => "registered",
-                    _ => "seen",
+                    (false, true) => "seen",
+                    (false, false) => "-",
                 }
                 .to_string(),
                 l.percentage,
