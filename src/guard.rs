@@ -375,8 +375,17 @@ pub async fn list_rollouts(root: &Path, project: Option<&str>) -> anyhow::Result
         );
     }
     let header = [
-        "PROJECT", "UPDATE", "CHANNEL", "RUNTIME", "SESSIONS", "CRASHED", "FIRST SEEN", "SOURCE",
-        "PERCENT", "GUARD", "LAST CHANGE",
+        "PROJECT",
+        "UPDATE",
+        "CHANNEL",
+        "RUNTIME",
+        "SESSIONS",
+        "CRASHED",
+        "FIRST SEEN",
+        "SOURCE",
+        "PERCENT",
+        "GUARD",
+        "LAST CHANGE",
     ];
     let body = lines
         .into_iter()

@@ -579,7 +579,10 @@ fn list_until(config: &Path, args: &[&str], done: impl Fn(&str) -> bool) -> Stri
             return out;
         }
         if Instant::now() > deadline {
-            let (_, audit, e) = cli(config, &["query", "SELECT action, subject, actor FROM audit"]);
+            let (_, audit, e) = cli(
+                config,
+                &["query", "SELECT action, subject, actor FROM audit"],
+            );
             panic!("after 60 s, {args:?} printed:\n{out}{err}\naudit:\n{audit}{e}");
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -628,19 +631,51 @@ async fn overrides_reach_the_guard_the_rollback_service_and_the_audit_trail() {
     let (ok, out, err) = admin(
         PIPELINE,
         &[
-            "rollouts", "register", "--project", "shop", "--update-id", "0b7e-upd",
-            "--channel", "production", "--runtime-version", "5.2", "--percentage", "5",
-            "--who", "eas",
+            "rollouts",
+            "register",
+            "--project",
+            "shop",
+            "--update-id",
+            "0b7e-upd",
+            "--channel",
+            "production",
+            "--runtime-version",
+            "5.2",
+            "--percentage",
+            "5",
+            "--who",
+            "eas",
         ],
     );
     assert!(ok && out.contains("command_id"), "{out}{err}");
-    let (ok, _, err) = admin(OTHER, &["rollouts", "halt", "--project", "shop", "--update-id", "0b7e-upd"]);
-    assert!(!ok && err.contains("403") && err.contains("may not change project \\\"shop\\\""), "{err}");
+    let (ok, _, err) = admin(
+        OTHER,
+        &[
+            "rollouts",
+            "halt",
+            "--project",
+            "shop",
+            "--update-id",
+            "0b7e-upd",
+        ],
+    );
+    assert!(
+        !ok && err.contains("403") && err.contains("may not change project \\\"shop\\\""),
+        "{err}"
+    );
     let (ok, out, err) = admin(
         ADMIN,
         &[
-            "rollouts", "ignore", "--project", "shop", "--update-id", "0b7e-upd", "--who", "ana",
-            "--reason", "crash rate is a known reporting bug",
+            "rollouts",
+            "ignore",
+            "--project",
+            "shop",
+            "--update-id",
+            "0b7e-upd",
+            "--who",
+            "ana",
+            "--reason",
+            "crash rate is a known reporting bug",
         ],
     );
     assert!(ok, "{out}{err}");
@@ -652,22 +687,38 @@ async fn overrides_reach_the_guard_the_rollback_service_and_the_audit_trail() {
     let got = receiver.received();
     assert_eq!(got.len(), 1, "{got:#?}");
     let firing = got[0].json();
-    assert_eq!(firing["type"], "alert.firing", "never a halt for an ignored update");
+    assert_eq!(
+        firing["type"], "alert.firing",
+        "never a halt for an ignored update"
+    );
     assert_eq!(firing["release"]["update_id"], "0b7e-upd");
     let alert_id = firing["alert_id"].as_str().unwrap().to_string();
 
     // A halt by hand of another update, then its resume: both signed, both once.
-    for (action, reason) in [("halt", "crash loop on launch"), ("resume", "fixed server-side")] {
+    for (action, reason) in [
+        ("halt", "crash loop on launch"),
+        ("resume", "fixed server-side"),
+    ] {
         let (ok, out, err) = admin(
             ADMIN,
             &[
-                "rollouts", action, "--project", "shop", "--update-id", "1c8f-upd", "--who", "ana",
-                "--reason", reason,
+                "rollouts",
+                action,
+                "--project",
+                "shop",
+                "--update-id",
+                "1c8f-upd",
+                "--who",
+                "ana",
+                "--reason",
+                reason,
             ],
         );
         assert!(ok, "{out}{err}");
     }
-    wait_until("the halt and the resume", 60, || receiver.received().len() >= 3);
+    wait_until("the halt and the resume", 60, || {
+        receiver.received().len() >= 3
+    });
     std::thread::sleep(Duration::from_secs(2));
     let got = receiver.received();
     assert_eq!(got.len(), 3, "{got:#?}");
@@ -677,19 +728,28 @@ async fn overrides_reach_the_guard_the_rollback_service_and_the_audit_trail() {
         (halt["type"].as_str(), halt["release"]["update_id"].as_str()),
         (Some("rollout.halt"), Some("1c8f-upd"))
     );
-    assert_eq!(halt["summary"], "Halted by ana (admin): crash loop on launch");
+    assert_eq!(
+        halt["summary"],
+        "Halted by ana (admin): crash loop on launch"
+    );
     assert_eq!(resume["type"], "rollout.resume");
     assert_ne!(halt["id"], resume["id"]);
 
     // The alert acknowledged: its next version says so.
-    let (ok, out, err) = admin(ADMIN, &["alerts", "ack", "--project", "shop", "--id", &alert_id]);
+    let (ok, out, err) = admin(
+        ADMIN,
+        &["alerts", "ack", "--project", "shop", "--id", &alert_id],
+    );
     assert!(ok, "{out}{err}");
     let alerts = read_until::<Alert>(&s, &s.names.alerts, 60, |seen| {
         seen.iter().any(|a| a.state == "acknowledged")
     })
     .await;
     let acked = alerts.iter().find(|a| a.state == "acknowledged").unwrap();
-    assert_eq!((acked.alert_id.as_str(), acked.event.as_str()), (alert_id.as_str(), "none"));
+    assert_eq!(
+        (acked.alert_id.as_str(), acked.event.as_str()),
+        (alert_id.as_str(), "none")
+    );
 
     // Every override is an audit entry with its actor; the guard's own decision was not a halt.
     let audit = read_until::<AuditEntry>(&s, &s.names.audit, 60, |seen| seen.len() >= 5).await;
@@ -710,11 +770,15 @@ async fn overrides_reach_the_guard_the_rollback_service_and_the_audit_trail() {
     assert_eq!(audit[1].reason, "crash rate is a known reporting bug");
 
     // The listings read what the Parquet sink wrote.
-    let listed = list_until(config, &["rollouts", "list", "--project", "shop"], |listed| {
-        listed
-            .lines()
-            .any(|l| l.contains("1c8f-upd") && l.contains("resume by ana"))
-    });
+    let listed = list_until(
+        config,
+        &["rollouts", "list", "--project", "shop"],
+        |listed| {
+            listed
+                .lines()
+                .any(|l| l.contains("1c8f-upd") && l.contains("resume by ana"))
+        },
+    );
     let line = |update: &str| {
         listed
             .lines()

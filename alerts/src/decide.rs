@@ -371,7 +371,7 @@ impl Decider {
                 if let Some(r) = rollout_at
                     .as_ref()
                     .and_then(|k| self.state.rollouts.get_mut(k))
-                 {
+                {
                     if alert.event == "rollout.halt" {
                         r.state = RolloutState::Halted;
                         may_halt = false;
@@ -459,7 +459,12 @@ impl Decider {
                 })
             }
             (_, Some(r)) => r,
-            (_, None) => return Err(format!("no rollout of update {update:?} in {:?}", c.project)),
+            (_, None) => {
+                return Err(format!(
+                    "no rollout of update {update:?} in {:?}",
+                    c.project
+                ));
+            }
         };
         let before = rollout.state;
         let previous = rollout.percentage;
@@ -521,7 +526,10 @@ impl Decider {
         c: &GuardCommand,
         out: &mut Vec<Alert>,
     ) -> Result<(String, serde_json::Value), String> {
-        let id = c.alert_id.as_deref().ok_or("an alert command needs alert_id")?;
+        let id = c
+            .alert_id
+            .as_deref()
+            .ok_or("an alert command needs alert_id")?;
         let Some((key, t)) = self
             .state
             .alerts
@@ -700,7 +708,12 @@ fn manual_alert(c: &GuardCommand, r: &Rollout, update: &str, destinations: Vec<S
         release: r.release.clone(),
         issue_id: None,
         state: if halt { "halted" } else { "resumed" }.into(),
-        event: if halt { "rollout.halt" } else { "rollout.resume" }.into(),
+        event: if halt {
+            "rollout.halt"
+        } else {
+            "rollout.resume"
+        }
+        .into(),
         window_end_ms: if evidence.window_end_ms > 0 {
             evidence.window_end_ms
         } else {
@@ -1113,11 +1126,21 @@ mod tests {
             (audit[0].action.as_str(), audit[0].actor.as_str()),
             ("rollout.ignore", "ana")
         );
-        assert!(audit[0].evidence.contains(r#""percentage":5.0"#), "{}", audit[0].evidence);
-        let out = run(&mut decider, &[detection("d1", "crash_rate", "open", 3.0, 10)]);
+        assert!(
+            audit[0].evidence.contains(r#""percentage":5.0"#),
+            "{}",
+            audit[0].evidence
+        );
+        let out = run(
+            &mut decider,
+            &[detection("d1", "crash_rate", "open", 3.0, 10)],
+        );
         assert_eq!(
             events(&out),
-            [("regressions", "alert.firing", 1), ("guard", "alert.firing", 1)]
+            [
+                ("regressions", "alert.firing", 1),
+                ("guard", "alert.firing", 1)
+            ]
         );
         assert_eq!(decider.rollout("shop", "u-7"), Some(RolloutState::Ignored));
     }
@@ -1137,7 +1160,10 @@ mod tests {
         let refused = decider.command(&command("halt", 2), &mut o, &mut a);
         assert_eq!(refused, Err(r#"update "u-7" is halted already"#.into()));
         assert!(o.is_empty() && a.is_empty());
-        let out = run(&mut decider, &[detection("d1", "crash_rate", "open", 3.0, 10)]);
+        let out = run(
+            &mut decider,
+            &[detection("d1", "crash_rate", "open", 3.0, 10)],
+        );
         assert_eq!(events(&out), [("guard", "alert.firing", 1)]);
         // Resumed: the resume goes out with the guard's evidence, and the episode in progress
         // does not halt again; the next one does.
@@ -1174,7 +1200,11 @@ mod tests {
             ..command("update", 1)
         };
         assert!(decider.command(&c, &mut o, &mut a).is_err());
-        assert!(decider.command(&command("resume", 1), &mut o, &mut a).is_err());
+        assert!(
+            decider
+                .command(&command("resume", 1), &mut o, &mut a)
+                .is_err()
+        );
         assert_eq!(decider.counters.commands_refused, 2);
         assert!(o.is_empty() && a.is_empty());
     }
@@ -1182,7 +1212,10 @@ mod tests {
     #[test]
     fn an_acknowledged_alert_escalates_quietly_and_resolves_aloud() {
         let mut decider = Decider::new(config(vec![Rule::default()]));
-        let fired = run(&mut decider, &[detection("d1", "crash_rate", "open", 1.5, 10)]);
+        let fired = run(
+            &mut decider,
+            &[detection("d1", "crash_rate", "open", 1.5, 10)],
+        );
         let ack = GuardCommand {
             update_id: None,
             alert_id: Some(fired[0].alert_id.clone()),
@@ -1190,7 +1223,11 @@ mod tests {
         };
         let (acked, audit) = apply(&mut decider, &ack);
         assert_eq!(
-            (acked[0].state.as_str(), acked[0].event.as_str(), acked[0].version),
+            (
+                acked[0].state.as_str(),
+                acked[0].event.as_str(),
+                acked[0].version
+            ),
             ("acknowledged", "none", 2)
         );
         assert_eq!(
@@ -1198,7 +1235,10 @@ mod tests {
             ("alert.ack", fired[0].alert_id.as_str())
         );
         let (mut o, mut a) = (Vec::new(), Vec::new());
-        assert!(decider.command(&ack, &mut o, &mut a).is_err(), "acknowledged twice");
+        assert!(
+            decider.command(&ack, &mut o, &mut a).is_err(),
+            "acknowledged twice"
+        );
         let out = run(
             &mut decider,
             &[
@@ -1219,7 +1259,10 @@ mod tests {
     #[test]
     fn a_silenced_alert_notifies_nothing_until_the_silence_ends_but_a_halt() {
         let mut decider = Decider::new(config(vec![halt_rule()]));
-        let fired = run(&mut decider, &[detection("d1", "crash_rate", "open", 3.0, 10)]);
+        let fired = run(
+            &mut decider,
+            &[detection("d1", "crash_rate", "open", 3.0, 10)],
+        );
         assert_eq!(events(&fired), [("guard", "rollout.halt", 1)]);
         let silence = GuardCommand {
             update_id: None,
@@ -1229,7 +1272,11 @@ mod tests {
         };
         let (out, audit) = apply(&mut decider, &silence);
         assert!(out.is_empty());
-        assert!(audit[0].evidence.contains("\"until_ms\":30000000"), "{}", audit[0].evidence);
+        assert!(
+            audit[0].evidence.contains("\"until_ms\":30000000"),
+            "{}",
+            audit[0].evidence
+        );
         apply(&mut decider, &command("resume", 12));
         let out = run(
             &mut decider,
@@ -1278,7 +1325,10 @@ mod tests {
             alerts: &'a BTreeMap<String, Tracked>,
         }
         let mut decider = Decider::new(config(vec![Rule::default()]));
-        run(&mut decider, &[detection("d1", "crash_rate", "open", 1.5, 10)]);
+        run(
+            &mut decider,
+            &[detection("d1", "crash_rate", "open", 1.5, 10)],
+        );
         let legacy = postcard::to_stdvec(&Legacy {
             alerts: &decider.state().alerts,
         })

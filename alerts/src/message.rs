@@ -84,6 +84,10 @@ fn percent(rate: f64) -> String {
 /// The candidate and baseline of an alert, for people: rates as percentages of sessions, other
 /// metrics as they are.
 fn evidence(alert: &Alert) -> (String, String) {
+    if alert.candidate_count == 0 && alert.baseline_count == 0 {
+        // A rollout halted or resumed by hand before any finding on it.
+        return ("no finding".into(), "no finding".into());
+    }
     let rate = alert.metric.ends_with("_rate");
     let value = |v: f64| if rate { percent(v) } else { format!("{v:.1}") };
     let unit = if rate {
@@ -117,10 +121,14 @@ fn headline(alert: &Alert) -> String {
     let what = alert.kind.replace('_', " ");
     let metric = alert.metric.replace('_', " ");
     match alert.event.as_str() {
+        "rollout.halt" if metric.is_empty() => {
+            format!(":octagonal_sign: Rollout halted: {}", alert.subject)
+        }
         "rollout.halt" => format!(
             ":octagonal_sign: Rollout halted: {} ({metric})",
             alert.subject
         ),
+        "rollout.resume" => format!(":arrow_forward: Rollout resumed: {}", alert.subject),
         "alert.resolved" => format!(":white_check_mark: Resolved: {what} in {}", alert.subject),
         _ => format!(
             ":rotating_light: {}: {what} in {} ({metric})",

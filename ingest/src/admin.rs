@@ -68,12 +68,28 @@ pub struct CommandBody {
     pub into: Option<String>,
 }
 
-fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
-    (
+/// A refused admin request: its status and the reason, answered as `{"error": reason}`.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.reason })),
+        )
+            .into_response()
+    }
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    Refusal {
         status,
-        axum::Json(serde_json::json!({ "error": reason.into() })),
-    )
-        .into_response()
+        reason: reason.into(),
+    }
 }
 
 fn is_issue_id(id: &str) -> bool {
@@ -81,7 +97,7 @@ fn is_issue_id(id: &str) -> bool {
 }
 
 /// Who an admin request comes from: its token's holder, or the refusal to answer with.
-fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<String, Response> {
+fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<String, Refusal> {
     let tokens = &state.config.admin_tokens;
     if tokens.is_empty() {
         return Err(refuse(
@@ -155,29 +171,29 @@ async fn publish(
     project: &str,
     command_id: String,
     payload: Result<Vec<u8>, trellis_schemas::avro::CodecError>,
-) -> Response {
+) -> Result<Response, Refusal> {
     let payload = match payload {
         Ok(p) => p,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
     let message = Message::new(topic, project.as_bytes().to_vec(), payload);
     let publish = state.producer.publish(vec![message]);
     match tokio::time::timeout(state.config.publish_timeout, publish).await {
-        Ok(Ok(_)) => (
+        Ok(Ok(_)) => Ok((
             StatusCode::ACCEPTED,
             axum::Json(serde_json::json!({ "command_id": command_id })),
         )
-            .into_response(),
-        Ok(Err(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")),
-        Err(_) => refuse(
+            .into_response()),
+        Ok(Err(e)) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}"))),
+        Err(_) => Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "the bus did not acknowledge in time",
-        ),
+        )),
     }
 }
 
 /// A JSON body, or the 400 that names what is wrong with it; an empty body is the default.
-fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Refusal> {
     if body.is_empty() {
         return Ok(T::default());
     }
@@ -190,26 +206,21 @@ pub async fn issue_command(
     Path((project, id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    if let Err(refused) = authorize(&state, &headers, &project) {
-        return refused;
-    }
+) -> Result<Response, Refusal> {
+    authorize(&state, &headers, &project)?;
     if !is_issue_id(&id) {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not an issue id (32 hex digits)"),
-        );
+        ));
     }
     if !ACTIONS.contains(&action.as_str()) {
-        return refuse(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no action {action:?}; one of {}", ACTIONS.join(", ")),
-        );
+        ));
     }
-    let body: CommandBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
+    let body: CommandBody = parse_body(&body)?;
     let release = match (action.as_str(), body.app_version) {
         ("resolve_in_release", Some(app_version)) if !app_version.trim().is_empty() => {
             Some(Release {
@@ -220,10 +231,10 @@ pub async fn issue_command(
             })
         }
         ("resolve_in_release", _) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "resolve_in_release needs app_version",
-            );
+            ));
         }
         _ => None,
     };
@@ -233,24 +244,24 @@ pub async fn issue_command(
         body.until_ms.is_some(),
     ];
     if action == "ignore" && ignore_conditions.iter().filter(|c| **c).count() > 1 {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "ignore takes at most one of until_count, until_users, until_ms",
-        );
+        ));
     }
     if action == "ignore"
         && (body.until_count.is_some_and(|n| n < 1) || body.until_users.is_some_and(|n| n < 1))
     {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "until_count and until_users must be at least 1",
-        );
+        ));
     }
     if action == "merge" && !body.into.as_deref().is_some_and(is_issue_id) {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "merge needs into: the issue id to merge into",
-        );
+        ));
     }
     let at_ms = now_ms();
     let command_id = new_command_id(at_ms);
@@ -269,7 +280,14 @@ pub async fn issue_command(
     };
     tracing::info!(%project, issue = %id, %action, %command_id, "Issue command given.");
     let topic = state.topics.grouped.clone();
-    publish(&state, &topic, &project, command_id, records::encode(&command)).await
+    publish(
+        &state,
+        &topic,
+        &project,
+        command_id,
+        records::encode(&command),
+    )
+    .await
 }
 
 /// The body of a rollout registration, change or override.
@@ -322,7 +340,7 @@ fn actor(holder: String, who: Option<String>) -> String {
 }
 
 /// Refuses an id that is empty, longer than 128 bytes or holds control characters.
-fn check_update_id(update_id: &str) -> Result<(), Response> {
+fn check_update_id(update_id: &str) -> Result<(), Refusal> {
     if update_id.trim().is_empty()
         || update_id.len() > 128
         || update_id.chars().any(char::is_control)
@@ -335,7 +353,7 @@ fn check_update_id(update_id: &str) -> Result<(), Response> {
     Ok(())
 }
 
-fn check_percentage(percentage: Option<f64>, needed: bool) -> Result<(), Response> {
+fn check_percentage(percentage: Option<f64>, needed: bool) -> Result<(), Refusal> {
     match percentage {
         Some(p) if !(0.0..=100.0).contains(&p) => Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -348,7 +366,7 @@ fn check_percentage(percentage: Option<f64>, needed: bool) -> Result<(), Respons
 
 /// Publishes a guard command on `detections`, where the alert stage reads it in order with the
 /// findings of the same project.
-async fn guard(state: &AppState, mut command: GuardCommand) -> Response {
+async fn guard(state: &AppState, mut command: GuardCommand) -> Result<Response, Refusal> {
     command.at_ms = now_ms();
     command.command_id = new_command_id(command.at_ms);
     tracing::info!(project = %command.project, action = %command.action,
@@ -365,30 +383,23 @@ pub async fn register_rollout(
     Path(project): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let holder = match authorize(&state, &headers, &project) {
-        Ok(h) => h,
-        Err(refused) => return refused,
-    };
-    let body: RolloutBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
+) -> Result<Response, Refusal> {
+    let holder = authorize(&state, &headers, &project)?;
+    let body: RolloutBody = parse_body(&body)?;
     let Some(update_id) = body.update_id.clone() else {
-        return refuse(StatusCode::BAD_REQUEST, "update_id is required");
+        return Err(refuse(StatusCode::BAD_REQUEST, "update_id is required"));
     };
-    if let Err(refused) = check_update_id(&update_id)
-        .and_then(|()| check_percentage(body.percentage, true))
-    {
-        return refused;
-    }
+    check_update_id(&update_id).and_then(|()| check_percentage(body.percentage, true))?;
     if body.channel.as_deref().is_none_or(|c| c.trim().is_empty())
-        || body.runtime_version.as_deref().is_none_or(|r| r.trim().is_empty())
+        || body
+            .runtime_version
+            .as_deref()
+            .is_none_or(|r| r.trim().is_empty())
     {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "channel and runtime_version are required",
-        );
+        ));
     }
     let release = Release {
         platform: body.platform.unwrap_or_default(),
@@ -418,20 +429,10 @@ pub async fn update_rollout(
     Path((project, update_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let holder = match authorize(&state, &headers, &project) {
-        Ok(h) => h,
-        Err(refused) => return refused,
-    };
-    let body: RolloutBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
-    if let Err(refused) =
-        check_update_id(&update_id).and_then(|()| check_percentage(body.percentage, true))
-    {
-        return refused;
-    }
+) -> Result<Response, Refusal> {
+    let holder = authorize(&state, &headers, &project)?;
+    let body: RolloutBody = parse_body(&body)?;
+    check_update_id(&update_id).and_then(|()| check_percentage(body.percentage, true))?;
     let command = GuardCommand {
         project,
         action: "update".into(),
@@ -450,24 +451,16 @@ pub async fn rollout_override(
     Path((project, update_id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let holder = match authorize(&state, &headers, &project) {
-        Ok(h) => h,
-        Err(refused) => return refused,
-    };
+) -> Result<Response, Refusal> {
+    let holder = authorize(&state, &headers, &project)?;
     if !["halt", "resume", "ignore"].contains(&action.as_str()) {
-        return refuse(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no action {action:?}; one of halt, resume, ignore"),
-        );
+        ));
     }
-    let body: RolloutBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
-    if let Err(refused) = check_update_id(&update_id) {
-        return refused;
-    }
+    let body: RolloutBody = parse_body(&body)?;
+    check_update_id(&update_id)?;
     let command = GuardCommand {
         project,
         action,
@@ -485,45 +478,39 @@ pub async fn alert_command(
     Path((project, alert_id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let holder = match authorize(&state, &headers, &project) {
-        Ok(h) => h,
-        Err(refused) => return refused,
-    };
+) -> Result<Response, Refusal> {
+    let holder = authorize(&state, &headers, &project)?;
     if !is_issue_id(&alert_id) {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             format!("{alert_id:?} is not an alert id (32 hex digits)"),
-        );
+        ));
     }
     if !["ack", "silence"].contains(&action.as_str()) {
-        return refuse(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no action {action:?}; one of ack, silence"),
-        );
+        ));
     }
-    let body: AlertBody = match parse_body(&body) {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
+    let body: AlertBody = parse_body(&body)?;
     let until_ms = match (action.as_str(), body.duration, body.until_ms) {
         ("silence", Some(d), None) => Some(now_ms().saturating_add(d.as_millis() as i64)),
         ("silence", None, Some(t)) if t > now_ms() => Some(t),
         ("silence", None, Some(_)) => {
-            return refuse(StatusCode::BAD_REQUEST, "until_ms is in the past");
+            return Err(refuse(StatusCode::BAD_REQUEST, "until_ms is in the past"));
         }
         ("silence", _, _) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "silence takes one of for (\"2h\") and until_ms",
-            );
+            ));
         }
         (_, None, None) => None,
         _ => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "ack takes no for or until_ms",
-            );
+            ));
         }
     };
     let command = GuardCommand {

@@ -55,7 +55,10 @@ async fn send(
 }
 
 fn error(r: &common::Response) -> (u16, String) {
-    (r.status, r.json()["error"].as_str().unwrap_or_default().to_string())
+    (
+        r.status,
+        r.json()["error"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 /// The guard commands on `detections` (keyed by their project), once `want` arrived.
@@ -68,7 +71,11 @@ async fn commands(h: &Harness, want: usize) -> Vec<GuardCommand> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
-        for r in consumer.poll(100, Duration::from_millis(100)).await.unwrap() {
+        for r in consumer
+            .poll(100, Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
             let c = records::decode::<GuardCommand>(&r.payload).unwrap();
             assert_eq!(r.key, c.project.as_bytes());
             out.push(c);
@@ -90,7 +97,14 @@ async fn tokens_are_scoped_to_their_projects_and_name_the_actor() {
     let halt = |p: &str| format!("/v1/projects/{p}/rollouts/u-1/halt");
     let r = h.post(&halt(&project), &[], b"{}".to_vec()).await;
     assert_eq!(r.status, 401, "{}", r.body);
-    let r = send(&h, "POST", "not-an-admin-token-000", &halt(&project), json!({})).await;
+    let r = send(
+        &h,
+        "POST",
+        "not-an-admin-token-000",
+        &halt(&project),
+        json!({}),
+    )
+    .await;
     assert_eq!(error(&r), (403, "not an admin token".into()));
     let r = send(&h, "POST", PIPELINE, &halt(&second), json!({})).await;
     assert_eq!(
@@ -104,7 +118,14 @@ async fn tokens_are_scoped_to_their_projects_and_name_the_actor() {
     let r = send(&h, "POST", PIPELINE, &issue, json!({})).await;
     assert_eq!(r.status, 403, "{}", r.body);
 
-    let r = send(&h, "POST", PIPELINE, &halt(&project), json!({"reason": "crash loop"})).await;
+    let r = send(
+        &h,
+        "POST",
+        PIPELINE,
+        &halt(&project),
+        json!({"reason": "crash loop"}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["command_id"].as_str().unwrap().to_string();
     let r = send(&h, "POST", ANY, &halt(&second), json!({"who": "ana"})).await;
@@ -120,7 +141,13 @@ async fn tokens_are_scoped_to_their_projects_and_name_the_actor() {
             mine.actor.as_str(),
             mine.reason.as_str()
         ),
-        (id.as_str(), "halt", Some("u-1"), "release-pipeline", "crash loop")
+        (
+            id.as_str(),
+            "halt",
+            Some("u-1"),
+            "release-pipeline",
+            "crash loop"
+        )
     );
     let theirs = got.iter().find(|c| c.project == second).unwrap();
     assert_eq!(theirs.actor, "ana (admin)");
@@ -131,28 +158,81 @@ async fn rollouts_are_registered_changed_and_overridden_with_clear_refusals() {
     let (h, project, _) = harness().await;
     let rollouts = format!("/v1/projects/{project}/rollouts");
     for (body, reason) in [
-        (json!({"channel": "production", "runtime_version": "2.14", "percentage": 5}), "update_id is required"),
-        (json!({"update_id": "u-9", "runtime_version": "2.14", "percentage": 5}), "channel and runtime_version are required"),
-        (json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14", "percentage": 150}), "percentage must be between 0 and 100"),
-        (json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14"}), "percentage is required"),
-        (json!({"update_id": "", "channel": "production", "runtime_version": "2.14", "percentage": 5}), "update_id must be 1 to 128 bytes without control characters"),
+        (
+            json!({"channel": "production", "runtime_version": "2.14", "percentage": 5}),
+            "update_id is required",
+        ),
+        (
+            json!({"update_id": "u-9", "runtime_version": "2.14", "percentage": 5}),
+            "channel and runtime_version are required",
+        ),
+        (
+            json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14", "percentage": 150}),
+            "percentage must be between 0 and 100",
+        ),
+        (
+            json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14"}),
+            "percentage is required",
+        ),
+        (
+            json!({"update_id": "", "channel": "production", "runtime_version": "2.14", "percentage": 5}),
+            "update_id must be 1 to 128 bytes without control characters",
+        ),
     ] {
         let r = send(&h, "POST", PIPELINE, &rollouts, body).await;
         assert_eq!(error(&r), (400, reason.into()));
     }
-    let r = send(&h, "POST", PIPELINE, &rollouts, json!({"update_id": "u-9", "percent": 5})).await;
+    let r = send(
+        &h,
+        "POST",
+        PIPELINE,
+        &rollouts,
+        json!({"update_id": "u-9", "percent": 5}),
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert!(error(&r).1.contains("unknown field `percent`"), "{}", r.body);
+    assert!(
+        error(&r).1.contains("unknown field `percent`"),
+        "{}",
+        r.body
+    );
 
     let register = json!({"update_id": "u-9", "channel": "production", "runtime_version": "2.14",
         "platform": "ios", "percentage": 5, "who": "eas-update"});
     let r = send(&h, "POST", PIPELINE, &rollouts, register).await;
     assert_eq!(r.status, 202, "{}", r.body);
-    let r = send(&h, "PATCH", PIPELINE, &format!("{rollouts}/u-9"), json!({"percentage": 25})).await;
+    let r = send(
+        &h,
+        "PATCH",
+        PIPELINE,
+        &format!("{rollouts}/u-9"),
+        json!({"percentage": 25}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    let r = send(&h, "POST", PIPELINE, &format!("{rollouts}/u-9/pause"), json!({})).await;
-    assert_eq!(error(&r), (404, "no action \"pause\"; one of halt, resume, ignore".into()));
-    let r = send(&h, "POST", PIPELINE, &format!("{rollouts}/u-9/ignore"), json!({"reason": "known flaky metric"})).await;
+    let r = send(
+        &h,
+        "POST",
+        PIPELINE,
+        &format!("{rollouts}/u-9/pause"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        error(&r),
+        (
+            404,
+            "no action \"pause\"; one of halt, resume, ignore".into()
+        )
+    );
+    let r = send(
+        &h,
+        "POST",
+        PIPELINE,
+        &format!("{rollouts}/u-9/ignore"),
+        json!({"reason": "known flaky metric"}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
 
     let got = commands(&h, 3).await;
@@ -160,7 +240,12 @@ async fn rollouts_are_registered_changed_and_overridden_with_clear_refusals() {
     assert_eq!(actions, ["register", "update", "ignore"]);
     let release = got[0].release.clone().unwrap();
     assert_eq!(
-        (release.platform.as_str(), release.channel.as_deref(), release.runtime_version.as_deref(), release.update_id.as_deref()),
+        (
+            release.platform.as_str(),
+            release.channel.as_deref(),
+            release.runtime_version.as_deref(),
+            release.update_id.as_deref()
+        ),
         ("ios", Some("production"), Some("2.14"), Some("u-9"))
     );
     assert_eq!(got[0].percentage, Some(5.0));
@@ -175,18 +260,38 @@ async fn alerts_are_acknowledged_and_silenced_for_a_while() {
     let alert = "0123456789abcdef0123456789abcdef";
     let path = |id: &str, action: &str| format!("/v1/projects/{project}/alerts/{id}/{action}");
     let r = send(&h, "POST", ANY, &path("nope", "ack"), json!({})).await;
-    assert_eq!(error(&r), (400, "\"nope\" is not an alert id (32 hex digits)".into()));
+    assert_eq!(
+        error(&r),
+        (400, "\"nope\" is not an alert id (32 hex digits)".into())
+    );
     let r = send(&h, "POST", ANY, &path(alert, "mute"), json!({})).await;
     assert_eq!(r.status, 404);
     let r = send(&h, "POST", ANY, &path(alert, "silence"), json!({})).await;
-    assert_eq!(error(&r), (400, "silence takes one of for (\"2h\") and until_ms".into()));
-    let r = send(&h, "POST", ANY, &path(alert, "silence"), json!({"until_ms": 1000})).await;
+    assert_eq!(
+        error(&r),
+        (400, "silence takes one of for (\"2h\") and until_ms".into())
+    );
+    let r = send(
+        &h,
+        "POST",
+        ANY,
+        &path(alert, "silence"),
+        json!({"until_ms": 1000}),
+    )
+    .await;
     assert_eq!(error(&r), (400, "until_ms is in the past".into()));
     let r = send(&h, "POST", ANY, &path(alert, "ack"), json!({"for": "2h"})).await;
     assert_eq!(error(&r), (400, "ack takes no for or until_ms".into()));
 
     let before = now_ms();
-    let r = send(&h, "POST", ANY, &path(alert, "silence"), json!({"for": "2h", "who": "ana"})).await;
+    let r = send(
+        &h,
+        "POST",
+        ANY,
+        &path(alert, "silence"),
+        json!({"for": "2h", "who": "ana"}),
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let r = send(&h, "POST", ANY, &path(alert, "ack"), json!({})).await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -194,6 +299,9 @@ async fn alerts_are_acknowledged_and_silenced_for_a_while() {
     assert_eq!(got[0].action, "silence");
     assert_eq!(got[0].alert_id.as_deref(), Some(alert));
     let until = got[0].until_ms.unwrap();
-    assert!((before + 7_200_000..=now_ms() + 7_200_000).contains(&until), "{until}");
+    assert!(
+        (before + 7_200_000..=now_ms() + 7_200_000).contains(&until),
+        "{until}"
+    );
     assert_eq!((got[1].action.as_str(), got[1].until_ms), ("ack", None));
 }

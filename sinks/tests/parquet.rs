@@ -248,11 +248,7 @@ async fn files_roll_by_size_with_contiguous_offset_ranges() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = files(&root, &names);
-    assert_eq!(
-        before.temps > 0,
-        true,
-        "the last 500 are still being written"
-    );
+    assert!(before.temps > 0, "the last 500 are still being written");
     assert_eq!(
         before.ranges[&(names.events.clone(), 0)],
         [(0, 999), (1000, 1999), (2000, 2999), (3000, 3999)]

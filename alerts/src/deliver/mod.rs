@@ -525,7 +525,8 @@ impl Deliverer {
                 .get(name)
                 .and_then(|d| d.quiet_hours())
                 .is_some_and(|q| q.contains(now_ms()));
-            if quiet && alert.event != "rollout.halt" {
+            // A halt or resume is for the rollout service and never waits.
+            if quiet && !alert.event.starts_with("rollout.") {
                 self.hold(name, &alert)?;
                 log.append(&key)?;
                 self.metrics.record(STAGE, "held", 1);

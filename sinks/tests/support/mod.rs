@@ -10,7 +10,9 @@ use trellis_bus::{Bus, Message};
 use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::sim::{Fleet, FleetSpec};
 use trellis_processors::{Pipeline, ProcessorConfig};
-use trellis_schemas::records::{self, Detection, HealthPartial, IssueRecord, SessionRecord};
+use trellis_schemas::records::{
+    self, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
+};
 use trellis_schemas::{Event, Kind, avro, topics};
 use trellis_sinks::parquet::layout;
 use trellis_sinks::query::{OutputFormat, query};
@@ -135,6 +137,20 @@ impl Outputs {
                 records::encode(d).unwrap(),
             ));
         }
+        // An admin's command to the alert stage travels on `detections` too: it is no row and
+        // no dead letter.
+        messages.push(Message::new(
+            names.detections.as_str(),
+            "plants",
+            records::encode(&GuardCommand {
+                command_id: "c-1".into(),
+                project: "plants".into(),
+                action: "ignore".into(),
+                update_id: Some("u-1".into()),
+                ..GuardCommand::default()
+            })
+            .unwrap(),
+        ));
         for a in &self.alerts {
             messages.push(Message::new(
                 names.alerts.as_str(),
