@@ -137,6 +137,59 @@ impl Config {
         Self::from_figment(figment.merge(env))
     }
 
+    /// The configuration as TOML with every credential replaced by `<redacted>`: admin tokens,
+    /// webhook secrets, Expo access tokens, the ClickHouse password, and the librdkafka
+    /// settings in `bus.extra` that hold credentials. What `trellis config` prints.
+    pub fn redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        const REDACTED: &str = "<redacted>";
+        let mut value = toml::Value::try_from(self)?;
+        let hide = |v: &mut toml::Value| *v = toml::Value::String(REDACTED.into());
+        if let Some(tokens) = value
+            .get_mut("ingest")
+            .and_then(|i| i.get_mut("admin_tokens"))
+            .and_then(toml::Value::as_array_mut)
+        {
+            for token in tokens {
+                match token.get_mut("token") {
+                    Some(secret) => hide(secret),
+                    None => hide(token),
+                }
+            }
+        }
+        if let Some(destinations) = value
+            .get_mut("alerts")
+            .and_then(|a| a.get_mut("destinations"))
+            .and_then(toml::Value::as_table_mut)
+        {
+            for (_, destination) in destinations.iter_mut() {
+                for key in ["secret", "access_token"] {
+                    if let Some(secret) = destination.get_mut(key) {
+                        hide(secret);
+                    }
+                }
+            }
+        }
+        if let Some(extra) = value
+            .get_mut("bus")
+            .and_then(|b| b.get_mut("extra"))
+            .and_then(toml::Value::as_table_mut)
+        {
+            for (key, v) in extra.iter_mut() {
+                if trellis_bus::config::is_secret_setting(key) {
+                    hide(v);
+                }
+            }
+        }
+        if let Some(password) = value
+            .get_mut("sinks")
+            .and_then(|s| s.get_mut("clickhouse"))
+            .and_then(|c| c.get_mut("password"))
+        {
+            hide(password);
+        }
+        toml::to_string_pretty(&value)
+    }
+
     /// A configuration from TOML text alone (no environment), validated.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         Self::from_figment(Figment::new().merge(Toml::string(text)))
@@ -351,11 +404,46 @@ mod tests {
     }
 
     #[test]
+    fn the_printed_configuration_hides_every_credential() {
+        let config = load(
+            "[bus]\nkind = \"kafka\"\n[bus.extra]\n\"sasl.password\" = \"kafka-pass\"\n\
+             \"security.protocol\" = \"SASL_SSL\"\n\
+             [ingest]\nadmin_tokens = [\"every-project-token-1\", \
+             { token = \"pipeline-token-000001\", name = \"eas\", projects = [\"default\"] }]\n\
+             [sinks.clickhouse]\nuser = \"u\"\npassword = \"ch-pass\"\n\
+             [alerts.destinations.hook]\nkind = \"webhook\"\nurl = \"http://h\"\n\
+             secret = \"webhook-secret-0001\"\n",
+            &[],
+        )
+        .unwrap();
+        let text = config.redacted_toml().unwrap();
+        for secret in [
+            "kafka-pass",
+            "every-project-token-1",
+            "pipeline-token-000001",
+            "ch-pass",
+            "webhook-secret-0001",
+        ] {
+            assert!(!text.contains(secret), "{secret} in:\n{text}");
+        }
+        assert!(
+            text.contains("SASL_SSL") && text.contains("name = \"eas\""),
+            "{text}"
+        );
+        assert_eq!(text.matches("<redacted>").count(), 5, "{text}");
+        let logged = format!("{:?}", config.bus);
+        assert!(
+            !logged.contains("kafka-pass") && logged.contains("SASL_SSL"),
+            "{logged}"
+        );
+    }
+
+    #[test]
     fn the_environment_overrides_the_file() {
         // SAFETY: this test is the only one in the process touching these variables.
         unsafe {
             std::env::set_var("TRELLIS_TOPICS__PARTITIONS", "3");
-            std::env::set_var("TRELLIS_INGEST__LISTEN", "0.0.0.0:9999");
+            std::env::set_var("TRELLIS_INGEST__LISTEN", "127.0.0.2:9999");
         }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("trellis.toml");

@@ -216,16 +216,64 @@ fn the_dead_letter_topic_has_one_name() {
 #[test]
 fn docker_compose_file_is_valid() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("docker-compose")
-        .args(["-f", &format!("{root}/docker-compose.yml"), "config"])
-        .output()
-        .expect("docker-compose is not installed: scripts/test.sh installs Debian's package");
+    let compose = |key: Option<&str>| {
+        let mut command = Command::new("docker-compose");
+        command.args(["-f", &format!("{root}/docker-compose.yml"), "config"]);
+        command.env_remove("TRELLIS_PROJECT_KEY");
+        if let Some(key) = key {
+            command.env("TRELLIS_PROJECT_KEY", key);
+        }
+        command
+            .output()
+            .expect("docker-compose is not installed: scripts/test.sh installs Debian's package")
+    };
+    // The stack listens on 0.0.0.0: it will not start without a key of the user's own.
+    let out = compose(None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set TRELLIS_PROJECT_KEY"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = compose(Some("a-key-of-my-own-0001"));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let config = String::from_utf8_lossy(&out.stdout);
+    // The projects the ingest service gets parse as trellis configuration, with that key.
+    let projects = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TRELLIS_INGEST__PROJECTS: "))
+        .expect("the ingest service sets its projects")
+        .trim_matches(|c| c == '\'' || c == '"')
+        .replace("\\\"", "\"");
+    let printed = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .arg("config")
+        .env("TRELLIS_INGEST__LISTEN", "0.0.0.0:8080")
+        .env("TRELLIS_INGEST__PROJECTS", &projects)
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{projects}: {}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("keys = [\"a-key-of-my-own-0001\"]"));
+    // The development key on that address is refused, naming the key.
+    let refused = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .arg("config")
+        .env("TRELLIS_INGEST__LISTEN", "0.0.0.0:8080")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("ingest.projects[0].keys: the development key trellis_dev_key is refused"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     for needle in [
         "apache/kafka",
         "KAFKA_PROCESS_ROLES: broker,controller",

@@ -40,7 +40,7 @@ impl Default for EmbeddedConfig {
 }
 
 /// Settings of the Kafka bus.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list of bootstrap brokers.
@@ -65,6 +65,42 @@ pub struct KafkaConfig {
     pub replication: i32,
     /// Further librdkafka settings, passed as they are (for example `security.protocol`).
     pub extra: BTreeMap<String, String>,
+}
+
+/// Whether a librdkafka setting holds a credential (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, ...): its value is never logged.
+pub fn is_secret_setting(key: &str) -> bool {
+    ["password", "secret", "token", "ssl.key.pem", "credentials"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// Logged at start-up: the credentials in `extra` read `<redacted>`.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let extra: BTreeMap<&str, &str> = self
+            .extra
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_setting(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("compression", &self.compression)
+            .field("linger", &self.linger)
+            .field("fetch_wait", &self.fetch_wait)
+            .field("session_timeout", &self.session_timeout)
+            .field("replication", &self.replication)
+            .field("extra", &extra)
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {

@@ -165,6 +165,8 @@ pub struct Ingest {
     pub topics: topics::Names,
     /// Metrics of other stages in this process, appended on `/metrics`.
     pub other_metrics: Vec<crate::server::MetricsSource>,
+    /// Failed admin attempts per client address.
+    pub admin_guard: crate::admin::AdminGuard,
     by_key: HashMap<String, (String, Arc<Project>)>,
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     global: Option<DefaultDirectRateLimiter>,
@@ -192,6 +194,7 @@ impl Ingest {
             metrics: Metrics::default(),
             topics: topics::Names::default(),
             other_metrics: Vec::new(),
+            admin_guard: crate::admin::AdminGuard::default(),
             producer,
             config,
         }

@@ -2,6 +2,9 @@
 //!
 //! Every route takes `Authorization: Bearer <admin token>` (`ingest.admin_tokens`; a scoped
 //! token only for its projects) and answers `202 {"command_id"}` once the bus has the command.
+//! Tokens are compared in constant time; an address with more than
+//! [`ADMIN_FAILURES_PER_MINUTE`] failed attempts (no token, or a wrong one) is answered 429 with
+//! `Retry-After` until its quota refills, whatever token it sends.
 //!
 //! Issues: `POST /v1/projects/{project}/issues/{id}/{action}` with `Authorization: Bearer <admin token>`
 //! (`ingest.admin_tokens`) and an optional JSON body. Actions: `resolve`,
@@ -26,8 +29,17 @@
 //!   escalations quiet, `silence` (`{"for": "2h"}` or `{"until_ms": T}`) every notification of it
 //!   but a halt.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Extension;
+use axum::extract::ConnectInfo;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -73,15 +85,21 @@ pub struct CommandBody {
 pub struct Refusal {
     status: StatusCode,
     reason: String,
+    retry_after: Option<Duration>,
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(serde_json::json!({ "error": self.reason })),
-        )
-            .into_response()
+        let body = axum::Json(serde_json::json!({ "error": self.reason }));
+        match self.retry_after {
+            Some(wait) => (
+                self.status,
+                [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+                body,
+            )
+                .into_response(),
+            None => (self.status, body).into_response(),
+        }
     }
 }
 
@@ -89,6 +107,59 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
+        retry_after: None,
+    }
+}
+
+/// Failed admin attempts allowed per client address and minute: past them, the address is
+/// refused with 429 until its quota refills, whatever token it sends.
+pub const ADMIN_FAILURES_PER_MINUTE: u32 = 10;
+
+/// Addresses locked out of the admin API at most (the oldest lockouts go first past it).
+const MAX_LOCKED: usize = 10_000;
+
+/// Counts failed admin attempts per client address, and locks out the addresses past
+/// [`ADMIN_FAILURES_PER_MINUTE`].
+pub struct AdminGuard {
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    locked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Default for AdminGuard {
+    fn default() -> Self {
+        let per_minute = NonZeroU32::new(ADMIN_FAILURES_PER_MINUTE).expect("not zero");
+        AdminGuard {
+            failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            locked: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl AdminGuard {
+    /// How long `ip` stays locked out, if it is.
+    fn locked(&self, ip: IpAddr) -> Option<Duration> {
+        let locked = self.locked.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = *locked.get(&ip)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Counts a failed attempt from `ip`; locks it out once it is past its quota, and then
+    /// says for how long.
+    fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let Err(not_until) = self.failures.check_key(&ip) else {
+            return None;
+        };
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let mut locked = self.locked.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if locked.len() >= MAX_LOCKED {
+            locked.retain(|_, until| *until > now);
+        }
+        if locked.len() < MAX_LOCKED {
+            locked.insert(ip, now + wait);
+        }
+        self.failures.retain_recent();
+        Some(wait)
     }
 }
 
@@ -96,8 +167,16 @@ fn is_issue_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The client's address, when the server was started with it (`trellis_ingest::run`).
+pub type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
 /// Who an admin request comes from: its token's holder, or the refusal to answer with.
-fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<String, Refusal> {
+fn authorize(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    project: &str,
+) -> Result<String, Refusal> {
     let tokens = &state.config.admin_tokens;
     if tokens.is_empty() {
         return Err(refuse(
@@ -105,22 +184,38 @@ fn authorize(state: &AppState, headers: &HeaderMap, project: &str) -> Result<Str
             "the admin API is off: set ingest.admin_tokens",
         ));
     }
+    let ip = peer.as_ref().map(|Extension(ConnectInfo(addr))| addr.ip());
+    let guard = &state.admin_guard;
+    let locked_out = |wait: Duration| Refusal {
+        retry_after: Some(wait),
+        ..refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed admin attempts from this address",
+        )
+    };
+    if let Some(wait) = ip.and_then(|ip| guard.locked(ip)) {
+        return Err(locked_out(wait));
+    }
+    let failed = |refusal: Refusal| match ip.and_then(|ip| guard.failed(ip)) {
+        Some(wait) => locked_out(wait),
+        None => refusal,
+    };
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
     else {
-        return Err(refuse(
+        return Err(failed(refuse(
             StatusCode::UNAUTHORIZED,
             "no admin token (Authorization: Bearer ...)",
-        ));
+        )));
     };
     let Some(token) = tokens
         .iter()
-        .find(|t| constant_time_eq(t.secret().as_bytes(), given.as_bytes()))
+        .find(|t| constant_time_eq(t.secret().trim().as_bytes(), given.as_bytes()))
     else {
-        return Err(refuse(StatusCode::FORBIDDEN, "not an admin token"));
+        return Err(failed(refuse(StatusCode::FORBIDDEN, "not an admin token")));
     };
     if !state.config.projects.iter().any(|p| p.name == project) {
         return Err(refuse(
@@ -203,11 +298,12 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T
 /// `POST /v1/projects/{project}/issues/{id}/{action}`.
 pub async fn issue_command(
     State(state): State<AppState>,
+    peer: Peer,
     Path((project, id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    authorize(&state, &headers, &project)?;
+    authorize(&state, &peer, &headers, &project)?;
     if !is_issue_id(&id) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -380,11 +476,12 @@ async fn guard(state: &AppState, mut command: GuardCommand) -> Result<Response, 
 /// `POST /v1/projects/{project}/rollouts`: a deployment pipeline registers a rollout.
 pub async fn register_rollout(
     State(state): State<AppState>,
+    peer: Peer,
     Path(project): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    let holder = authorize(&state, &headers, &project)?;
+    let holder = authorize(&state, &peer, &headers, &project)?;
     let body: RolloutBody = parse_body(&body)?;
     let Some(update_id) = body.update_id.clone() else {
         return Err(refuse(StatusCode::BAD_REQUEST, "update_id is required"));
@@ -426,11 +523,12 @@ pub async fn register_rollout(
 /// `PATCH /v1/projects/{project}/rollouts/{update_id}`: the rollout's new percentage.
 pub async fn update_rollout(
     State(state): State<AppState>,
+    peer: Peer,
     Path((project, update_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    let holder = authorize(&state, &headers, &project)?;
+    let holder = authorize(&state, &peer, &headers, &project)?;
     let body: RolloutBody = parse_body(&body)?;
     check_update_id(&update_id).and_then(|()| check_percentage(body.percentage, true))?;
     let command = GuardCommand {
@@ -448,11 +546,12 @@ pub async fn update_rollout(
 /// `POST /v1/projects/{project}/rollouts/{update_id}/{halt|resume|ignore}`.
 pub async fn rollout_override(
     State(state): State<AppState>,
+    peer: Peer,
     Path((project, update_id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    let holder = authorize(&state, &headers, &project)?;
+    let holder = authorize(&state, &peer, &headers, &project)?;
     if !["halt", "resume", "ignore"].contains(&action.as_str()) {
         return Err(refuse(
             StatusCode::NOT_FOUND,
@@ -475,11 +574,12 @@ pub async fn rollout_override(
 /// `POST /v1/projects/{project}/alerts/{alert_id}/{ack|silence}`.
 pub async fn alert_command(
     State(state): State<AppState>,
+    peer: Peer,
     Path((project, alert_id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Refusal> {
-    let holder = authorize(&state, &headers, &project)?;
+    let holder = authorize(&state, &peer, &headers, &project)?;
     if !is_issue_id(&alert_id) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The default project's key: for trying trellis on loopback only (refused on any other
+/// listen address).
+pub const DEV_KEY: &str = "trellis_dev_key";
+
 /// Ingest settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,7 +132,7 @@ impl Default for ProjectConfig {
     fn default() -> Self {
         ProjectConfig {
             name: "default".into(),
-            keys: vec!["trellis_dev_key".into()],
+            keys: vec![DEV_KEY.into()],
             sentry_id: None,
             client_ip: IpPolicy::Drop,
             require_consent: false,
@@ -234,6 +238,18 @@ impl IngestConfig {
                     ));
                 }
             }
+        }
+        if !self.listen.ip().is_loopback()
+            && let Some(i) = self
+                .projects
+                .iter()
+                .position(|p| p.keys.iter().any(|k| k == DEV_KEY))
+        {
+            return Err(format!(
+                "ingest.projects[{i}].keys: the development key {DEV_KEY} is refused when \
+                 ingest.listen ({}) is reachable from other machines; set a key of your own",
+                self.listen
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         let mut sentry_ids = std::collections::HashSet::new();

@@ -305,3 +305,33 @@ async fn alerts_are_acknowledged_and_silenced_for_a_while() {
     );
     assert_eq!((got[1].action.as_str(), got[1].until_ms), ("ack", None));
 }
+
+#[tokio::test]
+async fn an_address_that_keeps_guessing_is_locked_out_even_with_a_good_token() {
+    let (h, project, _) = harness().await;
+    let path = format!("/v1/projects/{project}/rollouts/u-1/ignore");
+    for attempt in 0..trellis_ingest::admin::ADMIN_FAILURES_PER_MINUTE {
+        let r = send(
+            &h,
+            "POST",
+            &format!("wrong-token-guess-{attempt:04}"),
+            &path,
+            json!({}),
+        )
+        .await;
+        assert_eq!(r.status, 403, "attempt {attempt}: {}", r.body);
+    }
+    let r = send(&h, "POST", "wrong-token-guess-last", &path, json!({})).await;
+    assert_eq!(
+        error(&r),
+        (
+            429,
+            "too many failed admin attempts from this address".into()
+        )
+    );
+    let r = send(&h, "POST", ANY, &path, json!({})).await;
+    assert_eq!(r.status, 429, "locked out whatever the token: {}", r.body);
+    let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(commands(&h, 0).await.is_empty());
+}
