@@ -213,7 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             print!(
                 "{}",
-                toml::to_string_pretty(&config).context("rendering the configuration")?
+                config
+                    .redacted_toml()
+                    .context("rendering the configuration")?
             );
             Ok(())
         }

@@ -412,3 +412,23 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn trellis_config_prints_no_credential() {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .arg("config")
+        .env(
+            "TRELLIS_INGEST__ADMIN_TOKENS",
+            "[\"an-admin-token-0000001\"]",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("an-admin-token-0000001"), "{text}");
+    assert!(text.contains("admin_tokens = [\"<redacted>\"]"), "{text}");
+}
