@@ -84,8 +84,8 @@ pub async fn run_processors(
         {
             let issues =
                 trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone());
-            if p.detect.enabled && p.detect.spikes {
-                issues.with_spikes(p.detect.clone())
+            if p.detect.enabled && (p.detect.spikes || p.detect.velocity) {
+                issues.with_detection(p.detect.clone())
             } else {
                 issues
             }

@@ -87,6 +87,23 @@ fn errors(spec: &RolloutSpec) -> Vec<(i64, serde_json::Value)> {
         let per_5m = if spike.contains(&at) { 50.0 } else { 5.0 };
         t += -(1.0 - rng.f64()).ln() * 300_000.0 / per_5m;
     }
+    // A new issue on the bad update that reaches 40 of its users within 25 minutes of the
+    // rollout: new-issue velocity.
+    let release = serde_json::to_value(sim::candidate_release(spec)).unwrap();
+    for n in 0..40 {
+        let at = spec.rollout_ms + 60_000 + n * 36_000;
+        out.push((
+            at,
+            serde_json::json!({
+                "kind": "error",
+                "event_id": format!("00000000-0000-4000-8888-{n:012}"),
+                "timestamp": at,
+                "device_id": format!("v{n}"),
+                "release": release,
+                "exceptions": [{"type": "UpdateMigrationError", "value": "schema 7 missing"}],
+            }),
+        ));
+    }
     out
 }
 
@@ -143,7 +160,7 @@ fn newest(detections: Vec<Detection>) -> BTreeMap<String, Detection> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection() {
     let spec = rollout();
-    let expected = uninterrupted(&spec);
+    let mut expected = uninterrupted(&spec);
     let bad = sim::candidate_release(&spec);
     let bad_crashes = release::detection_id(PROJECT, &bad, Metric::CrashRate, 1);
     // The seed gives findings on the bad update's crash rate and crashed-user rate, and none
@@ -155,6 +172,16 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         "{expected:#?}"
     );
     assert_eq!(expected[&bad_crashes].status, "confirmed");
+    // The new issue's errors (see `errors`) also leave sessions of the bad update errored, which
+    // the simulated sessions alone have none of: one more finding, on its errored-session rate.
+    let bad_errored = release::detection_id(PROJECT, &bad, Metric::ErroredRate, 1);
+    expected.insert(
+        bad_errored,
+        Detection {
+            status: "confirmed".into(),
+            ..Detection::default()
+        },
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -270,8 +297,12 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
         );
     }
 
-    let (spikes, observed): (BTreeMap<String, Detection>, BTreeMap<String, Detection>) =
+    let (issue_findings, observed): (BTreeMap<String, Detection>, BTreeMap<String, Detection>) =
         newest(seen.clone())
+            .into_iter()
+            .partition(|(_, d)| d.issue_id.is_some());
+    let (spikes, velocity): (BTreeMap<String, Detection>, BTreeMap<String, Detection>) =
+        issue_findings
             .into_iter()
             .partition(|(_, d)| d.kind == "issue_spike");
     assert_eq!(
@@ -323,14 +354,14 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let issue = loop {
-        let text = query("SELECT DISTINCT issue_id FROM issues");
+        let text = query("SELECT DISTINCT issue_id FROM issues WHERE title LIKE 'PlantSyncError%'");
         let ids: Vec<&str> = text.lines().skip(1).collect();
         if ids.len() == 1 {
             break ids[0].to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "Parquet never held the one issue: {text}"
+            "Parquet never held the spiking issue: {text}"
         );
         std::thread::sleep(Duration::from_millis(500));
     };
@@ -346,6 +377,27 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     assert!(
         (spec.end_ms - 40 * 60_000..spec.end_ms - 25 * 60_000).contains(&finding.opened_ms),
         "opened inside the spike: {finding:#?}"
+    );
+
+    // The new issue on the bad update spread to a tenth of its users within the window: one
+    // velocity finding, confirmed, on the update's full identity.
+    assert_eq!(velocity.len(), 1, "{velocity:#?}");
+    let fast = velocity.values().next().unwrap();
+    assert_eq!(
+        (
+            fast.kind.as_str(),
+            fast.status.as_str(),
+            fast.metric.as_str()
+        ),
+        ("issue_velocity", "confirmed", "affected_user_rate"),
+        "{fast:#?}"
+    );
+    assert_eq!(fast.release, bad);
+    assert_ne!(fast.issue_id.as_deref(), Some(issue.as_str()));
+    assert_eq!(fast.candidate_count, 40, "{fast:#?}");
+    assert!(
+        fast.candidate_value >= 0.01 && fast.baseline_count >= 200,
+        "{fast:#?}"
     );
 
     // The README's query of the detections lists the bad update's finding as confirmed.

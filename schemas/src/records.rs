@@ -201,6 +201,26 @@ pub struct IssueCommand {
     pub at_ms: i64,
 }
 
+/// A session that just opened, as the `process` stage announces it to the `issues` stage (on
+/// `errors.grouped`, keyed by project, beside the errors): who uses which release now, the
+/// denominator of new-issue velocity. Not stored.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct SessionStart {
+    /// The project.
+    pub project: String,
+    /// The session: the SDK's id, or the implicit session's.
+    pub session_id: String,
+    /// The device.
+    pub device_id: String,
+    /// The user, if the opening event named one.
+    pub user_id: Option<String>,
+    /// The release the session runs.
+    pub release: Release,
+    /// Start, in ms since the epoch (event time).
+    pub started_ms: i64,
+}
+
 /// An admin's command to the rollout guard, carried on `detections` (keyed by project) to the
 /// alert stage, in order with the findings it decides on. The sinks recognise it by its schema
 /// and skip it: the command's effect is stored, as `audit` entries and `alerts` versions.
@@ -433,6 +453,7 @@ record!(HealthPartial, "health_partial");
 record!(IssueRecord, "issue_record");
 record!(IssueCommand, "issue_command");
 record!(GuardCommand, "guard_command");
+record!(SessionStart, "session_start");
 record!(Detection, "detection");
 record!(Alert, "alert");
 record!(AuditEntry, "audit_entry");
@@ -520,6 +541,7 @@ mod tests {
         check_committed::<IssueRecord>();
         check_committed::<IssueCommand>();
         check_committed::<GuardCommand>();
+        check_committed::<SessionStart>();
         check_committed::<Detection>();
         check_committed::<Alert>();
         check_committed::<AuditEntry>();

@@ -78,6 +78,19 @@ pub struct DetectConfig {
     pub spike_quiet_buckets: u32,
     /// Most issues whose rates are tracked per project; the quietest is forgotten past it.
     pub spike_max_issues: usize,
+    /// Whether the issues stage reports new-issue velocity: an issue new to a release that
+    /// reaches `velocity_share` of the release's users within `velocity_window`.
+    pub velocity: bool,
+    /// The share of a release's users (those who started a session of it within the window)
+    /// an issue must reach.
+    pub velocity_share: f64,
+    /// How long after its first event in a release an issue is judged for velocity.
+    #[serde(with = "humantime_serde")]
+    pub velocity_window: Duration,
+    /// The least users an issue must affect to be reported,
+    pub velocity_min_users: i64,
+    /// among at least this many users of the release.
+    pub velocity_min_release_users: i64,
 }
 
 impl Default for DetectConfig {
@@ -108,6 +121,11 @@ impl Default for DetectConfig {
             spike_min_mean: 0.5,
             spike_quiet_buckets: 3,
             spike_max_issues: 10_000,
+            velocity: true,
+            velocity_share: 0.01,
+            velocity_window: Duration::from_secs(30 * 60),
+            velocity_min_users: 10,
+            velocity_min_release_users: 200,
         }
     }
 }
@@ -197,6 +215,23 @@ impl DetectConfig {
         }
         if self.spike_max_issues < 1 {
             return Err(format!("{}: must be at least 1", key("spike_max_issues")));
+        }
+        if !(self.velocity_share > 0.0 && self.velocity_share <= 1.0) {
+            return Err(format!("{}: must be in (0, 1]", key("velocity_share")));
+        }
+        if self.velocity_window < Duration::from_secs(60) {
+            return Err(format!("{}: must be at least 1m", key("velocity_window")));
+        }
+        for (name, value) in [
+            ("velocity_min_users", self.velocity_min_users),
+            (
+                "velocity_min_release_users",
+                self.velocity_min_release_users,
+            ),
+        ] {
+            if value < 1 {
+                return Err(format!("{}: must be at least 1", key(name)));
+            }
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ pub mod release;
 pub mod sim;
 pub mod spike;
 pub mod stats;
+pub mod velocity;
 
 #[cfg(test)]
 mod tests;

@@ -18,16 +18,18 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use trellis_bus::{Message, Record, dead_letter};
-use trellis_schemas::records::{self, IssueCommand, IssueRecord};
+use trellis_schemas::records::{self, Detection, IssueCommand, IssueRecord, SessionStart};
 use trellis_schemas::{ErrorEvent, Event, avro, topics};
 
 use crate::detect::DetectConfig;
 use crate::detect::spike::{SpikeDetector, SpikeState};
+use crate::detect::velocity::{VelocityDetector, VelocityState};
 use crate::grouping::GroupingConfig;
 use crate::grouping::{
     AliasTable, Command, Grouper, IgnoreUntil, Issue, IssueId, Outcome, ReleaseClock, ReleaseKey,
     Signature, SimilarityIndex, Status, merge_issues,
 };
+use crate::pipeline::health::user_hash;
 use crate::runtime::{Factory, Output, Processor, StateError};
 
 /// Every project's grouping rules, compiled once.
@@ -106,6 +108,9 @@ struct State {
     /// Per-issue event rates for spike detection.
     #[serde(default)]
     spikes: SpikeState,
+    /// Releases' users and issues' spread over them, for new-issue velocity.
+    #[serde(default)]
+    velocity: VelocityState,
 }
 
 /// Counters since the last drain.
@@ -128,6 +133,8 @@ pub struct IssueProcessor {
     similar: HashMap<String, SimilarityIndex>,
     /// Issue spikes, when enabled.
     spikes: Option<SpikeDetector>,
+    /// New-issue velocity, when enabled.
+    velocity: Option<VelocityDetector>,
     counters: Counters,
 }
 
@@ -142,6 +149,7 @@ impl IssueProcessor {
         topics: Arc<topics::Names>,
         state: State,
         spikes: Option<SpikeDetector>,
+        velocity: Option<VelocityDetector>,
     ) -> Self {
         let mut similar: HashMap<String, SimilarityIndex> = HashMap::new();
         for issue in state.issues.values() {
@@ -158,6 +166,7 @@ impl IssueProcessor {
             state,
             similar,
             spikes,
+            velocity,
             counters: Counters::default(),
         }
     }
@@ -258,8 +267,8 @@ impl IssueProcessor {
             }
         }
         self.emit(id.as_str(), offset, out);
+        let mut found = Vec::new();
         if let Some(spikes) = self.spikes.as_mut() {
-            let mut found = Vec::new();
             spikes.observe(
                 &mut self.state.spikes,
                 &project,
@@ -267,15 +276,49 @@ impl IssueProcessor {
                 event.common.timestamp_ms,
                 &mut found,
             );
-            for d in found {
-                match records::encode(&d) {
-                    Ok(payload) => out.emit(Message::new(
-                        self.topics.detections.as_str(),
-                        crate::detect::project_key(&d.project),
-                        payload,
-                    )),
-                    Err(e) => tracing::error!(error = %e, "A detection does not encode."),
-                }
+        }
+        if let Some(velocity) = self.velocity.as_mut() {
+            let common = &event.common;
+            let device = common.device_id.as_deref().unwrap_or_default();
+            velocity.observe_error(
+                &mut self.state.velocity,
+                &project,
+                id.as_str(),
+                &common.release,
+                user_hash(common.user_id.as_deref(), device),
+                common.timestamp_ms,
+                &mut found,
+            );
+        }
+        self.emit_detections(found, out);
+    }
+
+    /// A session started: its user uses its release now.
+    fn on_session_start(&mut self, start: &SessionStart, out: &mut Output) {
+        let Some(velocity) = self.velocity.as_mut() else {
+            return;
+        };
+        let mut found = Vec::new();
+        velocity.observe_start(
+            &mut self.state.velocity,
+            &start.project,
+            &start.release,
+            user_hash(start.user_id.as_deref(), &start.device_id),
+            start.started_ms,
+            &mut found,
+        );
+        self.emit_detections(found, out);
+    }
+
+    fn emit_detections(&self, found: Vec<Detection>, out: &mut Output) {
+        for d in found {
+            match records::encode(&d) {
+                Ok(payload) => out.emit(Message::new(
+                    self.topics.detections.as_str(),
+                    crate::detect::project_key(&d.project),
+                    payload,
+                )),
+                Err(e) => tracing::error!(error = %e, "A detection does not encode."),
             }
         }
     }
@@ -388,6 +431,18 @@ impl Processor for IssueProcessor {
             }
             return;
         }
+        if records::is::<SessionStart>(&record.payload) {
+            match records::decode::<SessionStart>(&record.payload) {
+                Ok(start) => self.on_session_start(&start, out),
+                Err(e) => {
+                    self.counters.invalid += 1;
+                    let mut letter = dead_letter(record, STAGE, &e.to_string());
+                    letter.topic.clone_from(&self.topics.dlq);
+                    out.emit(letter);
+                }
+            }
+            return;
+        }
         match avro::decode(&record.payload) {
             Ok(Event::Error(error)) => {
                 if let Some((partition, offset)) =
@@ -437,6 +492,11 @@ impl Processor for IssueProcessor {
             .as_mut()
             .map(|s| std::mem::take(&mut s.counters))
             .unwrap_or_default();
+        let velocity = self
+            .velocity
+            .as_mut()
+            .map(|v| std::mem::take(&mut v.counters))
+            .unwrap_or_default();
         for (name, n) in [
             ("issues_new", c.new_issues),
             ("issues_regressed", c.regressions),
@@ -444,8 +504,10 @@ impl Processor for IssueProcessor {
             ("issue_commands_refused", c.commands_rejected),
             ("invalid", c.invalid),
             ("replayed", c.replayed),
-            ("detections", spikes.emitted),
+            ("detections", spikes.emitted + velocity.emitted),
             ("spike_issues_evicted", spikes.evicted),
+            ("session_starts", velocity.starts),
+            ("velocity_issues_evicted", velocity.evicted),
         ] {
             if n > 0 {
                 into(name, n);
@@ -485,7 +547,7 @@ pub fn replay<'a>(errors: impl IntoIterator<Item = &'a ErrorEvent>) -> Vec<Issue
 pub struct IssueFactory {
     groupers: Arc<Groupers>,
     topics: Arc<topics::Names>,
-    spikes: Option<DetectConfig>,
+    detect: Option<DetectConfig>,
 }
 
 impl IssueFactory {
@@ -494,14 +556,15 @@ impl IssueFactory {
         IssueFactory {
             groupers,
             topics: Arc::new(topics),
-            spikes: None,
+            detect: None,
         }
     }
 
-    /// The same, also reporting issue spikes on `detections` by `config`.
-    pub fn with_spikes(self, config: DetectConfig) -> Self {
+    /// The same, also reporting issue spikes (`config.spikes`) and new-issue velocity
+    /// (`config.velocity`) on `detections`.
+    pub fn with_detection(self, config: DetectConfig) -> Self {
         IssueFactory {
-            spikes: Some(config),
+            detect: Some(config),
             ..self
         }
     }
@@ -526,7 +589,14 @@ impl Factory for IssueFactory {
             self.groupers.clone(),
             self.topics.clone(),
             state,
-            self.spikes.clone().map(SpikeDetector::new),
+            self.detect
+                .clone()
+                .filter(|c| c.spikes)
+                .map(SpikeDetector::new),
+            self.detect
+                .clone()
+                .filter(|c| c.velocity)
+                .map(VelocityDetector::new),
         ))
     }
 }

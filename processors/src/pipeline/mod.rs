@@ -64,6 +64,7 @@ impl From<&ProcessorConfig> for Rules {
             sessions: SessionRules {
                 gap_ms: ms(c.session_gap),
                 max_ms: ms(c.session_max),
+                announce_starts: c.detect.enabled && c.detect.velocity,
             },
             windows: WindowRules {
                 window_ms: ms(c.window),
@@ -263,6 +264,9 @@ impl Pipeline {
 
     /// Sessions and release-health partials closed since the last call.
     pub fn take_closed(&mut self) -> (Vec<SessionRecord>, Vec<HealthPartial>) {
+        // Session starts are announcements for the issues stage over the bus; callers that
+        // drive the pipeline without one have no use for them.
+        self.sessions.take_started();
         (
             std::mem::take(&mut self.closed),
             std::mem::take(&mut self.partials),
@@ -276,6 +280,17 @@ impl Pipeline {
     }
 
     fn emit_closed(&mut self, out: &mut Output) {
+        // To the issues stage, beside the project's errors, for new-issue velocity.
+        for start in self.sessions.take_started() {
+            match records::encode(&start) {
+                Ok(payload) => out.emit(Message::new(
+                    self.topics.grouped.as_str(),
+                    crate::issues::grouped_key(&start.project),
+                    payload,
+                )),
+                Err(e) => tracing::error!(error = %e, "A session start does not encode."),
+            }
+        }
         for s in self.closed.drain(..) {
             match records::encode(&s) {
                 Ok(payload) => out.emit(Message::new(

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use trellis_schemas::records::SessionRecord;
+use trellis_schemas::records::{SessionRecord, SessionStart};
 use trellis_schemas::{Common, Event, Level, Release, SessionStatus, SessionUpdate};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -36,6 +36,9 @@ pub struct SessionRules {
     pub gap_ms: i64,
     /// Longest implicit session, in ms.
     pub max_ms: i64,
+    /// Whether opening sessions are announced ([`Sessions::take_started`]), for new-issue
+    /// velocity.
+    pub announce_starts: bool,
 }
 
 /// Counters since the last drain.
@@ -98,6 +101,8 @@ pub struct Sessions {
     ended: HashMap<u64, Ended>,
     ended_order: VecDeque<(i64, u64)>,
     timers: BinaryHeap<Reverse<(i64, u64, u8)>>,
+    /// Sessions opened since the last [`Sessions::take_started`], when announced.
+    started: Vec<SessionStart>,
     /// Counters since the last drain.
     pub counters: SessionCounters,
 }
@@ -175,6 +180,17 @@ impl Open {
             seq: i64::MIN,
             version: 0,
             ended: false,
+        }
+    }
+
+    fn start(&self) -> SessionStart {
+        SessionStart {
+            project: self.project.clone(),
+            session_id: self.id.clone(),
+            device_id: self.device_id.clone(),
+            user_id: self.user_id.clone(),
+            release: self.release.clone(),
+            started_ms: self.started_ms,
         }
     }
 
@@ -299,8 +315,14 @@ impl Sessions {
             ended: HashMap::new(),
             ended_order: VecDeque::new(),
             timers: BinaryHeap::new(),
+            started: Vec::new(),
             counters: SessionCounters::default(),
         }
+    }
+
+    /// The sessions opened since the last call, when [`SessionRules::announce_starts`].
+    pub fn take_started(&mut self) -> Vec<SessionStart> {
+        std::mem::take(&mut self.started)
     }
 
     /// Open sessions.
@@ -328,6 +350,9 @@ impl Sessions {
                     std::collections::hash_map::Entry::Vacant(v) => {
                         let open = Open::new(event.common(), sid.to_string(), true, t, wm);
                         self.timers.push(Reverse((open.close_at(gap), k, EXPLICIT)));
+                        if self.rules.announce_starts {
+                            self.started.push(open.start());
+                        }
                         v.insert(open)
                     }
                 };
@@ -351,7 +376,7 @@ impl Sessions {
         let common = event.common();
         let device = device_of(common);
         let k = key(&[&common.project, device]);
-        let SessionRules { gap_ms, max_ms } = self.rules;
+        let SessionRules { gap_ms, max_ms, .. } = self.rules;
         let list = self.implicit.entry(k).or_default();
         let fits = |s: &Open| {
             t >= s.started_ms - gap_ms
@@ -376,6 +401,9 @@ impl Sessions {
                 );
                 self.timers
                     .push(Reverse((open.close_at(gap_ms), k, IMPLICIT)));
+                if self.rules.announce_starts {
+                    self.started.push(open.start());
+                }
                 let at = list.partition_point(|s| s.started_ms <= t);
                 list.insert(at, open);
                 at
@@ -419,6 +447,9 @@ impl Sessions {
                 let mut open = Open::new(common, sid.to_string(), true, t, wm);
                 open.version = version;
                 self.timers.push(Reverse((open.close_at(gap), k, EXPLICIT)));
+                if self.rules.announce_starts {
+                    self.started.push(open.start());
+                }
                 v.insert(open)
             }
         };
