@@ -91,7 +91,7 @@ fn evidence(alert: &Alert) -> (String, String) {
     let rate = alert.metric.ends_with("_rate");
     let value = |v: f64| if rate { percent(v) } else { format!("{v:.1}") };
     let unit = if rate {
-        if alert.metric == "crashed_user_rate" {
+        if alert.metric == "crashed_user_rate" || alert.metric == "affected_user_rate" {
             "users"
         } else {
             "sessions"
