@@ -11,7 +11,9 @@
 use std::time::Instant;
 
 use trellis_processors::detect::DetectConfig;
-use trellis_processors::detect::sim::{self, PerfSpec, RolloutOutcome, RolloutSpec, SpikeSpec};
+use trellis_processors::detect::sim::{
+    self, PerfSpec, RolloutOutcome, RolloutSpec, SpikeSpec, VelocitySpec,
+};
 
 const MINUTE: i64 = 60_000;
 
@@ -20,6 +22,7 @@ enum Spec {
     Sessions(RolloutSpec),
     Perf(PerfSpec),
     Spike(SpikeSpec),
+    Velocity(VelocitySpec),
 }
 
 struct Scenario {
@@ -110,6 +113,13 @@ fn outcomes(spec: &Spec, config: &DetectConfig, runs: u64) -> Vec<RolloutOutcome
                                 },
                                 config,
                             ),
+                            Spec::Velocity(spec) => sim::run_velocity(
+                                &VelocitySpec {
+                                    seed: 1000 + seed,
+                                    ..spec.clone()
+                                },
+                                config,
+                            ),
                         })
                         .collect::<Vec<_>>()
                 })
@@ -145,7 +155,7 @@ fn row(name: &str, config: &DetectConfig, s: &Scenario) {
         })
     };
     let within = match (s.within_min, &s.spec) {
-        (Some(limit), Spec::Sessions(_) | Spec::Spike(_)) => {
+        (Some(limit), Spec::Sessions(_) | Spec::Spike(_) | Spec::Velocity(_)) => {
             let n = delays.iter().filter(|d| **d <= limit * MINUTE).count();
             format!(
                 "{:.1}% within {limit} min",
@@ -250,6 +260,30 @@ fn main() {
             name: "steady issue (200 per 5 min), one week",
             spec: steady_week(200.0),
             runs: 200 / scale,
+            within_min: None,
+        },
+        Scenario {
+            name: "new issue on 2% of a 5% rollout's users",
+            spec: Spec::Velocity(VelocitySpec::default()),
+            runs: 200 / scale,
+            within_min: Some(30),
+        },
+        Scenario {
+            name: "new issue on 0.5% of a 5% rollout's users",
+            spec: Spec::Velocity(VelocitySpec {
+                hit_rate: 0.005,
+                ..VelocitySpec::default()
+            }),
+            runs: 1000 / scale,
+            within_min: None,
+        },
+        Scenario {
+            name: "new issue on 0.8% of a 5% rollout's users",
+            spec: Spec::Velocity(VelocitySpec {
+                hit_rate: 0.008,
+                ..VelocitySpec::default()
+            }),
+            runs: 1000 / scale,
             within_min: None,
         },
     ];

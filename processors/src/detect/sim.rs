@@ -530,3 +530,98 @@ pub fn run_spike(spec: &SpikeSpec, config: &DetectConfig) -> RolloutOutcome {
     }
     outcome
 }
+
+/// A new issue on a staged rollout: `devices` devices on the update, a session every
+/// `session_interval_ms` each from `start_ms`, and a share `hit_rate` of the devices hitting the
+/// issue (an error within 5 minutes of their first session).
+#[derive(Debug, Clone)]
+pub struct VelocitySpec {
+    /// Seed.
+    pub seed: u64,
+    /// Devices on the update.
+    pub devices: u32,
+    /// Mean time between a device's sessions, in ms.
+    pub session_interval_ms: i64,
+    /// The share of devices that hit the issue.
+    pub hit_rate: f64,
+    /// Event time the update reaches its devices.
+    pub start_ms: i64,
+    /// Event time the simulation ends.
+    pub end_ms: i64,
+}
+
+impl Default for VelocitySpec {
+    /// A 5% rollout of the quality bar's fleet (5,000 devices, a session every 30 minutes) and a
+    /// new issue that 2% of its devices hit, for an hour.
+    fn default() -> Self {
+        let start_ms = 1_790_000_000_000;
+        VelocitySpec {
+            seed: 1,
+            devices: 5000,
+            session_interval_ms: 30 * 60_000,
+            hit_rate: 0.02,
+            start_ms,
+            end_ms: start_ms + 3_600_000,
+        }
+    }
+}
+
+/// Runs `spec` through a [`super::velocity::VelocityDetector`]. The delay in the outcome runs
+/// from the issue's first error to the error that opened its finding, and the sessions at flag
+/// are the issue's users then; with a `hit_rate` under `velocity_share`, an opened finding
+/// counts in `other_flags`.
+pub fn run_velocity(spec: &VelocitySpec, config: &DetectConfig) -> RolloutOutcome {
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    let release = candidate_release(&RolloutSpec::default());
+    // (time, device, is an error), in time order.
+    let mut timeline: Vec<(i64, u32, bool)> = Vec::new();
+    for device in 0..spec.devices {
+        // A device's first session is anywhere in its first interval (it is mid-cycle).
+        let mut t = spec.start_ms as f64 + rng.f64() * spec.session_interval_ms as f64;
+        let hit = rng.f64() < spec.hit_rate;
+        let mut first = true;
+        while (t as i64) < spec.end_ms {
+            timeline.push((t as i64, device, false));
+            if hit && first {
+                timeline.push((t as i64 + rng.i64(0..5 * 60_000), device, true));
+            }
+            first = false;
+            t += exponential(&mut rng, spec.session_interval_ms as f64);
+        }
+    }
+    timeline.sort_unstable();
+    let mut detector = super::velocity::VelocityDetector::new(config.clone());
+    let mut state = super::velocity::VelocityState::default();
+    let mut outcome = RolloutOutcome::default();
+    let mut out = Vec::new();
+    let mut first_error = None;
+    let user = |device: u32| xxhash_rust::xxh3::xxh3_64(&device.to_le_bytes());
+    for (t, device, error) in timeline {
+        if error {
+            first_error.get_or_insert(t);
+            detector.observe_error(
+                &mut state,
+                "sim",
+                "issue-1",
+                &release,
+                user(device),
+                t,
+                &mut out,
+            );
+        } else {
+            detector.observe_start(&mut state, "sim", &release, user(device), t, &mut out);
+        }
+        for d in out.drain(..) {
+            if d.status == "open" {
+                if spec.hit_rate >= config.velocity_share {
+                    outcome.candidate_delay_ms = first_error.map(|f| t - f);
+                    outcome.candidate_sessions_at_flag = Some(d.candidate_count);
+                } else {
+                    outcome.other_flags += 1;
+                }
+            }
+            outcome.detections.push(d);
+        }
+    }
+    outcome
+}

@@ -7,7 +7,8 @@
 //! `velocity_window` before the issue's first event there on; an issue's users are those its errors on that release came from, from
 //! its first event there on. While the window after that first event lasts, the issue is judged
 //! on every error: it opens a finding when it has at least `velocity_min_users` users among at
-//! least `velocity_min_release_users`, and at least `velocity_share` of them. When the window
+//! least `velocity_min_release_users`, at least `velocity_share` of them, and more than an issue
+//! at half that share would reach by chance (a Poisson upper tail below `alpha`). When the window
 //! ends the finding is `confirmed` if the share still holds (the release's users kept coming),
 //! else `retracted`; a confirmed finding is `resolved` once the issue has been quiet on the
 //! release for `resolve_after`. An issue whose window passed without a finding is not judged
@@ -26,6 +27,7 @@ use trellis_schemas::records::Detection;
 use super::DetectConfig;
 use super::finding::Status;
 use super::release::{MINUTE_MS, clamp_ms, cohort_key, describe, hex128, minute_of, release_key};
+use super::spike::poisson_log_upper_tail;
 
 /// The `kind` of the detections this module emits.
 pub const KIND: &str = "issue_velocity";
@@ -228,10 +230,17 @@ impl VelocityDetector {
         self.counters.emitted += (out.len() - before) as u64;
     }
 
+    /// Whether `affected` of `total` users is a finding: at least the floors, at least the
+    /// share, and more than chance would give an issue at half the share (a Poisson upper tail
+    /// below `alpha`), so that an issue well under the share does not cross it on its first
+    /// handful of users.
     fn crosses(&self, affected: i64, total: i64) -> bool {
-        affected >= self.config.velocity_min_users
-            && total >= self.config.velocity_min_release_users
-            && affected as f64 >= self.config.velocity_share * total as f64
+        let c = &self.config;
+        affected >= c.velocity_min_users
+            && total >= c.velocity_min_release_users
+            && affected as f64 >= c.velocity_share * total as f64
+            && -poisson_log_upper_tail(affected, 0.5 * c.velocity_share * total as f64)
+                >= super::stats::threshold(c.alpha)
     }
 
     /// Moves the project's clock to `t`'s minute; on a new minute, ends the windows that are
@@ -464,7 +473,12 @@ mod tests {
         assert_eq!(out[0].kind, KIND);
         assert_eq!(out[0].issue_id.as_deref(), Some("i-1"));
         assert_eq!(out[0].release, release("u-1"));
-        assert_eq!((out[0].candidate_count, out[0].baseline_count), (10, 1000));
+        // 10 users are 1% of 1,000, but an issue at half the share reaches 10 by chance too
+        // often (p > α): 13 is the first count that is evidence.
+        assert_eq!((out[0].candidate_count, out[0].baseline_count), (13, 1000));
+        let tail = |k| -poisson_log_upper_tail(k, 5.0);
+        let bar = crate::detect::stats::threshold(DetectConfig::default().alpha);
+        assert!(tail(12) < bar && tail(13) >= bar);
         // The window ends with the share held; a day of quiet resolves it.
         d.observe_start(
             &mut s,
