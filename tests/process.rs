@@ -276,7 +276,8 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
              [topics]\npartitions = {PARTITIONS}\nprefix = {prefix:?}\n\
              [processors]\ngroup = {group:?}\nissues_group = {issues_group:?}\n\
              checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\npoll_max = 200\n\
-             [processors.detect]\ngroup = {detect_group:?}\nperf_group = {perf_group:?}\n",
+             [processors.detect]\ngroup = {detect_group:?}\nperf_group = {perf_group:?}\n\
+             [sinks.parquet]\ngroup = {parquet_group:?}\nmax_age = \"1s\"\n",
             data = dir.path().display().to_string(),
             brokers = brokers(),
             session = SESSION_TIMEOUT.as_secs(),
@@ -284,6 +285,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
             issues_group = unique("issues"),
             detect_group = unique("detect"),
             perf_group = unique("detect-perf"),
+            parquet_group = unique("parquet"),
         ),
     )
     .unwrap();
@@ -342,6 +344,65 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     assert!(expected.len() >= 2, "the fleet has issues: {expected:?}");
     let observed = read_issues(&bus, &names, &expected).await;
     assert_eq!(observed, expected);
+
+    // The Parquet files hold what the replay wrote twice; `trellis query` counts it once.
+    let _sink = Trellis::spawn_args(&config, &["sink", "parquet"]);
+    let number = |sql: &str| -> u64 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "query",
+                "--format",
+                "csv",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+    };
+    let event_tables = [
+        "events",
+        "errors",
+        "perf",
+        "transactions",
+        "session_updates",
+        "notifications",
+    ];
+    let total = |prefix: &str| -> u64 {
+        event_tables
+            .iter()
+            .map(|t| number(&format!("SELECT count(*) FROM {prefix}{t}")))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stored_partials = loop {
+        let stored = number("SELECT count(*) FROM stored_aggregates");
+        if total("") as usize == straight.events.len()
+            && number("SELECT count(*) FROM aggregates") as usize == straight.partials.len()
+        {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Parquet: {} events of {}, {} partials of {}",
+            total(""),
+            straight.events.len(),
+            number("SELECT count(*) FROM aggregates"),
+            straight.partials.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let stored = total("stored_") + stored_partials;
+    let once = (straight.events.len() + straight.partials.len()) as u64;
+    assert!(
+        stored > once,
+        "the files hold the replay's copies ({stored} rows for {once} records)"
+    );
 }
 
 /// What a user reads off an issue, by id: everything that does not depend on the order errors

@@ -92,7 +92,14 @@ pub async fn query(root: &Path, sql: &str, format: OutputFormat) -> Result<Strin
     print(&batches, format)
 }
 
-/// Registers every table under `root` in `ctx`.
+/// The name of the table that holds every stored row of `table`, replayed duplicates included.
+pub fn stored_name(table: Table) -> String {
+    format!("stored_{}", table.name())
+}
+
+/// Registers every table under `root` in `ctx`: `stored_<table>` holds every row of the files,
+/// and `<table>` is a view over it with one row per identity ([`Table::identity`]), so that rows
+/// a replaying stage wrote twice count once.
 pub async fn register(ctx: &SessionContext, root: &Path) -> Result<(), QueryError> {
     let root = match root.canonicalize() {
         Ok(root) => Some(root),
@@ -114,7 +121,23 @@ pub async fn register(ctx: &SessionContext, root: &Path) -> Result<(), QueryErro
             Some(dir) => Arc::new(listing(&dir, &schema)?),
             None => Arc::new(MemTable::try_new(table_schema(&schema), vec![vec![]])?),
         };
-        ctx.register_table(table.name(), provider)?;
+        let stored = stored_name(table);
+        ctx.register_table(stored.as_str(), provider)?;
+        // The partition columns lead, so a filter on them still prunes files under the view.
+        let keys: Vec<String> = partition_columns()
+            .into_iter()
+            .map(|(name, _)| name)
+            .chain(table.identity().iter().map(|c| c.to_string()))
+            .map(|column| format!("s.{column}"))
+            .collect();
+        let view = ctx
+            .sql(&format!(
+                "SELECT DISTINCT ON ({}) * FROM {stored} s",
+                keys.join(", ")
+            ))
+            .await?
+            .into_view();
+        ctx.register_table(table.name(), view)?;
     }
     Ok(())
 }

@@ -37,9 +37,15 @@ pub struct Trellis(Child);
 impl Trellis {
     /// Starts `trellis --config CONFIG COMMAND`, logging warnings to the test's output.
     pub fn spawn(config: &Path, command: &str) -> Self {
+        Trellis::spawn_args(config, &[command])
+    }
+
+    /// Starts `trellis --config CONFIG ARGS...`, logging warnings to the test's output.
+    pub fn spawn_args(config: &Path, args: &[&str]) -> Self {
         Trellis(
             Command::new(env!("CARGO_BIN_EXE_trellis"))
-                .args(["--config", config.to_str().unwrap(), command])
+                .args(["--config", config.to_str().unwrap()])
+                .args(args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -71,6 +71,21 @@ impl Table {
         }
     }
 
+    /// The columns that identify a row: a stage that replays its input writes the same values
+    /// again (at new offsets, so into other files), so rows equal in them, their project and
+    /// their partition hour are one row written twice. `trellis query` answers over one of each.
+    pub fn identity(self) -> &'static [&'static str] {
+        match self {
+            Table::Event(_) => &["common.event_id"],
+            Table::Sessions => &["session_id", "version"],
+            Table::Aggregates => &["partial_id"],
+            Table::Issues => &["issue_id", "version"],
+            Table::Detections => &["detection_id", "version"],
+            Table::Alerts => &["alert_id", "version"],
+            Table::Audit => &["audit_id"],
+        }
+    }
+
     /// The Arrow schema of the table's files.
     pub fn schema(self) -> Arc<Schema> {
         match self {

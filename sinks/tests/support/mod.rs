@@ -214,6 +214,18 @@ pub async fn number(root: &Path, sql: &str) -> u64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}: {csv:?}"))
 }
 
+/// The rows every table holds as stored, replayed duplicates included (`stored_<table>`).
+pub async fn stored_counts(root: &Path) -> BTreeMap<&'static str, u64> {
+    let mut out = BTreeMap::new();
+    for table in counts(root).await.into_keys() {
+        out.insert(
+            table,
+            number(root, &format!("SELECT count(*) FROM stored_{table}")).await,
+        );
+    }
+    out
+}
+
 /// The rows of every table, by `query`.
 pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
