@@ -333,23 +333,64 @@ fn session_status(text: Option<&str>) -> Result<SessionStatus, String> {
     })
 }
 
-/// The release attributes of a `session` or `sessions` item.
-fn session_common(attrs: Option<&Value>, sdk: &Sdk, event_id: String, timestamp_ms: i64) -> Common {
-    let attrs = attrs.cloned().unwrap_or(Value::Null);
-    let (app_version, build) = split_release(&s(attrs.get("release")).unwrap_or_default());
-    Common {
+/// Longest `attrs.release` of a session item, as Sentry's own limit on release names.
+pub const MAX_RELEASE_CHARS: usize = 200;
+
+/// Longest `attrs.environment` of a session item, as Sentry's own limit.
+pub const MAX_ENVIRONMENT_CHARS: usize = 64;
+
+/// Longest `did` (the user or device) of a session item.
+pub const MAX_DID_CHARS: usize = 256;
+
+/// The `did` of a session item or aggregate, refused past [`MAX_DID_CHARS`].
+fn did_of(v: Option<&Value>) -> Result<Option<String>, String> {
+    let did = s(v);
+    if did
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DID_CHARS)
+    {
+        return Err(format!("did is longer than {MAX_DID_CHARS} characters"));
+    }
+    Ok(did)
+}
+
+/// The release attributes of a `session` or `sessions` item, read in place (a `sessions` item
+/// expands to many events: nothing of `attrs` but these two bounded strings reaches them).
+fn session_common(
+    attrs: Option<&Value>,
+    sdk: &Sdk,
+    event_id: String,
+    timestamp_ms: i64,
+) -> Result<Common, String> {
+    let release = s(attrs.and_then(|a| a.get("release"))).unwrap_or_default();
+    if release.chars().count() > MAX_RELEASE_CHARS {
+        return Err(format!(
+            "attrs.release is longer than {MAX_RELEASE_CHARS} characters"
+        ));
+    }
+    let environment = s(attrs.and_then(|a| a.get("environment")));
+    if environment
+        .as_ref()
+        .is_some_and(|e| e.chars().count() > MAX_ENVIRONMENT_CHARS)
+    {
+        return Err(format!(
+            "attrs.environment is longer than {MAX_ENVIRONMENT_CHARS} characters"
+        ));
+    }
+    let (app_version, build) = split_release(&release);
+    Ok(Common {
         event_id,
         timestamp_ms,
         release: Release {
             platform: "unknown".into(),
             app_version,
             build,
-            environment: s(attrs.get("environment")),
+            environment,
             ..Release::default()
         },
         sdk: sdk.clone(),
         ..Common::default()
-    }
+    })
 }
 
 /// A Sentry `session` item.
@@ -374,8 +415,8 @@ pub fn session(item: &Value, sdk: &Sdk) -> Result<SessionUpdate, String> {
         format!("session:{sid}:{seq}:{status:?}").as_bytes(),
     )
     .to_string();
-    let mut common = session_common(item.get("attrs"), sdk, event_id, timestamp_ms);
-    let did = s(item.get("did"));
+    let mut common = session_common(item.get("attrs"), sdk, event_id, timestamp_ms)?;
+    let did = did_of(item.get("did"))?;
     common.device_id = did.clone();
     common.user_id = did;
     common.session_id = Some(sid);
@@ -431,20 +472,24 @@ pub fn sessions(item: &Value, sdk: &Sdk, envelope_key: &str) -> Result<Vec<Sessi
         .get("aggregates")
         .and_then(Value::as_array)
         .ok_or("sessions item has no aggregates")?;
+    // The release attributes once, not per expanded session.
+    let base = session_common(item.get("attrs"), sdk, String::new(), 0)?;
     let mut out = Vec::new();
     for (bucket, agg) in aggregates.iter().enumerate() {
         let started_ms = agg
             .get("started")
             .and_then(sentry_ms)
             .ok_or("aggregate has no started")?;
-        let did = s(agg.get("did"));
+        let did = did_of(agg.get("did"))?;
         for (field, status) in AGGREGATE_COUNTS {
             let count = aggregate_count(agg, field);
             for i in 0..count {
                 let key = format!("sessions:{envelope_key}:{bucket}:{field}:{i}");
                 let sid =
                     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes()).to_string();
-                let mut common = session_common(item.get("attrs"), sdk, sid.clone(), started_ms);
+                let mut common = base.clone();
+                common.event_id.clone_from(&sid);
+                common.timestamp_ms = started_ms;
                 common.device_id = did.clone();
                 common.user_id = did.clone();
                 common.session_id = Some(sid);

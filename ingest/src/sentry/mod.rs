@@ -267,6 +267,66 @@ mod tests {
         assert_eq!(ia, ids(&a), "a resent envelope yields the same ids");
     }
 
+    /// A `sessions` item expands to one event per counted session: nothing large in it may be
+    /// copied into each of them.
+    #[test]
+    fn a_sessions_item_cannot_multiply_large_attributes() {
+        let metrics = Metrics::default();
+        let limits = crate::config::LimitsConfig::default();
+        let envelope = |attrs: serde_json::Value, did: &str| {
+            let item = serde_json::json!({
+                "attrs": attrs,
+                "aggregates": [{"started": "2026-11-25T16:00:00Z", "did": did, "exited": 500}],
+            });
+            format!("{{}}\n{{\"type\":\"sessions\"}}\n{item}\n")
+        };
+        let items = |body: String| {
+            parse_envelope(body.as_bytes(), &limits, &metrics, "p")
+                .unwrap()
+                .items
+        };
+        // Half a megabyte of attributes nobody reads: 500 small events all the same.
+        let junk = "x".repeat(512 * 1024);
+        let got = items(envelope(
+            serde_json::json!({"release": "shop@2.1.0+7", "environment": "production", "junk": junk}),
+            "u-1",
+        ));
+        assert_eq!(got.len(), 500);
+        for item in &got {
+            let Item::Event { event, .. } = item else {
+                panic!("refused: {item:?}");
+            };
+            let encoded = trellis_schemas::avro::encode(event).unwrap();
+            assert!(encoded.len() < 512, "{} bytes", encoded.len());
+            assert_eq!(event.common().release.app_version, "2.1.0");
+        }
+        // A release, environment or did too long to be one is refused, with the reason, once.
+        for (attrs, did, reason) in [
+            (
+                serde_json::json!({"release": "r".repeat(201)}),
+                "u-1",
+                "attrs.release is longer than 200 characters",
+            ),
+            (
+                serde_json::json!({"environment": "e".repeat(65)}),
+                "u-1",
+                "attrs.environment is longer than 64 characters",
+            ),
+            (
+                serde_json::json!({}),
+                &*"d".repeat(257),
+                "did is longer than 256 characters",
+            ),
+        ] {
+            let got = items(envelope(attrs, did));
+            assert_eq!(got.len(), 1);
+            match &got[0] {
+                Item::Invalid { reason: r, .. } => assert_eq!(r, reason),
+                other => panic!("accepted: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn splits_release_names() {
         assert_eq!(
