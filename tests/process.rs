@@ -397,12 +397,12 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
         );
         std::thread::sleep(Duration::from_millis(500));
     };
+    // Whether the replay re-emitted anything depends on where the kill fell between
+    // checkpoints; the sinks' own test writes every record twice for certain.
     let stored = total("stored_") + stored_partials;
     let once = (straight.events.len() + straight.partials.len()) as u64;
-    assert!(
-        stored > once,
-        "the files hold the replay's copies ({stored} rows for {once} records)"
-    );
+    assert!(stored >= once, "{stored} rows stored for {once} records");
+    println!("Parquet holds {stored} rows for {once} records; queries count {once}");
 }
 
 /// What a user reads off an issue, by id: everything that does not depend on the order errors

@@ -130,9 +130,13 @@ pub async fn register(ctx: &SessionContext, root: &Path) -> Result<(), QueryErro
             .chain(table.identity().iter().map(|c| c.to_string()))
             .map(|column| format!("s.{column}"))
             .collect();
+        // A window rather than `DISTINCT ON`: it passes the columns through as they are (an
+        // aggregate's `first_value` would make them nullable, which DataFusion 55 then trips
+        // over under a `UNION ALL`).
         let view = ctx
             .sql(&format!(
-                "SELECT DISTINCT ON ({}) * FROM {stored} s",
+                "SELECT * EXCLUDE (trellis_copy) FROM (SELECT *, ROW_NUMBER() OVER \
+                 (PARTITION BY {}) AS trellis_copy FROM {stored} s) WHERE trellis_copy = 1",
                 keys.join(", ")
             ))
             .await?
