@@ -351,4 +351,44 @@ mod tests {
         assert_eq!(button["url"], "https://trellis.example.com/alerts/a1");
         assert_eq!(truncate("abcdef", 4), "abc…");
     }
+
+    #[test]
+    fn overrides_read_as_what_they_are() {
+        // A halt by hand before any finding, and a resume; a velocity alert counts users.
+        let manual = Alert {
+            event: "rollout.halt".into(),
+            metric: String::new(),
+            candidate_count: 0,
+            baseline_count: 0,
+            ..alert()
+        };
+        assert_eq!(
+            title(&manual),
+            "Rollout halted: ios 2.14.0 (1402) update u-7 on production"
+        );
+        let text = slack_message(&manual, "");
+        assert_eq!(
+            text["blocks"][1]["fields"][0]["text"],
+            "*Candidate:*\nno finding"
+        );
+        let resumed = Alert {
+            event: "rollout.resume".into(),
+            ..alert()
+        };
+        assert_eq!(
+            title(&resumed),
+            "Rollout resumed: ios 2.14.0 (1402) update u-7 on production"
+        );
+        let velocity = Alert {
+            event: "alert.firing".into(),
+            metric: "affected_user_rate".into(),
+            issue_id: Some("i-1".into()),
+            ..alert()
+        };
+        let text = slack_message(&velocity, "");
+        assert_eq!(
+            text["blocks"][1]["fields"][0]["text"],
+            "*Candidate:*\n2.10% of 900 users"
+        );
+    }
 }
