@@ -153,15 +153,17 @@ pub fn send(method: &str, url: &str, token: &str, body: &Value) -> anyhow::Resul
     Ok(text)
 }
 
+/// The fields of `fields` that are not null: a request body without the options not given.
+pub fn given(fields: Value) -> serde_json::Map<String, Value> {
+    match fields {
+        Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The body's non-null fields, with `who` and `reason` from `admin`.
 fn body(admin: &Admin, fields: Value) -> Value {
-    let mut map: serde_json::Map<String, Value> = fields
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut map = given(fields);
     if let Some(who) = &admin.who {
         map.insert("who".into(), json!(who));
     }

@@ -78,14 +78,8 @@ pub fn run(args: IssuesArgs) -> anyhow::Result<()> {
         "until_ms": args.until_ms,
         "into": args.into,
     });
-    let body: serde_json::Map<String, serde_json::Value> = body
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let text = crate::guard::send("POST", &url, &args.token, &serde_json::Value::Object(body))?;
+    let body = serde_json::Value::Object(crate::guard::given(body));
+    let text = crate::guard::send("POST", &url, &args.token, &body)?;
     println!("{text}");
     Ok(())
 }

@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -338,20 +337,7 @@ async fn a_bad_update_is_detected_end_to_end_and_a_sigkill_changes_no_detection(
     );
 
     // One spike, of the one issue, first episode, resolved once the rate was back.
-    let query = |sql: &str| -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "query",
-                "--format",
-                "csv",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let query = |sql: &str| support::query_csv(&config, sql);
     let deadline = Instant::now() + Duration::from_secs(60);
     let issue = loop {
         let text = query("SELECT DISTINCT issue_id FROM issues WHERE title LIKE 'PlantSyncError%'");

@@ -348,18 +348,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     // The Parquet files hold what the replay wrote twice; `trellis query` counts it once.
     let _sink = Trellis::spawn_args(&config, &["sink", "parquet"]);
     let number = |sql: &str| -> u64 {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "query",
-                "--format",
-                "csv",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = support::query_csv(&config, sql);
         text.lines()
             .nth(1)
             .and_then(|l| l.parse().ok())

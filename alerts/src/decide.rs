@@ -506,7 +506,7 @@ impl Decider {
             "previous_state": before.name(),
             "percentage": rollout.percentage,
             "previous_percentage": previous,
-            "release": release_json(&rollout.release),
+            "release": serde_json::to_value(&rollout.release).unwrap_or_default(),
             "detection_id": rollout.evidence.as_ref().map(|a| a.detection_id.clone()),
         });
         if c.action == "resume" {
@@ -668,18 +668,6 @@ fn merge_release(known: &mut Release, given: &Release) {
     fill(&mut known.runtime_version, &given.runtime_version);
     fill(&mut known.channel, &given.channel);
     fill(&mut known.environment, &given.environment);
-}
-
-fn release_json(r: &Release) -> serde_json::Value {
-    serde_json::json!({
-        "platform": r.platform,
-        "app_version": r.app_version,
-        "build": r.build,
-        "runtime_version": r.runtime_version,
-        "update_id": r.update_id,
-        "channel": r.channel,
-        "environment": r.environment,
-    })
 }
 
 /// The single-version alert of a manual halt or resume: the update's newest guard evidence,

@@ -66,3 +66,19 @@ impl Drop for Trellis {
         self.kill();
     }
 }
+
+/// What `trellis --config CONFIG query --format csv SQL` prints (empty if it fails).
+pub fn query_csv(config: &Path, sql: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "query",
+            "--format",
+            "csv",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
