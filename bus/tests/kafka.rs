@@ -102,10 +102,15 @@ async fn a_consumer_killed_mid_stream_loses_nothing() {
         .iter()
         .map(|r| std::str::from_utf8(&r.payload).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(
-        records.len(),
-        300,
-        "exactly the uncommitted records are redelivered"
+    // The child can commit once more between its fourth `committed` line and the kill, and die
+    // before that line reaches the test: the broker then holds 125 committed, and the
+    // replacement gets 275, all of them records the child had not committed. Either way no
+    // record is redelivered twice and none is lost (below).
+    assert_eq!(again.len(), records.len(), "no record delivered twice");
+    assert!(
+        records.len() == 300 || records.len() == 275,
+        "exactly the uncommitted records are redelivered: {}",
+        records.len()
     );
     all.extend(read_by_child);
     assert_eq!(
