@@ -145,7 +145,7 @@ fn parse(c: &mut Criterion) {
     });
 
     let batches: Vec<Vec<u8>> = (0..50).map(posthog_batch).collect();
-    let first = posthog::parse(&batches[0], max_event).unwrap();
+    let first = posthog::parse(&batches[0], 10_000, max_event).unwrap();
     assert_eq!(first.items.len(), EVENTS_PER_BATCH);
     all_events(&first.items, "PostHog");
     group.throughput(Throughput::Elements(
@@ -155,7 +155,7 @@ fn parse(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0;
             for body in &batches {
-                n += posthog::parse(body, max_event).unwrap().items.len();
+                n += posthog::parse(body, 10_000, max_event).unwrap().items.len();
             }
             n
         })

@@ -198,9 +198,14 @@ impl Body<'_> {
     }
 }
 
-/// Parses a PostHog body (already decompressed) in one go: [`read`] then [`Body::items`].
-pub fn parse(body: &[u8], max_event_bytes: usize) -> Result<Parsed, IngestError> {
-    let body = read(body, 10_000)?;
+/// Parses a PostHog body (already decompressed) in one go: [`read`] then [`Body::items`], for
+/// callers that check no key (fuzzing, benchmarks); the server checks the key in between.
+pub fn parse(
+    body: &[u8],
+    max_events: usize,
+    max_event_bytes: usize,
+) -> Result<Parsed, IngestError> {
+    let body = read(body, max_events)?;
     Ok(Parsed {
         items: body.items(max_event_bytes),
         api_key: body.api_key.clone(),

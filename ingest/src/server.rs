@@ -328,10 +328,13 @@ async fn posthog_capture(
             }
             body = out.into();
         }
-        let parsed = posthog::parse(&body, state.config.limits.max_event_bytes)?;
-        let (key, project) = state.project(parsed.api_key.as_deref())?;
+        // The key first: an unknown one costs the reading of the body's shape, nothing more.
+        let limits = &state.config.limits;
+        let read = posthog::read(&body, limits.max_events_per_request)?;
+        let (key, project) = state.project(read.api_key.as_deref())?;
+        let items = read.items(limits.max_event_bytes);
         state
-            .accept(key, &project, parsed.sent_at_ms, parsed.items)
+            .accept(key, &project, read.sent_at_ms(), items)
             .await?;
         Ok((StatusCode::OK, axum::Json(json!({ "status": 1 }))).into_response())
     }

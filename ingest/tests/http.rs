@@ -274,6 +274,26 @@ async fn limits_answer_413_with_the_reason() {
         r.body
     );
 
+    // The same limit holds for a PostHog batch, before anything in it is converted.
+    let batch: Vec<Value> = (0..51)
+        .map(|i| json!({"event": "tapped", "distinct_id": format!("d{i}")}))
+        .collect();
+    let r = h
+        .post(
+            "/batch/",
+            &[],
+            json!({"api_key": key, "batch": batch})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(
+        r.json()["reason"].as_str().unwrap().contains("50"),
+        "{}",
+        r.body
+    );
+
     // An attachment over its limit refuses the envelope.
     let mut config2 = common::config();
     config2.0.limits.max_attachment_bytes = 10;

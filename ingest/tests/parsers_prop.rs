@@ -188,7 +188,9 @@ fn templates_are_accepted() {
     }
     for t in posthog_templates() {
         let body = json!({"batch": [t]}).to_string();
-        let items = posthog::parse(body.as_bytes(), 1 << 20).unwrap().items;
+        let items = posthog::parse(body.as_bytes(), 10_000, 1 << 20)
+            .unwrap()
+            .items;
         assert!(
             matches!(items[0], Item::Event { .. }),
             "{t}: {:?}",

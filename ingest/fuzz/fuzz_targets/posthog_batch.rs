@@ -10,7 +10,7 @@ use trellis_ingest::posthog;
 
 fuzz_target!(|data: &[u8]| {
     for max_event_bytes in [LimitsConfig::default().max_event_bytes, 64] {
-        match posthog::parse(data, max_event_bytes) {
+        match posthog::parse(data, 10_000, max_event_bytes) {
             Ok(p) => {
                 for item in &p.items {
                     if let Item::Invalid { reason, .. } = item {

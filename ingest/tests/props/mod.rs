@@ -91,7 +91,7 @@ pub fn native_all(body: &[u8], max_event_bytes: usize) -> Option<Vec<Item>> {
 }
 
 pub fn posthog_all(body: &[u8], max_event_bytes: usize) -> Option<Vec<Item>> {
-    match posthog::parse(body, max_event_bytes) {
+    match posthog::parse(body, 10_000, max_event_bytes) {
         Ok(p) => {
             check_items("posthog", &p.items);
             Some(p.items)
