@@ -10,8 +10,14 @@
 //! An alert fires when the first matching detection of its subject opens with at least the
 //! rule's severity, re-notifies when a later detection raises the severity, and resolves when every matching detection of the subject is resolved or
 //! retracted. An episode that starts within the rule's cooldown of the subject's last
-//! notification is kept on record but notifies nobody (nor does its resolution). A halt rule asks for `rollout.halt` once per release, ever: a release that is
-//! halted, resolves and regresses again notifies with `alert.firing` the second time.
+//! notification is kept on record but notifies nobody (nor does its resolution). A halt rule
+//! asks for `rollout.halt` only while the release's rollout is active: a release that is halted,
+//! resolves and regresses again notifies with `alert.firing` the second time, unless someone
+//! resumed it in between; an update the guard was told to ignore is never halted.
+//!
+//! Admin commands ([`Decider::command`]) register rollouts and change their percentage, halt,
+//! resume or ignore them, and acknowledge or silence alerts; each is applied in order with the
+//! findings and written to the audit trail.
 
 use std::collections::{BTreeMap, BTreeSet};
 
