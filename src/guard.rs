@@ -287,11 +287,19 @@ fn int(row: &serde_json::Map<String, Value>, key: &str) -> i64 {
     row.get(key).and_then(Value::as_i64).unwrap_or_default()
 }
 
+/// `ms` as RFC 3339, or as the number where it is not a time humantime can write (past the year
+/// 9999): a listing never fails on a value it reads.
 fn time(ms: i64) -> String {
+    use std::fmt::Write;
     if ms <= 0 {
         return String::new();
     }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    let mut out = String::new();
+    let at = UNIX_EPOCH + Duration::from_millis(ms as u64);
+    match write!(out, "{}", humantime::format_rfc3339_seconds(at)) {
+        Ok(()) => out,
+        Err(_) => format!("{ms} ms"),
+    }
 }
 
 /// One rollout's line in the listing.
@@ -512,4 +520,14 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
         out.push_str("(none)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_past_what_rfc_3339_can_write_print_as_numbers() {
+        assert_eq!(super::time(0), "");
+        assert_eq!(super::time(1_764_903_600_000), "2025-12-05T03:00:00Z");
+        assert_eq!(super::time(i64::MAX), format!("{} ms", i64::MAX));
+    }
 }

@@ -97,8 +97,11 @@ struct Rollout {
     state: RolloutState,
     /// Whether a pipeline registered it.
     registered: bool,
-    /// Manual halts and resumes so far: part of their alert ids.
+    /// Manual halts and resumes so far.
     changes: u32,
+    /// Whether the last word the rollout service had of the update was a halt (the guard's or
+    /// someone's): a resume must then tell it, whatever happened in between.
+    halt_sent: bool,
     /// The newest guard alert on the update: the evidence a manual halt carries.
     evidence: Option<Alert>,
     /// When it last changed (event time or the command's time), for forgetting.
@@ -130,13 +133,44 @@ impl DeciderState {
     /// existed (postcard has no optional fields: the older layout is tried second).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes).or_else(|e| {
-            postcard::from_bytes::<LegacyState>(bytes)
-                .map(|legacy| DeciderState {
-                    alerts: legacy.alerts,
-                    ..DeciderState::default()
-                })
-                .map_err(|_| e)
+            // The older layout must account for every byte: a damaged new checkpoint is not one.
+            match postcard::take_from_bytes::<LegacyState>(bytes) {
+                Ok((legacy, [])) => Ok(DeciderState::from_legacy(legacy)),
+                _ => Err(e),
+            }
         })
+    }
+
+    /// The state of an older checkpoint: its alerts, and a halted rollout for every update the
+    /// guard had halted (that checkpoint kept halts on the alerts only).
+    fn from_legacy(legacy: LegacyState) -> Self {
+        let mut rollouts = BTreeMap::new();
+        for t in legacy
+            .alerts
+            .values()
+            .filter(|t| t.halted && t.last.issue_id.is_none())
+        {
+            let Some(update) = t.last.release.update_id.as_deref() else {
+                continue;
+            };
+            rollouts
+                .entry(rollout_key(&t.last.project, update))
+                .or_insert_with(|| Rollout {
+                    release: t.last.release.clone(),
+                    percentage: None,
+                    state: RolloutState::Halted,
+                    registered: false,
+                    changes: 0,
+                    halt_sent: true,
+                    evidence: Some(t.last.clone()),
+                    changed_ms: t.changed_ms,
+                });
+        }
+        DeciderState {
+            alerts: legacy.alerts,
+            rollouts,
+            ..DeciderState::default()
+        }
     }
 }
 
@@ -258,6 +292,7 @@ impl Decider {
                     state: RolloutState::Active,
                     registered: false,
                     changes: 0,
+                    halt_sent: false,
                     evidence: None,
                     changed_ms: now,
                 });
@@ -380,6 +415,7 @@ impl Decider {
                 {
                     if alert.event == "rollout.halt" {
                         r.state = RolloutState::Halted;
+                        r.halt_sent = true;
                         may_halt = false;
                     }
                     if alert.state != "resolved" {
@@ -460,6 +496,7 @@ impl Decider {
                     state: RolloutState::Active,
                     registered: false,
                     changes: 0,
+                    halt_sent: false,
                     evidence: None,
                     changed_ms: c.at_ms,
                 })
@@ -486,7 +523,7 @@ impl Decider {
             "halt" if before == RolloutState::Halted => {
                 return Err(format!("update {update:?} is halted already"));
             }
-            "resume" if before == RolloutState::Active => {
+            "resume" if before == RolloutState::Active && !rollout.halt_sent => {
                 return Err(format!("update {update:?} is not halted or ignored"));
             }
             "halt" | "resume" => {
@@ -498,12 +535,14 @@ impl Decider {
                 } else {
                     RolloutState::Active
                 };
-                // A resumed or ignored-then-resumed update may be halted by the guard again,
-                // by its next episode of regression.
+                // A resumed update may be halted by the guard again, by its next episode of
+                // regression. The rollout service hears of a resume only if its last word was a
+                // halt (an update ignored after a halt is still halted there).
                 rollout.changes += 1;
-                if before != RolloutState::Ignored || c.action == "halt" {
+                if c.action == "halt" || rollout.halt_sent {
                     out.push(manual_alert(c, rollout, update, destinations));
                 }
+                rollout.halt_sent = c.action == "halt";
             }
             _ => rollout.state = RolloutState::Ignored,
         }
@@ -681,7 +720,8 @@ fn merge_release(known: &mut Release, given: &Release) {
 fn manual_alert(c: &GuardCommand, r: &Rollout, update: &str, destinations: Vec<String>) -> Alert {
     let evidence = r.evidence.clone().unwrap_or_default();
     let halt = c.action == "halt";
-    let alert_id = hex128(&["rollout", &c.project, update, &r.changes.to_string()]);
+    // The command's id: unique, and the same when the command is replayed.
+    let alert_id = hex128(&["rollout", &c.project, update, &c.command_id]);
     let said = if c.reason.is_empty() {
         String::new()
     } else {
@@ -1313,24 +1353,66 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_from_before_rollouts_restores() {
+    fn a_checkpoint_from_before_rollouts_restores_with_the_halts_it_knew() {
         #[derive(Serialize)]
         struct Legacy<'a> {
             alerts: &'a BTreeMap<String, Tracked>,
         }
-        let mut decider = Decider::new(config(vec![Rule::default()]));
-        run(
+        let cfg = config(vec![halt_rule()]);
+        let mut decider = Decider::new(cfg.clone());
+        let out = run(
             &mut decider,
-            &[detection("d1", "crash_rate", "open", 1.5, 10)],
+            &[detection("d1", "crash_rate", "open", 3.0, 10)],
         );
+        assert_eq!(events(&out), [("guard", "rollout.halt", 1)]);
         let legacy = postcard::to_stdvec(&Legacy {
             alerts: &decider.state().alerts,
         })
         .unwrap();
-        let state = DeciderState::from_bytes(&legacy).unwrap();
-        assert_eq!(state.alerts.len(), 1);
+        let mut restored = Decider::restore(cfg, DeciderState::from_bytes(&legacy).unwrap());
+        assert_eq!(restored.state().alerts.len(), 1);
+        assert_eq!(restored.rollout("shop", "u-7"), Some(RolloutState::Halted));
+        // ... so it can be resumed, and the rollout service hears of it.
+        let (resumed, _) = apply(&mut restored, &command("resume", 20));
+        assert_eq!(events(&resumed), [("manual", "rollout.resume", 1)]);
         let now = DeciderState::from_bytes(&decider.state().to_bytes().unwrap()).unwrap();
         assert_eq!(now.rollouts.len(), 1);
         assert!(DeciderState::from_bytes(b"\xff\xff").is_err());
+        // Bytes past an older layout are a damaged checkpoint, not an older one.
+        let mut damaged = legacy.clone();
+        damaged.push(7);
+        assert!(DeciderState::from_bytes(&damaged).is_err());
+    }
+
+    #[test]
+    fn a_halted_update_ignored_then_resumed_is_resumed_at_the_rollout_service() {
+        let mut decider = Decider::new(config(vec![halt_rule()]));
+        let out = run(
+            &mut decider,
+            &[detection("d1", "crash_rate", "open", 3.0, 10)],
+        );
+        assert_eq!(events(&out), [("guard", "rollout.halt", 1)]);
+        let (out, _) = apply(&mut decider, &command("ignore", 11));
+        assert!(out.is_empty());
+        let (out, audit) = apply(&mut decider, &command("resume", 12));
+        assert_eq!(events(&out), [("manual", "rollout.resume", 1)]);
+        assert!(audit[0].evidence.contains(r#""previous_state":"ignored""#));
+        // Ignored from the start, it was never halted there: a resume sends nothing.
+        let mut decider = Decider::new(config(vec![halt_rule()]));
+        apply(&mut decider, &command("ignore", 1));
+        let (out, _) = apply(&mut decider, &command("resume", 2));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn two_manual_halts_of_one_update_are_two_alerts() {
+        let mut decider = Decider::new(config(vec![halt_rule()]));
+        let (first, _) = apply(&mut decider, &command("halt", 1));
+        apply(&mut decider, &command("resume", 2));
+        // Even once the rollout was forgotten, a later halt is a new alert.
+        decider.state.rollouts.clear();
+        let (second, _) = apply(&mut decider, &command("halt", 3));
+        assert_ne!(first[0].alert_id, second[0].alert_id);
+        assert_ne!(first[0].delivery_id, second[0].delivery_id);
     }
 }

@@ -428,11 +428,41 @@ pub struct AlertBody {
 }
 
 /// The actor of a command: the token's holder, and who they said they act for.
-fn actor(holder: String, who: Option<String>) -> String {
-    match who.map(|w| w.trim().to_string()).filter(|w| !w.is_empty()) {
+fn actor(holder: String, who: Option<String>) -> Result<String, Refusal> {
+    let who = who.map(|w| w.trim().to_string()).filter(|w| !w.is_empty());
+    if who
+        .as_ref()
+        .is_some_and(|w| w.chars().count() > MAX_WHO_CHARS || w.chars().any(char::is_control))
+    {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("who must be at most {MAX_WHO_CHARS} characters, without control characters"),
+        ));
+    }
+    Ok(match who {
         Some(who) if who != holder => format!("{who} ({holder})"),
         _ => holder,
+    })
+}
+
+/// Longest `who` a command may name.
+pub const MAX_WHO_CHARS: usize = 100;
+
+/// Longest `reason` a command may give (it goes into audit entries and Slack summaries).
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// Longest silence: a longer one is an alert rule to change, not an alert to silence.
+pub const MAX_SILENCE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn reason_of(reason: Option<String>) -> Result<String, Refusal> {
+    let reason = reason.unwrap_or_default();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("reason must be at most {MAX_REASON_CHARS} characters"),
+        ));
     }
+    Ok(reason)
 }
 
 /// Refuses an id that is empty, longer than 128 bytes or holds control characters.
@@ -513,8 +543,8 @@ pub async fn register_rollout(
         update_id: Some(update_id),
         release: Some(release),
         percentage: body.percentage,
-        actor: actor(holder, body.who),
-        reason: body.reason.unwrap_or_default(),
+        actor: actor(holder, body.who)?,
+        reason: reason_of(body.reason)?,
         ..GuardCommand::default()
     };
     guard(&state, command).await
@@ -536,8 +566,8 @@ pub async fn update_rollout(
         action: "update".into(),
         update_id: Some(update_id),
         percentage: body.percentage,
-        actor: actor(holder, body.who),
-        reason: body.reason.unwrap_or_default(),
+        actor: actor(holder, body.who)?,
+        reason: reason_of(body.reason)?,
         ..GuardCommand::default()
     };
     guard(&state, command).await
@@ -564,8 +594,8 @@ pub async fn rollout_override(
         project,
         action,
         update_id: Some(update_id),
-        actor: actor(holder, body.who),
-        reason: body.reason.unwrap_or_default(),
+        actor: actor(holder, body.who)?,
+        reason: reason_of(body.reason)?,
         ..GuardCommand::default()
     };
     guard(&state, command).await
@@ -593,11 +623,19 @@ pub async fn alert_command(
         ));
     }
     let body: AlertBody = parse_body(&body)?;
+    let now = now_ms();
+    let longest = now.saturating_add(MAX_SILENCE.as_millis() as i64);
     let until_ms = match (action.as_str(), body.duration, body.until_ms) {
-        ("silence", Some(d), None) => Some(now_ms().saturating_add(d.as_millis() as i64)),
-        ("silence", None, Some(t)) if t > now_ms() => Some(t),
-        ("silence", None, Some(_)) => {
+        ("silence", Some(d), None) if d <= MAX_SILENCE => Some(now + d.as_millis() as i64),
+        ("silence", None, Some(t)) if t > now && t <= longest => Some(t),
+        ("silence", None, Some(t)) if t <= now => {
             return Err(refuse(StatusCode::BAD_REQUEST, "until_ms is in the past"));
+        }
+        ("silence", Some(_), None) | ("silence", None, Some(_)) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "a silence lasts at most 30 days",
+            ));
         }
         ("silence", _, _) => {
             return Err(refuse(
@@ -618,8 +656,8 @@ pub async fn alert_command(
         action,
         alert_id: Some(alert_id.to_ascii_lowercase()),
         until_ms,
-        actor: actor(holder, body.who),
-        reason: body.reason.unwrap_or_default(),
+        actor: actor(holder, body.who)?,
+        reason: reason_of(body.reason)?,
         ..GuardCommand::default()
     };
     guard(&state, command).await
