@@ -1,6 +1,7 @@
 //! Shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod alerting;
 pub mod oracle;
 pub mod receiver;
 
