@@ -82,6 +82,9 @@ impl KafkaBus {
     }
 }
 
+/// How long `create_topic` waits for a created topic to appear in the broker's metadata.
+const TOPIC_VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
 fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers);
@@ -112,19 +115,28 @@ impl Bus for KafkaBus {
             }
         }
         // Wait until the topic is visible in metadata, so producers do not race its creation.
-        for _ in 0..100 {
-            match self.topic_partitions(name).await? {
-                Some(n) if n == partitions => return Ok(()),
-                Some(n) => {
+        // A busy broker can let one metadata request time out; that is retried until the
+        // deadline, and only a wrong partition count or a permanent error ends the wait early.
+        let deadline = tokio::time::Instant::now() + TOPIC_VISIBLE_WITHIN;
+        loop {
+            match self.topic_partitions(name).await {
+                Ok(Some(n)) if n == partitions => return Ok(()),
+                Ok(Some(n)) => {
                     return Err(BusError::Config(format!(
                         "topic {name:?} exists with {n} partitions, not {partitions}"
                     )));
                 }
-                None => {}
+                Ok(None) => {}
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(topic = name, error = %e, "topic metadata not answered yet");
+                }
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BusError::Timeout(TOPIC_VISIBLE_WITHIN));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(BusError::Timeout(Duration::from_secs(5)))
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
