@@ -77,6 +77,22 @@ impl BusError {
             | BusError::Config(_) => false,
         }
     }
+
+    /// Whether the bus refused one message for what it is (its size, its bytes): sending it again
+    /// will fail again, while other messages can still be stored.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            BusError::Kafka(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                        | rdkafka::types::RDKafkaErrorCode::InvalidMessage
+                        | rdkafka::types::RDKafkaErrorCode::InvalidRecord
+                )
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// A message header: a name and opaque bytes.
@@ -218,6 +234,15 @@ impl Offsets {
     }
 }
 
+/// A message the bus refused for good, handed back with the reason.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Why: an error for which [`BusError::is_refusal`] holds.
+    pub error: BusError,
+    /// The message as it was given.
+    pub message: Message,
+}
+
 /// Publishes messages and reports when the bus has them durably.
 #[async_trait]
 pub trait Producer: Send + Sync {
@@ -226,6 +251,16 @@ pub trait Producer: Send + Sync {
     /// On an error the caller must treat the whole call as failed and may retry it: some messages
     /// may have been stored, so consumers deduplicate (trellis derives ids from content).
     async fn publish(&self, messages: Vec<Message>) -> Result<Vec<Delivery>, BusError>;
+
+    /// Publishes every message like [`Producer::publish`], but a message the bus refuses for good
+    /// (too large, invalid: [`BusError::is_refusal`]) is answered on its own while the others are
+    /// still stored. Any other failure fails the whole call, as `publish` does.
+    async fn publish_settled(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Delivery, Refusal>>, BusError> {
+        Ok(self.publish(messages).await?.into_iter().map(Ok).collect())
+    }
 
     /// Whether the bus is reachable now (for readiness checks).
     async fn is_ready(&self) -> bool;

@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
-use trellis_bus::{Message, Producer};
+use trellis_bus::{Message, Producer, Refusal};
 use trellis_schemas::{Event, avro, topics};
 
 use crate::config::{IngestConfig, ProjectConfig};
@@ -272,7 +272,9 @@ impl Ingest {
         let mut events = Vec::with_capacity(items.len());
         let mut letters = Vec::new();
         let mut accepted_kinds: HashMap<&'static str, u64> = HashMap::new();
-        let (mut invalid, mut too_large, mut no_consent) = (0, 0, 0);
+        let (mut invalid, mut too_large, mut no_consent, mut refused) = (0, 0, 0, 0);
+        // Each event message's position in the request and kind.
+        let mut origins = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
             match item {
                 Item::Invalid {
@@ -309,6 +311,7 @@ impl Ingest {
                     match avro::encode(&event) {
                         Ok(payload) => {
                             *accepted_kinds.entry(event.kind().as_str()).or_default() += 1;
+                            origins.push((index, event.kind().as_str()));
                             events.push(Message::new(
                                 self.topics.raw.as_str(),
                                 event.partition_key(),
@@ -339,31 +342,55 @@ impl Ingest {
             return Err(e);
         }
         outcome.accepted = events.len();
+        let stored_events = events.len();
         let mut messages = events;
         messages.extend(letters.into_iter().map(|mut letter| {
             letter.topic.clone_from(&self.topics.dlq);
             letter
         }));
-        if !messages.is_empty() {
-            let started = Instant::now();
-            let publish = self.producer.publish(messages);
-            let result = tokio::time::timeout(self.config.publish_timeout, publish).await;
-            let failure = match result {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!(
-                    "no acknowledgement within {:?}",
-                    self.config.publish_timeout
-                )),
-            };
-            if let Some(reason) = failure {
-                tracing::warn!(project = name, %reason, waited_ms = started.elapsed().as_millis() as u64, "Bus refused a request's events.");
-                self.metrics
-                    .dropped(name, "unavailable", outcome.accepted as u64);
-                return Err(IngestError::Unavailable {
-                    reason,
-                    retry_after: self.config.retry_after,
-                });
+        // An event the bus refuses for good (too large for the broker) is dead-lettered and
+        // refused on its own: answering 503 would make the SDK resend it, and the whole batch
+        // with it, forever.
+        let mut refusals = Vec::new();
+        let unavailable = |e: IngestError| {
+            self.metrics
+                .dropped(name, "unavailable", stored_events as u64);
+            e
+        };
+        let settled = self.publish(name, messages).await.map_err(unavailable)?;
+        for (position, refusal) in settled {
+            if position >= stored_events {
+                tracing::warn!(project = name, error = %refusal.error, "The bus refused a dead letter.");
+                self.metrics.dropped(name, "refused_by_bus", 1);
+                continue;
+            }
+            let (index, kind) = origins[position];
+            let reason = format!("the bus refused the event: {}", refusal.error);
+            let described = avro::decode(&refusal.message.payload)
+                .map(|event| format!("{event:?}"))
+                .unwrap_or_default();
+            refusals.push(dead_letter(
+                name,
+                described.as_bytes(),
+                &reason,
+                project.config.client_ip,
+            ));
+            outcome.rejected.push(Rejection { index, reason });
+            outcome.accepted -= 1;
+            refused += 1;
+            if let Some(n) = accepted_kinds.get_mut(kind) {
+                *n -= 1;
+            }
+        }
+        if !refusals.is_empty() {
+            outcome.rejected.sort_by_key(|r| r.index);
+            for letter in &mut refusals {
+                letter.topic.clone_from(&self.topics.dlq);
+            }
+            let settled = self.publish(name, refusals).await.map_err(unavailable)?;
+            for (_, refusal) in settled {
+                tracing::warn!(project = name, error = %refusal.error, "The bus refused a dead letter.");
+                self.metrics.dropped(name, "refused_by_bus", 1);
             }
         }
         // Counted once the request's fate is known: a refused request is retried, and its
@@ -371,10 +398,47 @@ impl Ingest {
         self.metrics.dropped(name, "invalid", invalid);
         self.metrics.dropped(name, "too_large", too_large);
         self.metrics.dropped(name, "no_consent", no_consent);
+        self.metrics.dropped(name, "refused_by_bus", refused);
         for (kind, n) in accepted_kinds {
             self.metrics.accepted(name, kind, n);
         }
         Ok(outcome)
+    }
+}
+
+impl Ingest {
+    /// Publishes a request's messages within the publish timeout. Answers which of them the bus
+    /// refused for good (by position); any other failure refuses the request with 503.
+    async fn publish(
+        &self,
+        project: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<(usize, Refusal)>, IngestError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = messages.len();
+        let started = Instant::now();
+        let publish = self.producer.publish_settled(messages);
+        let reason = match tokio::time::timeout(self.config.publish_timeout, publish).await {
+            Ok(Ok(settled)) => {
+                return Ok(settled
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(position, s)| s.err().map(|refusal| (position, refusal)))
+                    .collect());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no acknowledgement within {:?}",
+                self.config.publish_timeout
+            ),
+        };
+        tracing::warn!(project, %reason, messages = count, waited_ms = started.elapsed().as_millis() as u64, "Bus refused a request's events.");
+        Err(IngestError::Unavailable {
+            reason,
+            retry_after: self.config.retry_after,
+        })
     }
 }
 

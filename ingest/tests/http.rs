@@ -548,6 +548,47 @@ async fn a_bus_that_cannot_store_gets_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn an_event_the_broker_refuses_is_dead_lettered_and_the_rest_of_the_batch_stored() {
+    // Under ingest's 1 MiB event limit, over the 1,000,000 bytes a Kafka message may have.
+    let (config, project, key) = config();
+    let h = Harness::kafka(config).await;
+    let mut huge = analytics(2);
+    huge["properties"] = json!({"blob": "x".repeat(1_020_000)});
+    assert!(huge.to_string().len() < 1024 * 1024);
+    let r = send(&h, &key, json!({"events": [analytics(1), huge, analytics(3)]})).await;
+
+    assert_eq!(r.status, 200, "a refusal for good is not a reason to retry: {}", r.body);
+    let outcome = r.json();
+    assert_eq!(outcome["accepted"], 2, "{outcome}");
+    let rejected = outcome["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{outcome}");
+    assert_eq!(rejected[0]["index"], 1);
+    let reason = rejected[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("too large"), "{reason}");
+
+    let mut ids: Vec<String> = h
+        .events(&project, 2, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|e| e.common().event_id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [uuid(1), uuid(3)]);
+    let letters = h.dead_letters(&project, 1, Duration::from_secs(10)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, reason);
+    let payload = String::from_utf8_lossy(&letters[0].payload);
+    assert!(payload.contains(&uuid(2)) && payload.len() <= 4096, "{payload:.200}");
+    let metrics = h.get("/metrics").await.body;
+    assert!(
+        metrics.contains(&format!(
+            "trellis_ingest_events_dropped_total{{project=\"{project}\",reason=\"refused_by_bus\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_what_was_accepted_by_kind() {
     let (config, project, key) = config();
     let h = Harness::embedded(config).await;

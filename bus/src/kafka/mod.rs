@@ -23,7 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::{Bus, BusError, Consumer, Delivery, Header, Message, Offsets, Producer, Record};
+use crate::{Bus, BusError, Consumer, Delivery, Header, Message, Offsets, Producer, Record, Refusal};
 
 /// The Kafka bus.
 pub struct KafkaBus {
@@ -199,6 +199,25 @@ struct KafkaProducer {
 }
 
 impl KafkaProducer {
+    /// Sorts a failed send: `Ok` with the error when the broker refused this one message for
+    /// good (the rest of the call goes on), `Err` when the whole call has failed.
+    fn produce_error(&self, e: KafkaError, message: &Message) -> Result<BusError, BusError> {
+        let error = match e {
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
+                BusError::Timeout(self.ack_timeout)
+            }
+            KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                BusError::UnknownTopic(message.topic.clone())
+            }
+            e => BusError::from(e),
+        };
+        if error.is_refusal() {
+            Ok(error)
+        } else {
+            Err(error)
+        }
+    }
+
     async fn check_topics(&self, messages: &[Message]) -> Result<(), BusError> {
         let unknown: HashSet<String> = {
             let known = self.known_topics.lock().map_err(|_| BusError::Closed)?;
@@ -238,6 +257,17 @@ impl KafkaProducer {
 #[async_trait]
 impl Producer for KafkaProducer {
     async fn publish(&self, messages: Vec<Message>) -> Result<Vec<Delivery>, BusError> {
+        self.publish_settled(messages)
+            .await?
+            .into_iter()
+            .map(|settled| settled.map_err(|refusal| refusal.error))
+            .collect()
+    }
+
+    async fn publish_settled(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Result<Delivery, Refusal>>, BusError> {
         self.check_topics(&messages).await?;
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         let mut pending = Vec::with_capacity(messages.len());
@@ -257,7 +287,7 @@ impl Producer for KafkaProducer {
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        pending.push(Ok(delivery));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -267,39 +297,37 @@ impl Producer for KafkaProducer {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((
-                        KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
-                        _,
-                    )) => {
-                        return Err(BusError::UnknownTopic(message.topic.clone()));
+                    Err((e, _)) => {
+                        pending.push(Err(self.produce_error(e, message)?));
+                        break;
                     }
-                    Err((e, _)) => return Err(e.into()),
                 }
             }
         }
         let mut deliveries = Vec::with_capacity(pending.len());
-        for (future, message) in pending.into_iter().zip(&messages) {
+        for (sent, message) in pending.into_iter().zip(messages) {
+            let future = match sent {
+                Ok(future) => future,
+                Err(error) => {
+                    deliveries.push(Err(Refusal { error, message }));
+                    continue;
+                }
+            };
             // librdkafka enforces `message.timeout.ms`; this outer timeout only guards a hang.
             let outcome = tokio::time::timeout(self.ack_timeout + Duration::from_secs(5), future)
                 .await
                 .map_err(|_| BusError::Timeout(self.ack_timeout))?
                 .map_err(|_| BusError::Closed)?;
-            match outcome {
-                Ok(d) => deliveries.push(Delivery {
+            deliveries.push(match outcome {
+                Ok(d) => Ok(Delivery {
                     partition: d.partition as u32,
                     offset: d.offset as u64,
                 }),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)) => {
-                    return Err(BusError::Timeout(self.ack_timeout));
+                Err((e, _)) => {
+                    let error = self.produce_error(e, &message)?;
+                    Err(Refusal { error, message })
                 }
-                Err((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
-                    _,
-                )) => {
-                    return Err(BusError::UnknownTopic(message.topic.clone()));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
+            });
         }
         Ok(deliveries)
     }
