@@ -555,9 +555,18 @@ async fn an_event_the_broker_refuses_is_dead_lettered_and_the_rest_of_the_batch_
     let mut huge = analytics(2);
     huge["properties"] = json!({"blob": "x".repeat(1_020_000)});
     assert!(huge.to_string().len() < 1024 * 1024);
-    let r = send(&h, &key, json!({"events": [analytics(1), huge, analytics(3)]})).await;
+    let r = send(
+        &h,
+        &key,
+        json!({"events": [analytics(1), huge, analytics(3)]}),
+    )
+    .await;
 
-    assert_eq!(r.status, 200, "a refusal for good is not a reason to retry: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "a refusal for good is not a reason to retry: {}",
+        r.body
+    );
     let outcome = r.json();
     assert_eq!(outcome["accepted"], 2, "{outcome}");
     let rejected = outcome["rejected"].as_array().unwrap();
@@ -578,7 +587,10 @@ async fn an_event_the_broker_refuses_is_dead_lettered_and_the_rest_of_the_batch_
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, reason);
     let payload = String::from_utf8_lossy(&letters[0].payload);
-    assert!(payload.contains(&uuid(2)) && payload.len() <= 4096, "{payload:.200}");
+    assert!(
+        payload.contains(&uuid(2)) && payload.len() <= 4096,
+        "{payload:.200}"
+    );
     let metrics = h.get("/metrics").await.body;
     assert!(
         metrics.contains(&format!(

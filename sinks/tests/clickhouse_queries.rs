@@ -431,15 +431,6 @@ fn export(db: &str, table: &str) -> String {
         .unwrap()
 }
 
-fn python() -> String {
-    std::env::var("TEST_TRELLIS_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/../target/sdk-venv/bin/python",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    })
-}
-
 const CHDB_SCRIPT: &str = r#"
 import json, sys
 from chdb import session

@@ -13,6 +13,8 @@ use clickhouse_support::*;
 use trellis_bus::{Bus, DeadLetter, Message};
 use trellis_schemas::records::Detection;
 use trellis_schemas::{AnalyticsEvent, Common, Event, avro, topics};
+use trellis_sinks::clickhouse::batch::Batch;
+use trellis_sinks::clickhouse::migrations::{ServerVersion, migrations};
 use trellis_sinks::clickhouse::{self, migrate};
 
 fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
@@ -276,5 +278,129 @@ async fn clickhouse_unreachable_for_30_seconds_mid_stream_loses_and_duplicates_n
     task.await.unwrap().unwrap();
     assert_exact(&db, &expected);
     println!("outage: {during:?} during the cut, {expected:?} after");
+    execute(&format!("DROP DATABASE {db}"));
+}
+
+/// Inserts a current server is given, in chDB: the whole batch in one insert (it should be
+/// refused), then the sink's inserts (they should all pass); answers what happened and the count.
+const CHDB_INSERTS: &str = r#"
+import json, sys
+from chdb import session
+spec = json.load(open(sys.argv[1]))
+s = session.Session(spec["path"])
+s.query("CREATE DATABASE IF NOT EXISTS " + spec["db"])
+for sql in spec["migrations"]:
+    s.query(sql)
+out = {"version": str(s.query("SELECT version()", "TSV")).strip()}
+try:
+    s.query(spec["whole"])
+    out["whole"] = "written"
+except Exception as e:
+    out["whole"] = str(e)
+for sql in spec["inserts"]:
+    s.query(sql)
+out["count"] = int(str(s.query("SELECT count() FROM %s.events" % spec["db"], "TSV")).strip())
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_decades_apart_are_written_in_inserts_a_current_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("months")));
+    create_topics(&bus, &names).await;
+    let db = unique("ch_months");
+    let config = config(&db);
+    migrate(&config).await.unwrap();
+    // 300 events a month apart from 2000 on: about 300 monthly partitions in one batch.
+    let events: Vec<Event> = (0..300)
+        .map(|n| {
+            let mut e = analytics("opened_app", n);
+            e.common_mut().timestamp_ms = 946_684_800_000 + n as i64 * 30 * 86_400_000;
+            e
+        })
+        .collect();
+    let messages: Vec<Message> = events
+        .iter()
+        .map(|e| {
+            Message::new(
+                names.events.as_str(),
+                e.partition_key(),
+                avro::encode(e).unwrap(),
+            )
+        })
+        .collect();
+    publish(&bus, &messages).await;
+
+    let (stop, task) = start(&bus, &names, config.clone());
+    wait_for(&db, &[("events", 300)].into(), Duration::from_secs(60)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(count(&db, "SELECT count() FROM events"), 300);
+    let months = count(&db, "SELECT uniqExact(toYYYYMM(event_date)) FROM events");
+    assert!(months > 250, "{months} months");
+
+    // 18.16 has no partition limit per insert; ClickHouse 26.x refuses more than 100. The same
+    // rows, cut into inserts as the sink cuts them, go into chDB 26.9.
+    let mut batch = Batch::default();
+    let now = Instant::now();
+    for (offset, m) in messages.iter().enumerate() {
+        let record = trellis_bus::Record {
+            topic: m.topic.clone(),
+            partition: 0,
+            offset: offset as u64,
+            key: m.key.clone(),
+            payload: m.payload.clone(),
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        batch.push(&names, record, now);
+    }
+    let (target, rows) = batch.tables().next().unwrap();
+    let insert = |range: std::ops::Range<usize>, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, rows.bytes(range)).unwrap();
+        target.plan().insert_sql(&db, target.table()).replace(
+            " FORMAT RowBinary",
+            &format!(" FROM INFILE '{}' FORMAT RowBinary", path.display()),
+        )
+    };
+    let inserts = rows.inserts();
+    assert!(inserts.len() > 1, "{inserts:?}");
+    let modern = ServerVersion {
+        major: 26,
+        minor: 9,
+    };
+    let spec = serde_json::json!({
+        "path": dir.path().join("chdb").display().to_string(),
+        "db": db,
+        "migrations": migrations(&db, modern).into_iter().flat_map(|m| m.statements).collect::<Vec<_>>(),
+        "whole": insert(0..rows.len(), "whole.bin"),
+        "inserts": inserts.iter().enumerate().map(|(i, r)| insert(r.clone(), &format!("{i}.bin"))).collect::<Vec<_>>(),
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = dir.path().join("chdb_inserts.py");
+    std::fs::write(&script, CHDB_INSERTS).unwrap();
+    let output = std::process::Command::new(python())
+        .arg(&script)
+        .arg(&spec_path)
+        .output()
+        .expect("the SDK venv's python runs (scripts/services.sh ensure_sdks installs chdb-core)");
+    assert!(
+        output.status.success(),
+        "chdb failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        result["version"].as_str().unwrap().starts_with("26."),
+        "{result}"
+    );
+    assert!(
+        result["whole"].as_str().unwrap().contains("Code: 252"),
+        "one insert of every month is what a current server refuses: {result}"
+    );
+    assert_eq!(result["count"], 300, "{result}");
     execute(&format!("DROP DATABASE {db}"));
 }

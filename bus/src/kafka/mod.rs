@@ -23,7 +23,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::{Bus, BusError, Consumer, Delivery, Header, Message, Offsets, Producer, Record, Refusal};
+use crate::{
+    Bus, BusError, Consumer, Delivery, Header, Message, Offsets, Producer, Record, Refusal,
+};
 
 /// The Kafka bus.
 pub struct KafkaBus {

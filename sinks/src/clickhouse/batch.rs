@@ -10,6 +10,18 @@ use trellis_schemas::topics::Names;
 
 use super::encode::{Target, encode_record};
 
+/// The span of time rows are counted in when an insert's partitions are bounded: 28 days.
+///
+/// Tables are partitioned by month of their date column. Any 28 days of row time fall in at most
+/// two months, whatever the server's time zone, and in at most three where the server's `Date`
+/// wraps (times before 1970 or after 2106), so `WINDOWS_PER_INSERT` windows stay under the
+/// 100 partitions current servers accept in one insert (`max_partitions_per_insert_block`,
+/// exception 252): more would be retried for ever.
+const WINDOW_MS: i64 = 28 * 86_400_000;
+
+/// The most distinct [`WINDOW_MS`] windows one insert holds: about two years of row time.
+pub const WINDOWS_PER_INSERT: usize = 25;
+
 /// One table's rows in `RowBinary`, back to back.
 #[derive(Debug, Default)]
 pub struct Rows {
@@ -18,6 +30,8 @@ pub struct Rows {
     ends: Vec<usize>,
     /// Index of each row's record in the batch.
     sources: Vec<usize>,
+    /// The [`WINDOW_MS`] window of each row's partition time.
+    windows: Vec<i64>,
 }
 
 impl Rows {
@@ -50,6 +64,26 @@ impl Rows {
     pub fn source(&self, row: usize) -> usize {
         self.sources[row]
     }
+
+    /// The rows cut into consecutive inserts of at most [`WINDOWS_PER_INSERT`] distinct time
+    /// windows each: one insert for rows of a few months, more for rows years apart.
+    pub fn inserts(&self) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut start = 0;
+        for (row, window) in self.windows.iter().enumerate() {
+            if !seen.contains(window) && seen.len() == WINDOWS_PER_INSERT {
+                out.push(start..row);
+                start = row;
+                seen.clear();
+            }
+            seen.insert(*window);
+        }
+        if start < self.len() {
+            out.push(start..self.len());
+        }
+        out
+    }
 }
 
 /// Records read since the last commit, encoded per table.
@@ -78,11 +112,12 @@ impl Batch {
         let mut row = Vec::new();
         match encode_record(topics, &record.topic, &record.payload, &mut row) {
             Ok(None) => {}
-            Ok(Some(target)) => {
+            Ok(Some((target, at_ms))) => {
                 let rows = self.tables.entry(target).or_default();
                 rows.data.extend_from_slice(&row);
                 rows.ends.push(rows.data.len());
                 rows.sources.push(index);
+                rows.windows.push(at_ms.div_euclid(WINDOW_MS));
                 self.bytes += row.len();
             }
             Err(e) => self.refused.push((index, e.to_string())),
@@ -196,5 +231,40 @@ mod tests {
         let offsets = batch.offsets();
         assert_eq!(offsets.get("events", 0), Some(9));
         assert_eq!(offsets.get("events", 1), Some(4));
+        assert_eq!(rows.inserts(), [0..2]);
+    }
+
+    #[test]
+    fn rows_years_apart_are_cut_into_inserts_of_bounded_windows() {
+        let names = Names::new("");
+        let at = |day: i64| {
+            let mut event = AnalyticsEvent::default();
+            event.common.timestamp_ms = day * 86_400_000;
+            avro::encode(&Event::Analytics(event)).unwrap()
+        };
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        // 60 windows, each row followed by one in a window already seen.
+        for (offset, window) in (0..60).enumerate() {
+            let day = window * 28 - 20_000;
+            batch.push(&names, record(&names, 0, 2 * offset as u64, at(day)), t0);
+            batch.push(
+                &names,
+                record(&names, 0, 2 * offset as u64 + 1, at(-20_000)),
+                t0,
+            );
+        }
+        let (_, rows) = batch.tables().next().unwrap();
+        assert_eq!(rows.inserts(), [0..50, 50..98, 98..120]);
+        for range in rows.inserts() {
+            let windows: std::collections::HashSet<_> = rows.windows[range].iter().collect();
+            assert!(windows.len() <= WINDOWS_PER_INSERT);
+        }
+        // A batch of one day is one insert.
+        let mut batch = Batch::default();
+        for offset in 0..1000 {
+            batch.push(&names, record(&names, 0, offset, at(20_000)), t0);
+        }
+        assert_eq!(batch.tables().next().unwrap().1.inserts(), [0..1000]);
     }
 }

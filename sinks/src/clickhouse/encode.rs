@@ -308,15 +308,19 @@ fn tree<T: serde::Serialize>(value: &T) -> Result<Value, EncodeError> {
     })
 }
 
-/// Decodes a record of a topic the sink reads and appends its row to `out`; returns the table
-/// it belongs to, or `None` for the guard's commands on `detections`, which are stored as what
-/// they caused (audit entries, alert versions) and have no row of their own.
+/// Where an encoded row goes: its table, and the time (ms since the epoch) of the date column
+/// its table is partitioned by.
+pub type Placement = (Target, i64);
+
+/// Decodes a record of a topic the sink reads and appends its row to `out`; returns where it
+/// goes, or `None` for the guard's commands on `detections`, which are stored as what they
+/// caused (audit entries, alert versions) and have no row of their own.
 pub fn encode_record(
     topics: &Names,
     topic: &str,
     payload: &[u8],
     out: &mut Vec<u8>,
-) -> Result<Option<Target>, EncodeError> {
+) -> Result<Option<Placement>, EncodeError> {
     if topic == topics.detections && records::is::<GuardCommand>(payload) {
         return Ok(None);
     }
@@ -328,7 +332,7 @@ fn encode_row(
     topic: &str,
     payload: &[u8],
     out: &mut Vec<u8>,
-) -> Result<Target, EncodeError> {
+) -> Result<Placement, EncodeError> {
     if topic == topics.events {
         let event = avro::decode(payload)?;
         let target = Target::Kind(event.kind());
@@ -341,25 +345,26 @@ fn encode_row(
             Event::Session(e) => plan.encode_model(e, out)?,
             Event::Notification(e) => plan.encode_model(e, out)?,
         }
-        Ok(target)
+        Ok((target, event.common().timestamp_ms))
     } else if topic == topics.sessions {
         let record = records::decode::<SessionRecord>(payload)?;
-        record_row(RecordKey::Sessions, &record, out)
+        record_row(RecordKey::Sessions, &record, record.started_ms, out)
     } else if topic == topics.aggregates {
         let record = records::decode::<HealthPartial>(payload)?;
-        record_row(RecordKey::HealthPartials, &record, out)
+        let at = record.window_start_ms;
+        record_row(RecordKey::HealthPartials, &record, at, out)
     } else if topic == topics.issues {
         let record = records::decode::<IssueRecord>(payload)?;
-        record_row(RecordKey::Issues, &record, out)
+        record_row(RecordKey::Issues, &record, record.first_seen_ms, out)
     } else if topic == topics.detections {
         let record = records::decode::<Detection>(payload)?;
-        record_row(RecordKey::Detections, &record, out)
+        record_row(RecordKey::Detections, &record, record.opened_ms, out)
     } else if topic == topics.alerts {
         let record = records::decode::<Alert>(payload)?;
-        record_row(RecordKey::Alerts, &record, out)
+        record_row(RecordKey::Alerts, &record, record.fired_ms, out)
     } else if topic == topics.audit {
         let record = records::decode::<AuditEntry>(payload)?;
-        record_row(RecordKey::Audit, &record, out)
+        record_row(RecordKey::Audit, &record, record.at_ms, out)
     } else {
         Err(EncodeError::Topic(topic.to_string()))
     }
@@ -368,11 +373,12 @@ fn encode_row(
 fn record_row<T: serde::Serialize>(
     key: RecordKey,
     record: &T,
+    at_ms: i64,
     out: &mut Vec<u8>,
-) -> Result<Target, EncodeError> {
+) -> Result<Placement, EncodeError> {
     let target = Target::Record(key);
     target.plan().encode_model(record, out)?;
-    Ok(target)
+    Ok((target, at_ms))
 }
 
 #[cfg(test)]
@@ -408,7 +414,7 @@ mod tests {
         let event = Event::Performance(sample.clone());
         let names = Names::new("t.");
         let mut out = Vec::new();
-        let target = encode_record(
+        let (target, at_ms) = encode_record(
             &names,
             &names.events,
             &avro::encode(&event).unwrap(),
@@ -417,6 +423,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(target, Target::Kind(Kind::Performance));
+        assert_eq!(at_ms, 5);
         // Starts with event_id, project, timestamp_ms, sent_at_ms (null) ...
         assert_eq!(&out[..4], &[1, b'e', 1, b'p']);
         assert_eq!(&out[4..12], &5i64.to_le_bytes());

@@ -127,8 +127,9 @@ impl Writer {
         }
     }
 
-    /// Writes a table's rows. When the server refuses the data, halves the rows until the
-    /// refused ones are found; returns them (row index, reason), or `None` if shut down first.
+    /// Writes a table's rows, in inserts of a bounded number of partitions ([`Rows::inserts`]).
+    /// When the server refuses the data, halves an insert until the refused rows are found;
+    /// returns them (row index, reason), or `None` if shut down first.
     async fn write<F: Future<Output = ()>>(
         &self,
         batch: &Batch,
@@ -136,8 +137,8 @@ impl Writer {
         rows: &Rows,
         shutdown: &mut Shutdown<'_, F>,
     ) -> Result<Option<Vec<(usize, String)>>, Error> {
-        let mut pending = Vec::new();
-        pending.push(0..rows.len());
+        let mut pending = rows.inserts();
+        pending.reverse();
         let mut refused = Vec::new();
         while let Some(range) = pending.pop() {
             match self

@@ -40,6 +40,16 @@ pub fn unique(name: &str) -> String {
     )
 }
 
+/// The Python that has `chdb` (ClickHouse 26.x in-process), installed by `scripts/services.sh`.
+pub fn python() -> String {
+    std::env::var("TEST_TRELLIS_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/../target/sdk-venv/bin/python",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    })
+}
+
 /// Runs `sql` in `database` over HTTP and returns the TabSeparated answer.
 pub fn query(database: &str, sql: &str) -> String {
     let mut response = ureq::post(format!("{}/?database={database}", url()))
