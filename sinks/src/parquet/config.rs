@@ -22,6 +22,11 @@ pub struct ParquetConfig {
     /// ... or once it has been open this long, so quiet partitions still reach the files.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// ... or before a row that would open one more file than this (files are per table,
+    /// project and hour): input hours apart cannot exhaust file handles or buffer memory. Each
+    /// input partition's segment holds its own files, so the sink holds at most this many per
+    /// partition it reads (a rebuilt segment excepted: it keeps the files it had).
+    pub max_open_files: usize,
     /// The zstd level of the files, 1 (fastest) to 22 (smallest).
     pub zstd_level: i32,
     /// Most records read per poll.
@@ -39,6 +44,7 @@ impl Default for ParquetConfig {
             max_rows: 500_000,
             max_bytes: 256 << 20,
             max_age: Duration::from_secs(60),
+            max_open_files: 32,
             zstd_level: 3,
             poll_max: 5_000,
             poll_timeout: Duration::from_millis(250),
@@ -79,6 +85,9 @@ impl ParquetConfig {
         }
         if self.max_age < Duration::from_millis(10) {
             return fail("max_age", "must be at least 10ms");
+        }
+        if self.max_open_files == 0 {
+            return fail("max_open_files", "must be at least 1");
         }
         if !(1..=22).contains(&self.zstd_level) {
             return fail("zstd_level", "must be between 1 and 22");

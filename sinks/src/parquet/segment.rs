@@ -2,7 +2,8 @@
 //!
 //! A [`PartitionWriter`] owns one (topic, partition). It opens a segment at the first offset it
 //! is given, streams each row into the temporary file of its (table, project, hour), and ends the
-//! segment by input records, input bytes or age. Ending fsyncs every file, renames it to
+//! segment by input records, input bytes, age, or before a row that would open one file more than
+//! [`Limits::max_open_files`]. Ending fsyncs every file, renames it to
 //! `<topic>-<partition>-<first>-<last>.parquet`, fsyncs the directories and reports the offset to
 //! commit ([`Finished`]). Time is passed in, never read, so the rules are testable as they are.
 //!
@@ -35,6 +36,8 @@ pub struct Limits {
     pub max_age_ms: i64,
     /// zstd level of the files.
     pub zstd_level: i32,
+    /// Files (one per table, project and hour) a segment may hold open.
+    pub max_open_files: usize,
 }
 
 /// A segment whose files are durable under their final names: commit `next_offset`.
@@ -64,7 +67,7 @@ struct Segment {
     opened_ms: i64,
     /// The last offset of the range on disk this segment rebuilds.
     pin: Option<u64>,
-    files: HashMap<(Table, String, i64), OpenFile>,
+    files: HashMap<FileKey, OpenFile>,
     /// Directories whose entries changed because a sub-directory was created.
     created: BTreeSet<PathBuf>,
 }
@@ -147,7 +150,14 @@ impl PartitionWriter {
                             .is_some()
                 }
             };
-            if reaches_disk {
+            // A row for a file the segment does not hold yet, when it holds all it may: the
+            // segment ends before it, so rows hours apart cannot open files without bound.
+            let needs_room = segment.pin.is_none()
+                && segment.files.len() >= self.limits.max_open_files
+                && row
+                    .as_ref()
+                    .is_some_and(|row| !segment.files.contains_key(&file_key(row)));
+            if reaches_disk || needs_room {
                 self.finish(out)?;
             }
         }
@@ -186,12 +196,7 @@ impl PartitionWriter {
         segment.records += 1;
         segment.bytes += payload_len as u64;
         if let Some(row) = row {
-            let key = (
-                row.table(),
-                row.project().to_string(),
-                layout::hour_start(row.time_ms()),
-            );
-            let file = match segment.files.entry(key) {
+            let file = match segment.files.entry(file_key(&row)) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let (table, project, hour) = v.key();
@@ -299,7 +304,18 @@ impl PartitionWriter {
     }
 }
 
-fn abort_files(files: HashMap<(Table, String, i64), OpenFile>) {
+/// The file a row goes to within a segment: its table, project and hour.
+type FileKey = (Table, String, i64);
+
+fn file_key(row: &Row) -> FileKey {
+    (
+        row.table(),
+        row.project().to_string(),
+        layout::hour_start(row.time_ms()),
+    )
+}
+
+fn abort_files(files: HashMap<FileKey, OpenFile>) {
     for file in files.into_values() {
         drop(file.writer);
         if let Err(e) = fs::remove_file(&file.temp) {

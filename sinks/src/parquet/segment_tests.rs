@@ -14,6 +14,7 @@ fn limits(max_rows: u64) -> Limits {
         max_bytes: u64::MAX,
         max_age_ms: 1000,
         zstd_level: 1,
+        max_open_files: 64,
     }
 }
 
@@ -116,6 +117,43 @@ fn bytes_and_age_end_segments_too() {
     w.tick(1000, &mut out).unwrap();
     assert_eq!(nexts(&out), [3, 6, 7]);
     assert!(!w.is_open());
+}
+
+#[test]
+fn rows_hours_apart_end_segments_at_the_open_file_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_open_files: 8,
+        ..limits(100_000)
+    };
+    let mut w = PartitionWriter::open(root.path(), "t", 0, limits).unwrap();
+    let mut out = Vec::new();
+    // 700 records of one kind, each an hour after the last, each followed by one in hour 0.
+    let at = |n: u64, hour: i64| {
+        let mut event = sample::event("p", 0, 6 * n); // always an analytics event
+        event.common_mut().timestamp_ms = 1_700_000_000_000 / HOUR * HOUR + hour * HOUR;
+        Row::Event(event)
+    };
+    for n in 0..700 {
+        w.push(2 * n, 10, Some(at(2 * n, n as i64 + 1)), 0, &mut out)
+            .unwrap();
+        w.push(2 * n + 1, 10, Some(at(2 * n + 1, 0)), 0, &mut out)
+            .unwrap();
+        assert!(temps(root.path()) <= 8);
+    }
+    w.finish(&mut out).unwrap();
+    // Each segment holds hour 0 and seven others: 700 hours in 100 segments.
+    assert_eq!(out.len(), 100);
+    assert!(out.iter().all(|f| f.files.len() <= 8));
+    let mut next = 0;
+    for f in &out {
+        assert!(f.next_offset > next);
+        next = f.next_offset;
+    }
+    assert_eq!(next, 1_400);
+    let (ranges, rows) = on_disk(root.path());
+    assert_eq!(ranges.len(), 100);
+    assert_eq!(rows, 1_400);
 }
 
 #[test]

@@ -64,6 +64,7 @@ pub async fn run_with_metrics(
             max_bytes: config.max_bytes,
             max_age_ms: i64::try_from(config.max_age.as_millis()).unwrap_or(i64::MAX),
             zstd_level: config.zstd_level,
+            max_open_files: config.max_open_files,
         },
         topics: topics.clone(),
         writers: HashMap::new(),
