@@ -266,6 +266,15 @@ impl Ingest {
                 self.config.limits.max_events_per_request
             )));
         }
+        // Charged before the work on each item (scrubbing, encoding, the dead letters): every
+        // item costs, refused ones included.
+        if let Err(e) = self.check_rate(key, items.len()) {
+            if matches!(e, IngestError::RateLimited { .. }) {
+                self.metrics
+                    .dropped(name, "rate_limited", items.len() as u64);
+            }
+            return Err(e);
+        }
         let received_at_ms = now_ms();
         let threshold = self.config.clock_drift_threshold.as_millis() as i64;
         let mut outcome = Outcome::default();
@@ -332,14 +341,6 @@ impl Ingest {
                     }
                 }
             }
-        }
-        // Every item costs: refused ones still cost parsing and a dead letter.
-        let charged = events.len() + letters.len() + no_consent as usize;
-        if let Err(e) = self.check_rate(key, charged) {
-            if matches!(e, IngestError::RateLimited { .. }) {
-                self.metrics.dropped(name, "rate_limited", charged as u64);
-            }
-            return Err(e);
         }
         outcome.accepted = events.len();
         let stored_events = events.len();

@@ -167,9 +167,19 @@ pub struct LimitsConfig {
     pub max_attachment_bytes: usize,
     /// Most events in one request.
     pub max_events_per_request: usize,
-    /// Most requests read at once; more wait their turn. With `max_decompressed_bytes`, this
-    /// bounds the memory bodies can take: at most their product.
+    /// Most requests read at once, over every route together; more wait their turn. With
+    /// `max_decompressed_bytes`, this bounds the memory bodies can take: at most their product.
     pub max_concurrent_requests: usize,
+    /// Most connections open at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers, and how long a kept-alive connection
+    /// may sit idle: then it is closed (a stalled client cannot hold a connection).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long one request may take from its headers to its answer, body upload included;
+    /// then it is answered 408. Longer than `publish_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -181,6 +191,9 @@ impl Default for LimitsConfig {
             max_attachment_bytes: 20 * 1024 * 1024,
             max_events_per_request: 10_000,
             max_concurrent_requests: 256,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -298,10 +311,20 @@ impl IngestConfig {
             ("max_event_bytes", l.max_event_bytes),
             ("max_events_per_request", l.max_events_per_request),
             ("max_concurrent_requests", l.max_concurrent_requests),
+            ("max_connections", l.max_connections),
         ] {
             if value == 0 {
                 return Err(format!("ingest.limits.{name} must be greater than 0"));
             }
+        }
+        if l.header_timeout.is_zero() {
+            return Err("ingest.limits.header_timeout must be greater than 0".into());
+        }
+        if l.request_timeout <= self.publish_timeout {
+            return Err(format!(
+                "ingest.limits.request_timeout ({:?}) must be longer than ingest.publish_timeout ({:?})",
+                l.request_timeout, self.publish_timeout
+            ));
         }
         if l.max_decompressed_bytes < l.max_wire_bytes {
             return Err(

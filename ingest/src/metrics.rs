@@ -9,9 +9,12 @@
 //!   store (unknown types, attachments).
 //! - `trellis_ingest_requests_total{endpoint, status}`: requests answered.
 //! - `trellis_ingest_request_seconds{endpoint}`: time to answer, bus acknowledgement included.
+//! - `trellis_ingest_connections_open`: HTTP connections open now (at most
+//!   `ingest.limits.max_connections`).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -62,6 +65,16 @@ pub struct Metrics {
     skipped: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    connections: Gauge,
+}
+
+/// An open connection, counted until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -75,6 +88,7 @@ impl Default for Metrics {
             skipped: Family::default(),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            connections: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,11 +121,27 @@ impl Default for Metrics {
             "Time to answer a request",
             m.latency.clone(),
         );
+        registry.register(
+            "connections_open",
+            "HTTP connections open now",
+            m.connections.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Counts a connection as open until the answer is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.inc();
+        OpenConnection(self.connections.clone())
+    }
+
+    /// HTTP connections open now.
+    pub fn connections_open(&self) -> i64 {
+        self.connections.get()
+    }
+
     /// Counts accepted events.
     pub fn accepted(&self, project: &str, kind: &str, n: u64) {
         self.accepted

@@ -5,7 +5,9 @@
 //! the body is decompressed as it streams (`RequestDecompressionLayer`: gzip, deflate, br, zstd)
 //! into a buffer that stops at `max_decompressed_bytes`. Memory per request is bounded by that
 //! limit, whatever the compression ratio, and at most `max_concurrent_requests` bodies are read
-//! at once.
+//! at once, across every route. A request has `request_timeout` from its headers to its answer
+//! (then 408); a connection has `header_timeout` to send headers (idle kept-alive ones included),
+//! and at most `max_connections` are open ([`run`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,6 +23,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::timeout::TimeoutLayer;
 use trellis_bus::Producer;
 
 use crate::IngestConfig;
@@ -72,7 +75,14 @@ pub fn router(state: AppState) -> Router {
         .route("/i/v0/e/", post(posthog_capture))
         .route("/i/v0/e", post(posthog_capture))
         .layer(RequestDecompressionLayer::new())
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
+        // Inside the permit: a request waiting for its turn is not timed out yet.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.config.limits.request_timeout,
+        ))
+        // One pool of permits for every route (a `ConcurrencyLimitLayer` would give each route
+        // its own).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             state.config.limits.max_concurrent_requests,
         ))
         .layer(axum::middleware::map_request_with_state(
@@ -342,16 +352,80 @@ async fn posthog_capture(
     finish(&state, "posthog", started, result)
 }
 
+/// How long in-flight requests have to finish once shutdown began.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves on `listener` until `shutdown` resolves, then finishes in-flight requests.
+///
+/// At most `limits.max_connections` connections are open at once (more wait in the listen
+/// backlog); a connection that does not send a request's headers within `limits.header_timeout`,
+/// idle between requests included, is closed.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "Ingest listening.");
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let limits = state.config.limits.clone();
+    let app = router(state.clone());
+    let room = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = room.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file handles or a connection reset before accept: wait, go on.
+                    tracing::warn!(error = %e, "Accepting a connection failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            app.clone()
+                .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request.map(Body::new)
+                });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+        let connection = graceful.watch(connection);
+        let open = state.metrics.connection_opened();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "Connection ended with an error.");
+            }
+            drop((open, permit));
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!(after = ?DRAIN, "Requests still in flight at shutdown were dropped.");
+    }
+    Ok(())
 }
