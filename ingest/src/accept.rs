@@ -282,6 +282,8 @@ impl Ingest {
         let mut letters = Vec::new();
         let mut accepted_kinds: HashMap<&'static str, u64> = HashMap::new();
         let (mut invalid, mut too_large, mut no_consent, mut refused) = (0, 0, 0, 0);
+        let mut too_old = 0;
+        let max_age_ms = i64::try_from(self.config.max_event_age.as_millis()).unwrap_or(i64::MAX);
         // Each event message's position in the request and kind.
         let mut origins = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
@@ -312,6 +314,23 @@ impl Ingest {
                     }
                     event.common_mut().project = name.to_string();
                     normalize::correct_clock(&mut event, sent_at_ms, received_at_ms, threshold);
+                    let age_ms = received_at_ms.saturating_sub(event.common().timestamp_ms);
+                    if age_ms > max_age_ms {
+                        too_old += 1;
+                        let reason = format!(
+                            "timestamp {} ms is more than {} days before the server's time",
+                            event.common().timestamp_ms,
+                            max_age_ms / 86_400_000
+                        );
+                        letters.push(dead_letter(
+                            name,
+                            format!("{event:?}").as_bytes(),
+                            &reason,
+                            project.config.client_ip,
+                        ));
+                        outcome.rejected.push(Rejection { index, reason });
+                        continue;
+                    }
                     normalize::scrub_event(
                         &mut event,
                         project.config.scrub_pii,
@@ -400,6 +419,7 @@ impl Ingest {
         self.metrics.dropped(name, "too_large", too_large);
         self.metrics.dropped(name, "no_consent", no_consent);
         self.metrics.dropped(name, "refused_by_bus", refused);
+        self.metrics.dropped(name, "too_old", too_old);
         for (kind, n) in accepted_kinds {
             self.metrics.accepted(name, kind, n);
         }

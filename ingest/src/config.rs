@@ -32,6 +32,11 @@ pub struct IngestConfig {
     /// clock when it exceeds this (Sentry's clock-drift correction).
     #[serde(with = "humantime_serde")]
     pub clock_drift_threshold: Duration,
+    /// Events whose time (after clock-drift correction) is further back than this are refused
+    /// and dead-lettered (`too_old`): a device with a clock in 1970 cannot spread a project's
+    /// rows over decades of partitions. Times in the future are set to the arrival time.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
     /// Bearer tokens of the admin API (issue commands, rollouts and their overrides, alert
     /// acknowledgements and silences). A bare string holds for every project and is named
     /// `admin` in the audit trail; `{ token, name, projects }` is named `name` and holds for
@@ -102,6 +107,7 @@ impl Default for IngestConfig {
             publish_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(5),
             clock_drift_threshold: Duration::from_secs(60),
+            max_event_age: Duration::from_secs(365 * 86_400),
             admin_tokens: Vec::new(),
         }
     }
@@ -316,6 +322,9 @@ impl IngestConfig {
             if value == 0 {
                 return Err(format!("ingest.limits.{name} must be greater than 0"));
             }
+        }
+        if self.max_event_age < Duration::from_secs(3_600) {
+            return Err("ingest.max_event_age must be at least 1h".into());
         }
         if l.header_timeout.is_zero() {
             return Err("ingest.limits.header_timeout must be greater than 0".into());

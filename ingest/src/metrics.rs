@@ -2,7 +2,7 @@
 //!
 //! - `trellis_ingest_events_accepted_total{project, kind}`: events stored on the bus.
 //! - `trellis_ingest_events_dropped_total{project, reason}`: events not stored; `reason` is one
-//!   of `invalid`, `too_large`, `rate_limited`, `no_consent`, `unavailable`, `refused_by_bus`.
+//!   of `invalid`, `too_large`, `rate_limited`, `no_consent`, `unavailable`, `refused_by_bus`, `too_old`.
 //! - `trellis_ingest_client_discarded_total{project, reason, category}`: events SDKs reported
 //!   dropping on the device (Sentry client reports).
 //! - `trellis_ingest_items_skipped_total{item_type}`: Sentry envelope items ingest does not

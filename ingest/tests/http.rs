@@ -601,6 +601,40 @@ async fn an_event_the_broker_refuses_is_dead_lettered_and_the_rest_of_the_batch_
 }
 
 #[tokio::test]
+async fn events_older_than_the_horizon_are_refused_dead_lettered_and_counted() {
+    let (config, project, key) = config();
+    let h = Harness::embedded(config).await;
+    let mut old = analytics(2);
+    old["timestamp"] = json!("2020-01-01T00:00:00Z");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut fresh = analytics(1);
+    fresh["timestamp"] = json!(now_ms);
+    let r = send(&h, &key, json!({"events": [fresh, old]})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let outcome = r.json();
+    assert_eq!(outcome["accepted"], 1, "{outcome}");
+    assert_eq!(outcome["rejected"][0]["index"], 1, "{outcome}");
+    let reason = outcome["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("more than 365 days before"), "{reason}");
+    let events = h.events(&project, 1, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].common().event_id, uuid(1));
+    let letters = h.dead_letters(&project, 1, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, reason);
+    let metrics = h.get("/metrics").await.body;
+    assert!(
+        metrics.contains(&format!(
+            "trellis_ingest_events_dropped_total{{project=\"{project}\",reason=\"too_old\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_what_was_accepted_by_kind() {
     let (config, project, key) = config();
     let h = Harness::embedded(config).await;
