@@ -226,6 +226,10 @@ impl Pipeline {
         self.max_event_ms = self.max_event_ms.max(capped);
         let wm = self.watermark();
         self.sessions.on_event(&mut event, t, wm);
+        self.sessions.take_evicted(&mut self.fresh);
+        if !self.fresh.is_empty() {
+            self.count_closed(offset, wm_before);
+        }
         self.health.add_event(&event, t, offset, wm);
         if wm > wm_before {
             self.advance(wm_before, wm, offset);
@@ -377,6 +381,7 @@ impl Processor for Pipeline {
             ("session_update_stale", s.stale_updates),
             ("session_event_after_end", s.events_after_end),
             ("sessions_closed", s.closed),
+            ("session_evicted", s.evicted),
             ("partials_emitted", h.emitted),
         ] {
             if n > 0 {

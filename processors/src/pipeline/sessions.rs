@@ -29,6 +29,12 @@ use xxhash_rust::xxh3::Xxh3;
 /// Most distinct screens a session record lists.
 const MAX_SCREENS: usize = 64;
 
+/// Most implicit sessions one device may have open at once. Events hours apart each open one;
+/// past this, the session that saw its last event longest ago ends early (counted as
+/// `session_evicted`), so a device sending times spread over months cannot grow the stage's
+/// state, or the scan of its sessions, without bound.
+pub const MAX_OPEN_PER_DEVICE: usize = 32;
+
 /// Session rules.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionRules {
@@ -50,6 +56,8 @@ pub struct SessionCounters {
     pub events_after_end: u64,
     /// Sessions closed.
     pub closed: u64,
+    /// Implicit sessions ended early because their device had too many open.
+    pub evicted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +111,8 @@ pub struct Sessions {
     timers: BinaryHeap<Reverse<(i64, u64, u8)>>,
     /// Sessions opened since the last [`Sessions::take_started`], when announced.
     started: Vec<SessionStart>,
+    /// Sessions ended early since the last [`Sessions::take_evicted`].
+    evicted: Vec<SessionRecord>,
     /// Counters since the last drain.
     pub counters: SessionCounters,
 }
@@ -313,6 +323,7 @@ impl Sessions {
             implicit: HashMap::new(),
             explicit: HashMap::new(),
             ended: HashMap::new(),
+            evicted: Vec::new(),
             ended_order: VecDeque::new(),
             timers: BinaryHeap::new(),
             started: Vec::new(),
@@ -404,6 +415,14 @@ impl Sessions {
                 if self.rules.announce_starts {
                     self.started.push(open.start());
                 }
+                if list.len() >= MAX_OPEN_PER_DEVICE
+                    && let Some(oldest) = (0..list.len()).min_by_key(|&i| list[i].last_ms)
+                {
+                    let ended = list.remove(oldest);
+                    self.counters.evicted += 1;
+                    self.counters.closed += 1;
+                    self.evicted.push(ended.record());
+                }
                 let at = list.partition_point(|s| s.started_ms <= t);
                 list.insert(at, open);
                 at
@@ -491,6 +510,12 @@ impl Sessions {
         self.ended_order.push_back((forget_at, k));
         self.counters.closed += 1;
         closed.push(open.record());
+    }
+
+    /// Sessions ended early for their device's cap since the last call: the caller closes them
+    /// with the ones [`Sessions::close_due`] closes, before the next checkpoint.
+    pub fn take_evicted(&mut self, closed: &mut Vec<SessionRecord>) {
+        closed.append(&mut self.evicted);
     }
 
     /// Closes every session the watermark has passed.

@@ -117,6 +117,39 @@ fn an_implicit_session_never_spans_more_than_the_maximum() {
     assert_eq!(all.iter().map(|s| s.events).sum::<i64>(), 60);
 }
 
+#[test]
+fn a_device_sending_times_back_through_the_months_holds_a_bounded_number_of_sessions() {
+    let mut p = Pipeline::new(rules(), 0);
+    // Each event 31 minutes before the last, back through 100 days: every one is late and
+    // opens a session of its own that the watermark will not close for a long time.
+    let events: Vec<Event> = (0..5_000)
+        .map(|i| screen(&format!("e{i}"), "d1", T0 - i * 31 * MIN))
+        .collect();
+    let (mut all, _) = run(&mut p, events);
+    let (_, open, _) = p.sizes();
+    assert!(
+        open <= sessions::MAX_OPEN_PER_DEVICE,
+        "{open} sessions open"
+    );
+    assert_eq!(
+        all.len(),
+        5_000 - open,
+        "the others ended early, one by one"
+    );
+    let mut counted = BTreeMap::new();
+    p.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    assert_eq!(counted.get("session_evicted"), Some(&(all.len() as u64)));
+    all.extend(flush(&mut p).0);
+    assert_eq!(
+        all.len(),
+        5_000,
+        "every event's session is closed exactly once"
+    );
+    assert_eq!(all.iter().map(|s| s.events).sum::<i64>(), 5_000);
+}
+
 fn update(id: &str, t: i64, sid: &str, status: SessionStatus, seq: i64, errors: i64) -> Event {
     Event::Session(SessionUpdate {
         common: common(id, "d1", t, Some(sid)),
