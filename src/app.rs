@@ -55,6 +55,7 @@ pub async fn run_processors(
     let runner = |group: &str, topic: &str| RunnerConfig {
         group: group.to_string(),
         topic: topic.to_string(),
+        dlq: names.dlq.clone(),
         poll_max: p.poll_max,
         poll_timeout: std::time::Duration::from_millis(200),
         checkpoint_interval: p.checkpoint_interval,
@@ -157,6 +158,7 @@ pub async fn run_alerts(
         RunnerConfig {
             group: config.alerts.group.clone(),
             topic: names.detections.clone(),
+            dlq: names.dlq.clone(),
             poll_max: p.poll_max,
             poll_timeout: std::time::Duration::from_millis(200),
             checkpoint_interval: p.checkpoint_interval,

@@ -147,6 +147,7 @@ fn start_processors(
             let runner = RunnerConfig {
                 group: group.to_string(),
                 topic: names.raw.clone(),
+                dlq: names.dlq.clone(),
                 poll_max: config.poll_max,
                 poll_timeout: Duration::from_millis(100),
                 checkpoint_interval: config.checkpoint_interval,
@@ -455,5 +456,102 @@ async fn read_issues(
         for r in polled {
             seen.push(records::decode::<IssueRecord>(&r.payload).unwrap());
         }
+    }
+}
+
+/// An error event just under the broker's message limit on `events.raw` grows past it once the
+/// process stage adds its issue and session ids: the stage dead-letters that output and goes on,
+/// where it would otherwise fail on it at every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_broker_refuses_is_dead_lettered_and_the_stage_goes_on() {
+    use trellis_schemas::{Common, ErrorEvent, Exception};
+    let dir = tempfile::tempdir().unwrap();
+    let bus = kafka();
+    let names = topics::Names::new(&format!("{}.", unique("big")));
+    for name in names.all() {
+        bus.create_topic(name, 1).await.unwrap();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let error = |n: usize, value: String| {
+        Event::Error(ErrorEvent {
+            common: Common {
+                event_id: format!("00000000-0000-4000-8000-{n:012}"),
+                project: "plants".into(),
+                timestamp_ms: now,
+                received_at_ms: now,
+                device_id: Some("d-1".into()),
+                ..Default::default()
+            },
+            exceptions: vec![Exception {
+                exception_type: "TypeError".into(),
+                value: Some(value),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    };
+    // Sized so that the record on `events.raw` is 40 bytes under Kafka's 1,000,000.
+    let probe = avro::encode(&error(2, String::new())).unwrap().len();
+    let key = error(2, String::new()).partition_key();
+    let big = error(2, "x".repeat(1_000_000 - 40 - probe - key.len() - 3));
+    let messages: Vec<Message> = [error(1, "small".into()), big, error(3, "small".into())]
+        .iter()
+        .map(|e| {
+            Message::new(
+                names.raw.as_str(),
+                e.partition_key(),
+                avro::encode(e).unwrap(),
+            )
+        })
+        .collect();
+    bus.producer().unwrap().publish(messages).await.unwrap();
+
+    let (stop, tasks) = start_processors(&bus, &names, &unique("g"), dir.path(), 1);
+    let mut reader = bus
+        .consumer(&unique("reader"), &[&names.events, &names.dlq])
+        .await
+        .unwrap();
+    let (mut events, mut letters) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events.len() < 2 || letters.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "events {events:?}, dead letters {letters:?}"
+        );
+        for r in reader.poll(100, Duration::from_millis(200)).await.unwrap() {
+            if r.topic == names.events {
+                events.push(avro::decode(&r.payload).unwrap().common().event_id.clone());
+            } else if let Some(letter) = trellis_bus::DeadLetter::from_record(&r) {
+                letters.push((letter.stage, letter.reason, letter.payload.len()));
+            }
+        }
+    }
+    stop.send(true).unwrap();
+    for t in tasks {
+        t.await
+            .unwrap()
+            .expect("the stage ran on and stopped cleanly");
+    }
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            "00000000-0000-4000-8000-000000000001",
+            "00000000-0000-4000-8000-000000000003"
+        ]
+    );
+    // The error goes on to the issues stage and to the sinks: both copies are too large.
+    letters.sort();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for ((stage, reason, bytes), topic) in letters.iter().zip([&names.grouped, &names.events]) {
+        assert_eq!(stage, "process");
+        assert!(
+            reason.contains(&format!("output to {topic} ")) && reason.contains("too large"),
+            "{reason}"
+        );
+        assert_eq!(*bytes, 4096);
     }
 }

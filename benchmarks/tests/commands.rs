@@ -291,6 +291,7 @@ async fn freshness_times_events_into_parquet_and_clickhouse() {
         RunnerConfig {
             group: "process".into(),
             topic: names.raw.clone(),
+            dlq: names.dlq.clone(),
             poll_max: 500,
             poll_timeout: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(1),

@@ -337,6 +337,23 @@ impl Ingest {
                         project.config.client_ip,
                     );
                     match avro::encode(&event) {
+                        Ok(payload)
+                            if payload.len() > self.config.limits.max_encoded_event_bytes =>
+                        {
+                            too_large += 1;
+                            let reason = format!(
+                                "event of {} bytes encoded is over the {}-byte limit (room is kept for what the processors add)",
+                                payload.len(),
+                                self.config.limits.max_encoded_event_bytes
+                            );
+                            letters.push(dead_letter(
+                                name,
+                                &payload[..payload.len().min(DEAD_LETTER_BYTES)],
+                                &reason,
+                                project.config.client_ip,
+                            ));
+                            outcome.rejected.push(Rejection { index, reason });
+                        }
                         Ok(payload) => {
                             *accepted_kinds.entry(event.kind().as_str()).or_default() += 1;
                             origins.push((index, event.kind().as_str()));

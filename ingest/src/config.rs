@@ -169,6 +169,10 @@ pub struct LimitsConfig {
     pub max_decompressed_bytes: usize,
     /// Largest single event, in bytes of JSON.
     pub max_event_bytes: usize,
+    /// Largest single event as stored on the bus (Avro). The default leaves 4 KiB under
+    /// Kafka's default message limit (1,000,000 bytes) for what the processors add (issue and
+    /// session ids); raise both together.
+    pub max_encoded_event_bytes: usize,
     /// Largest Sentry attachment, in bytes.
     pub max_attachment_bytes: usize,
     /// Most events in one request.
@@ -194,6 +198,7 @@ impl Default for LimitsConfig {
             max_wire_bytes: 20 * 1024 * 1024,
             max_decompressed_bytes: 100 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
+            max_encoded_event_bytes: 1_000_000 - 4096,
             max_attachment_bytes: 20 * 1024 * 1024,
             max_events_per_request: 10_000,
             max_concurrent_requests: 256,
@@ -315,6 +320,7 @@ impl IngestConfig {
             ("max_wire_bytes", l.max_wire_bytes),
             ("max_decompressed_bytes", l.max_decompressed_bytes),
             ("max_event_bytes", l.max_event_bytes),
+            ("max_encoded_event_bytes", l.max_encoded_event_bytes),
             ("max_events_per_request", l.max_events_per_request),
             ("max_concurrent_requests", l.max_concurrent_requests),
             ("max_connections", l.max_connections),

@@ -549,8 +549,10 @@ async fn a_bus_that_cannot_store_gets_503_with_retry_after() {
 
 #[tokio::test]
 async fn an_event_the_broker_refuses_is_dead_lettered_and_the_rest_of_the_batch_stored() {
-    // Under ingest's 1 MiB event limit, over the 1,000,000 bytes a Kafka message may have.
-    let (config, project, key) = config();
+    // Under ingest's 1 MiB event limit, over the 1,000,000 bytes a Kafka message may have: a
+    // broker whose limit is below what ingest was told.
+    let (mut config, project, key) = config();
+    config.limits.max_encoded_event_bytes = 2 << 20;
     let h = Harness::kafka(config).await;
     let mut huge = analytics(2);
     huge["properties"] = json!({"blob": "x".repeat(1_020_000)});
@@ -632,6 +634,25 @@ async fn events_older_than_the_horizon_are_refused_dead_lettered_and_counted() {
         )),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn an_event_without_room_for_the_processors_ids_is_refused_at_ingest() {
+    let (config, project, key) = config();
+    let h = Harness::embedded(config).await;
+    let mut big = analytics(2);
+    big["properties"] = json!({"blob": "x".repeat(997_000)});
+    let r = send(&h, &key, json!({"events": [analytics(1), big]})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let outcome = r.json();
+    assert_eq!(outcome["accepted"], 1, "{outcome}");
+    assert_eq!(outcome["rejected"][0]["index"], 1, "{outcome}");
+    let reason = outcome["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("over the 995904-byte limit"), "{reason}");
+    assert_eq!(h.events(&project, 1, Duration::from_secs(5)).await.len(), 1);
+    let letters = h.dead_letters(&project, 1, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].payload.len(), 4096);
 }
 
 #[tokio::test]

@@ -17,6 +17,9 @@ pub struct RunnerConfig {
     pub group: String,
     /// The input topic.
     pub topic: String,
+    /// The dead-letter topic: an output the bus refuses for good (over the broker's message size)
+    /// goes there, cut to its first bytes, instead of stopping the stage on every replay.
+    pub dlq: String,
     /// Most records per poll.
     pub poll_max: usize,
     /// Longest wait for a poll.
@@ -119,7 +122,14 @@ pub async fn run<F: Factory>(
         if records.is_empty() {
             state.idle(consumer.as_mut(), &mut out).await;
         }
-        publish(producer.as_ref(), out.messages).await?;
+        publish(
+            producer.as_ref(),
+            out.messages,
+            &state.config.dlq,
+            state.factory.stage(),
+            &state.metrics,
+        )
+        .await?;
         state.drain_counters();
         state.drop_revoked(consumer.as_ref());
         if last_checkpoint.elapsed() >= state.config.checkpoint_interval {
@@ -135,15 +145,57 @@ pub async fn run<F: Factory>(
     Ok(())
 }
 
-/// Publishes until the bus acknowledges; a bus that is down is waited for, not skipped.
-async fn publish(producer: &dyn Producer, messages: Vec<Message>) -> Result<(), RunError> {
-    if messages.is_empty() {
-        return Ok(());
-    }
+/// Bytes of a refused output kept in its dead letter.
+const DEAD_LETTER_BYTES: usize = 4096;
+
+/// Publishes until the bus acknowledges; a bus that is down is waited for, not skipped. An
+/// output the bus refuses for good is dead-lettered with the reason (and counted as
+/// `output_refused`), so it cannot stop the stage on every replay.
+async fn publish(
+    producer: &dyn Producer,
+    mut messages: Vec<Message>,
+    dlq: &str,
+    stage: &'static str,
+    metrics: &Metrics,
+) -> Result<(), RunError> {
     let mut backoff = Duration::from_millis(100);
-    loop {
-        match producer.publish(messages.clone()).await {
-            Ok(_) => return Ok(()),
+    let mut letters = false;
+    while !messages.is_empty() {
+        match producer.publish_settled(messages.clone()).await {
+            Ok(settled) => {
+                let refused: Vec<_> = settled.into_iter().filter_map(Result::err).collect();
+                if let Some(refusal) = refused.first().filter(|_| letters) {
+                    return Err(RunError::Bus(BusError::Config(format!(
+                        "the dead-letter topic {dlq:?} refused a letter: {}",
+                        refusal.error
+                    ))));
+                }
+                metrics.record(stage, "output_refused", refused.len() as u64);
+                messages = refused
+                    .into_iter()
+                    .map(|refusal| {
+                        let reason = format!(
+                            "output to {} of {} bytes refused by the bus: {}",
+                            refusal.message.topic,
+                            refusal.message.payload.len(),
+                            refusal.error
+                        );
+                        tracing::error!(stage, %reason, "Output dead-lettered.");
+                        let mut payload = refusal.message.payload;
+                        payload.truncate(DEAD_LETTER_BYTES);
+                        Message {
+                            topic: dlq.to_string(),
+                            ..trellis_bus::dead_letter_from(
+                                &refusal.message.key,
+                                payload,
+                                stage,
+                                &reason,
+                            )
+                        }
+                    })
+                    .collect();
+                letters = true;
+            }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "Publishing outputs failed; retrying.");
                 tokio::time::sleep(backoff).await;
@@ -152,6 +204,7 @@ async fn publish(producer: &dyn Producer, messages: Vec<Message>) -> Result<(), 
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
 }
 
 impl<F: Factory> Loop<F> {
