@@ -57,20 +57,38 @@ impl DeadLetter {
     }
 }
 
-/// The dead-letter message for a consumed record that `stage` could not process.
+/// The most payload bytes a dead letter of a consumed record keeps: with its key, reason and
+/// source headers it stays well under any broker's message limit, where the record itself,
+/// with headers added, might not.
+pub const MAX_LETTER_PAYLOAD: usize = 512 << 10;
+
+/// The dead-letter message for a consumed record that `stage` could not process: the record's
+/// payload (its first [`MAX_LETTER_PAYLOAD`] bytes), the stage, the reason and where it was.
 pub fn dead_letter(record: &Record, stage: &str, reason: &str) -> Message {
+    let kept = record.payload.len().min(MAX_LETTER_PAYLOAD);
     Message {
         topic: DEAD_LETTER_TOPIC.to_string(),
         key: record.key.clone(),
-        payload: record.payload.clone(),
+        payload: record.payload[..kept].to_vec(),
         headers: vec![
-            Header::new(headers::REASON, reason),
+            Header::new(headers::REASON, bounded(reason)),
             Header::new(headers::STAGE, stage),
             Header::new(headers::SOURCE_TOPIC, record.topic.as_str()),
             Header::new(headers::SOURCE_PARTITION, record.partition.to_string()),
             Header::new(headers::SOURCE_OFFSET, record.offset.to_string()),
         ],
     }
+}
+
+/// The most bytes of a reason a dead letter keeps (a server's message can quote the data).
+const MAX_REASON: usize = 8 << 10;
+
+fn bounded(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// The dead-letter message for something that never reached the bus (for example an event
@@ -84,5 +102,42 @@ pub fn dead_letter_from(key: &[u8], payload: Vec<u8>, stage: &str, reason: &str)
             Header::new(headers::REASON, reason),
             Header::new(headers::STAGE, stage),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_letter_of_a_record_near_the_message_limit_stays_well_under_it() {
+        let record = Record {
+            topic: "events".into(),
+            partition: 3,
+            offset: 7,
+            key: b"k".to_vec(),
+            payload: vec![7; 999_000],
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        let letter = dead_letter(&record, "sink.clickhouse", &"é".repeat(10_000));
+        assert_eq!(letter.payload.len(), MAX_LETTER_PAYLOAD);
+        let read = DeadLetter::from_record(&Record {
+            headers: letter.headers.clone(),
+            payload: letter.payload.clone(),
+            ..record.clone()
+        })
+        .unwrap();
+        assert_eq!(read.reason.len(), MAX_REASON);
+        assert_eq!(read.stage, "sink.clickhouse");
+        let small = dead_letter(
+            &Record {
+                payload: vec![1, 2, 3],
+                ..record
+            },
+            "s",
+            "r",
+        );
+        assert_eq!(small.payload, [1, 2, 3]);
     }
 }
