@@ -10,7 +10,9 @@
 //!   `session_update_stale` (an older update of a session), `session_event_after_end`,
 //!   `sessions_closed`, `session_evicted` (an implicit session ended early: its device had
 //!   [`crate::pipeline::sessions::MAX_OPEN_PER_DEVICE`] open), `partials_emitted`,
-//!   `output_refused` (an output the bus refused for good, dead-lettered).
+//!   `output_refused` (an output the bus refused for good, dead-lettered), `perf_series_dropped`
+//!   (a performance sample of a series beyond a partial's
+//!   [`crate::pipeline::health::MAX_PERF_KEYS`]).
 //! - `trellis_processor_checkpoints_total{stage}`: checkpoints saved.
 //! - `trellis_processor_offset_gaps_total{stage}`: times a partition's input skipped offsets that
 //!   no checkpoint covered (records removed by retention before they were processed).

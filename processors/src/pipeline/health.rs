@@ -42,8 +42,26 @@ pub struct HealthCounters {
     pub corrections: u64,
     /// Late inputs older than the horizon.
     pub too_late: u64,
+    /// Performance samples left out of a partial because it held [`MAX_PERF_KEYS`] series.
+    pub perf_dropped: u64,
     /// Partials emitted.
     pub emitted: u64,
+}
+
+/// Most (metric, device class, screen) series one partial holds: metric and screen names come
+/// from the SDK, and each series is a sketch in the partial's record, which must stay under the
+/// broker's message limit.
+pub const MAX_PERF_KEYS: usize = 256;
+
+/// Longest metric or screen name a series keeps (longer ones are cut at a character boundary).
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// `name` cut to [`MAX_NAME_CHARS`] characters.
+pub fn bounded_name(name: &str) -> &str {
+    match name.char_indices().nth(MAX_NAME_CHARS) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -163,16 +181,22 @@ impl Partial {
         }
     }
 
-    fn add_event(&mut self, event: &Event) {
+    /// Counts an event; answers `false` for a performance sample left out because the partial
+    /// holds [`MAX_PERF_KEYS`] series already.
+    fn add_event(&mut self, event: &Event) -> bool {
         self.events[kind_index(event.kind())] += 1;
         if let Event::Performance(p) = event {
             let (os, family) = device_class_parts(&p.common.device, &p.common.release.platform);
-            let screen = p.screen.as_deref().unwrap_or("");
-            let k = crate::pipeline::sessions::key(&[&p.metric, os, family, screen]);
+            let screen = bounded_name(p.screen.as_deref().unwrap_or(""));
+            let metric = bounded_name(&p.metric);
+            let k = crate::pipeline::sessions::key(&[metric, os, family, screen]);
+            if self.perf.len() >= MAX_PERF_KEYS && !self.perf.contains_key(&k) {
+                return false;
+            }
             self.perf
                 .entry(k)
                 .or_insert_with(|| Perf {
-                    metric: p.metric.clone(),
+                    metric: metric.to_string(),
                     device_class: format!("{os}/{family}"),
                     screen: screen.to_string(),
                     sketch: sketch(),
@@ -180,6 +204,7 @@ impl Partial {
                 .sketch
                 .add(p.value);
         }
+        true
     }
 
     fn add_session(&mut self, s: &SessionRecord) {
@@ -307,8 +332,10 @@ impl Health {
     /// Counts an event at event time `t`.
     pub fn add_event(&mut self, event: &Event, t: i64, offset: u64, wm: i64) {
         let common = event.common();
-        if let Some(p) = self.partial(t, &common.project, &common.release, offset, wm) {
-            p.add_event(event);
+        if let Some(p) = self.partial(t, &common.project, &common.release, offset, wm)
+            && !p.add_event(event)
+        {
+            self.counters.perf_dropped += 1;
         }
     }
 

@@ -242,6 +242,7 @@ impl Open {
 
     /// Remembers that `screen` was viewed at `t` (events arrive out of order: keep the first).
     fn saw_screen(&mut self, t: i64, screen: &str) {
+        let screen = crate::pipeline::health::bounded_name(screen);
         if let Some((first, _)) = self.screens.iter_mut().find(|(_, s)| s == screen) {
             *first = (*first).min(t);
         } else if self.screens.len() < MAX_SCREENS {

@@ -150,6 +150,51 @@ fn a_device_sending_times_back_through_the_months_holds_a_bounded_number_of_sess
     assert_eq!(all.iter().map(|s| s.events).sum::<i64>(), 5_000);
 }
 
+#[test]
+fn names_and_series_from_the_sdk_cannot_grow_a_record_past_the_broker_limit() {
+    use trellis_schemas::PerformanceSample;
+    let mut p = Pipeline::new(rules(), 0);
+    let long = "s".repeat(100_000);
+    let mut events = vec![screen("e-screen", "d1", T0)];
+    if let Event::Analytics(a) = &mut events[0] {
+        a.screen = Some(long.clone());
+    }
+    // 1,000 series of one release in one window, each with a 100,000-character name.
+    events.extend((0..1_000).map(|i| {
+        Event::Performance(PerformanceSample {
+            common: common(&format!("perf-{i}"), "d1", T0 + i, None),
+            metric: format!("{i}{long}"),
+            value: 1.0,
+            unit: "millisecond".into(),
+            screen: Some(long.clone()),
+            attributes: vec![],
+        })
+    }));
+    let (mut sessions, mut partials) = run(&mut p, events);
+    let mut counted = BTreeMap::new();
+    p.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    let (s, h) = flush(&mut p);
+    sessions.extend(s);
+    partials.extend(h);
+    assert_eq!(counted.get("perf_series_dropped"), Some(&744));
+    let series: usize = partials.iter().map(|h| h.perf.len()).sum();
+    assert_eq!(series, health::MAX_PERF_KEYS);
+    for partial in &partials {
+        assert!(
+            partial
+                .perf
+                .iter()
+                .all(|s| s.metric.len() <= 200 && s.screen.len() <= 200)
+        );
+        let bytes = trellis_schemas::records::encode(partial).unwrap().len();
+        assert!(bytes < 500_000, "a partial of {bytes} bytes");
+    }
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].screens, ["s".repeat(200)]);
+}
+
 fn update(id: &str, t: i64, sid: &str, status: SessionStatus, seq: i64, errors: i64) -> Event {
     Event::Session(SessionUpdate {
         common: common(id, "d1", t, Some(sid)),
