@@ -336,6 +336,7 @@ impl Ingest {
                         project.config.scrub_pii,
                         project.config.client_ip,
                     );
+                    normalize::pseudonymize_ids(event.common_mut(), project.config.user_ids);
                     match avro::encode(&event) {
                         Ok(payload)
                             if payload.len() > self.config.limits.max_encoded_event_bytes =>

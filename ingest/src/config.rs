@@ -130,8 +130,23 @@ pub struct ProjectConfig {
     /// Whether events need explicit consent (`consent: true`, PostHog `$consent`, Sentry tag
     /// `consent`); events without it are dropped and counted.
     pub require_consent: bool,
-    /// Mask emails, card numbers, IBANs and phone numbers in free text.
+    /// Mask emails, card numbers, IBANs, phone numbers, IPv4 addresses and URL query strings in
+    /// free text, and user names in home-directory paths of stack frames.
     pub scrub_pii: bool,
+    /// What happens to user ids (and device ids) that could name a person.
+    pub user_ids: UserIds,
+}
+
+/// What to do with user and device ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserIds {
+    /// Keep them as sent.
+    Keep,
+    /// Replace a user or device id that is an email by a stable pseudonym (`sha256:...`).
+    HashEmails,
+    /// Replace every user id (and email device ids) by a stable pseudonym.
+    Hash,
 }
 
 impl Default for ProjectConfig {
@@ -143,6 +158,7 @@ impl Default for ProjectConfig {
             client_ip: IpPolicy::Drop,
             require_consent: false,
             scrub_pii: true,
+            user_ids: UserIds::HashEmails,
         }
     }
 }

@@ -8,7 +8,7 @@ use regex::Regex;
 use serde_json::Value;
 use trellis_schemas::Event;
 
-use crate::config::IpPolicy;
+use crate::config::{IpPolicy, UserIds};
 
 /// Sets `received_at`, and shifts event times by the device's clock error when it exceeds
 /// `threshold_ms`: if the device said it sent the batch at `sent_at` and the server received it
@@ -121,6 +121,21 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?:\+\d{1,3}[ -]?)?\(?\d{3}\)?[ -]\d{3}[ -]\d{4}\b").expect("valid regex")
 });
 
+/// An IPv4 address standing alone in text (not part of a longer dotted number).
+static IPV4: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(^|[^\d.])((?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3})($|[^\d.])")
+        .expect("valid regex")
+});
+/// The query string of a URL: tokens, emails and ids travel there.
+static QUERY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#]*)\?[^\s#]+").expect("valid regex")
+});
+/// The user's name in a home-directory path.
+static HOME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(/Users/|/home/|[A-Z]:[\\/](?:Users|Documents and Settings)[\\/])([^/\\]+)")
+        .expect("valid regex")
+});
+
 fn luhn(digits: &str) -> bool {
     let digits: Vec<u32> = digits.chars().filter_map(|c| c.to_digit(10)).collect();
     if !(13..=19).contains(&digits.len()) {
@@ -141,12 +156,18 @@ fn luhn(digits: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// Masks emails, card numbers (Luhn-valid), IBANs and phone numbers in free text.
+/// Masks emails, card numbers (Luhn-valid), IBANs, phone numbers, IPv4 addresses and URL query
+/// strings in free text.
 pub fn scrub_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.bytes().any(|b| b == b'@' || b.is_ascii_digit()) {
+    if !text
+        .bytes()
+        .any(|b| b == b'@' || b == b'?' || b.is_ascii_digit())
+    {
         return std::borrow::Cow::Borrowed(text);
     }
-    let out = EMAIL.replace_all(text, "[email]");
+    let out = QUERY.replace_all(text, "$1?[filtered]");
+    let out = EMAIL.replace_all(&out, "[email]");
+    let out = IPV4.replace_all(&out, "${1}[ip]$3");
     let out = CARD.replace_all(&out, |c: &regex::Captures| {
         if luhn(&c[0]) {
             "[card]".to_string()
@@ -172,7 +193,11 @@ pub fn scrub_json(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(scrub_json),
-        Value::Object(map) => map.values_mut().for_each(scrub_json),
+        // A client IP key follows the project's IP policy ([`scrub_ips`]), not the text rules.
+        Value::Object(map) => map
+            .iter_mut()
+            .filter(|(k, _)| !IP_KEYS.contains(&k.as_str()))
+            .for_each(|(_, v)| scrub_json(v)),
         _ => {}
     }
 }
@@ -216,8 +241,45 @@ pub fn scrub_json_text(text: &mut String, pii: bool, ip: IpPolicy) {
     }
 }
 
+/// Replaces the user's name in a home-directory path (`/Users/jane/...` → `/Users/[user]/...`).
+fn scrub_path(path: &mut Option<String>) {
+    if let Some(p) = path
+        && let std::borrow::Cow::Owned(clean) = HOME.replace_all(p, "${1}[user]")
+    {
+        *p = clean;
+    }
+}
+
+/// A user or device id that is an email (or, under [`UserIds::Hash`], any user id) replaced by
+/// a pseudonym: `sha256:` and 32 hex digits of the project and the lowercased value. The same
+/// person keeps the same pseudonym, so users and sessions still count right.
+pub fn pseudonymize_ids(common: &mut trellis_schemas::Common, policy: UserIds) {
+    if policy == UserIds::Keep {
+        return;
+    }
+    let project = common.project.clone();
+    let pseudonym = |value: &str| {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{project}:{}", value.to_lowercase()));
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    };
+    let is_email = |v: &str| EMAIL.is_match(v);
+    if let Some(user) = common.user_id.as_mut()
+        && (policy == UserIds::Hash || is_email(user))
+        && !user.starts_with("sha256:")
+    {
+        *user = pseudonym(user);
+    }
+    if let Some(device) = common.device_id.as_mut()
+        && is_email(device)
+    {
+        *device = pseudonym(device);
+    }
+}
+
 /// Scrubs the free-text parts of an event: messages, exception values, breadcrumbs, properties,
-/// tags and contexts.
+/// tags, contexts, transaction and span names, and home-directory user names in frame paths.
 pub fn scrub_event(event: &mut Event, pii: bool, ip: IpPolicy) {
     match event {
         Event::Analytics(a) => scrub_json_text(&mut a.properties, pii, ip),
@@ -230,6 +292,10 @@ pub fn scrub_event(event: &mut Event, pii: bool, ip: IpPolicy) {
                 scrub_opt(&mut e.message);
                 for x in &mut e.exceptions {
                     scrub_opt(&mut x.value);
+                    for f in &mut x.frames {
+                        scrub_path(&mut f.abs_path);
+                        scrub_path(&mut f.filename);
+                    }
                 }
                 for b in &mut e.breadcrumbs {
                     scrub_opt(&mut b.message);
@@ -244,6 +310,7 @@ pub fn scrub_event(event: &mut Event, pii: bool, ip: IpPolicy) {
             .iter_mut()
             .for_each(|t| scrub_string(&mut t.value)),
         Event::Transaction(t) if pii => {
+            scrub_string(&mut t.name);
             t.tags.iter_mut().for_each(|t| scrub_string(&mut t.value));
             t.spans
                 .iter_mut()
@@ -282,6 +349,68 @@ mod tests {
             scrub_text("plant 42 watered at 10:30"),
             "plant 42 watered at 10:30"
         );
+    }
+
+    #[test]
+    fn masks_ips_query_strings_and_home_directories() {
+        assert_eq!(
+            scrub_text("connect to 203.0.113.9 failed"),
+            "connect to [ip] failed"
+        );
+        assert_eq!(
+            scrub_text("build 1.2.3.4.5 and 2.14.0 are versions"),
+            "build 1.2.3.4.5 and 2.14.0 are versions",
+            "dotted numbers longer or shorter than an address stay"
+        );
+        assert_eq!(
+            scrub_text("GET https://api.example.com/v1/plants?token=abc&user=7 took 80 ms"),
+            "GET https://api.example.com/v1/plants?[filtered] took 80 ms"
+        );
+        let mut path = Some("/Users/jane/dev/app/index.js".to_string());
+        scrub_path(&mut path);
+        assert_eq!(path.as_deref(), Some("/Users/[user]/dev/app/index.js"));
+        let mut path = Some(r"C:\Users\jane\app\main.js".to_string());
+        scrub_path(&mut path);
+        assert_eq!(path.as_deref(), Some(r"C:\Users\[user]\app\main.js"));
+        let mut path = Some("app:///index.android.bundle".to_string());
+        scrub_path(&mut path);
+        assert_eq!(path.as_deref(), Some("app:///index.android.bundle"));
+    }
+
+    #[test]
+    fn email_ids_become_stable_pseudonyms() {
+        let mut common = trellis_schemas::Common {
+            project: "plants".into(),
+            user_id: Some("Jane.Doe@example.com".into()),
+            device_id: Some("jane.doe@example.com".into()),
+            ..Default::default()
+        };
+        pseudonymize_ids(&mut common, UserIds::HashEmails);
+        let user = common.user_id.clone().unwrap();
+        assert!(user.starts_with("sha256:") && user.len() == 39, "{user}");
+        assert_eq!(
+            common.device_id.as_ref(),
+            Some(&user),
+            "case does not matter"
+        );
+        let mut plain = trellis_schemas::Common {
+            project: "plants".into(),
+            user_id: Some("u-42".into()),
+            ..Default::default()
+        };
+        pseudonymize_ids(&mut plain, UserIds::HashEmails);
+        assert_eq!(plain.user_id.as_deref(), Some("u-42"));
+        pseudonymize_ids(&mut plain, UserIds::Hash);
+        let hashed = plain.user_id.clone().unwrap();
+        assert!(hashed.starts_with("sha256:"));
+        pseudonymize_ids(&mut plain, UserIds::Hash);
+        assert_eq!(plain.user_id.unwrap(), hashed, "hashed once");
+        let mut kept = trellis_schemas::Common {
+            user_id: Some("jane@example.com".into()),
+            ..Default::default()
+        };
+        pseudonymize_ids(&mut kept, UserIds::Keep);
+        assert_eq!(kept.user_id.as_deref(), Some("jane@example.com"));
     }
 
     #[test]

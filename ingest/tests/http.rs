@@ -462,7 +462,10 @@ async fn pii_is_scrubbed_and_client_ips_follow_the_project_policy() {
     a["properties"] = json!({"note": "mail jane@example.com", "$ip": "203.0.113.77", "card": "4111 1111 1111 1111"});
     let error = json!({
         "kind": "error", "event_id": uuid(2), "timestamp": 1, "release": {"platform": "ios", "app_version": "1"},
-        "message": "payment failed for jane@example.com",
+        "message": "payment failed for jane@example.com from 192.0.2.14",
+        "user_id": "Jane@Example.com",
+        "exceptions": [{"type": "Error", "value": "GET https://api.example.com/pay?card=4111&t=x failed",
+            "frames": [{"abs_path": "/Users/jane/src/app/pay.ts", "lineno": 3}]}],
         "breadcrumbs": [{"timestamp": 1, "message": "called +1 415-555-2671"}],
         "contexts": {"user": {"ip_address": "198.51.100.23", "email": "jane@example.com"}}
     });
@@ -478,7 +481,21 @@ async fn pii_is_scrubbed_and_client_ips_follow_the_project_policy() {
                 );
             }
             Event::Error(e) => {
-                assert_eq!(e.message.as_deref(), Some("payment failed for [email]"));
+                assert_eq!(
+                    e.message.as_deref(),
+                    Some("payment failed for [email] from [ip]")
+                );
+                let user = e.common.user_id.as_deref().unwrap();
+                assert!(user.starts_with("sha256:") && user.len() == 39, "{user}");
+                let x = &e.exceptions[0];
+                assert_eq!(
+                    x.value.as_deref(),
+                    Some("GET https://api.example.com/pay?[filtered] failed")
+                );
+                assert_eq!(
+                    x.frames[0].abs_path.as_deref(),
+                    Some("/Users/[user]/src/app/pay.ts")
+                );
                 assert_eq!(e.breadcrumbs[0].message.as_deref(), Some("called [phone]"));
                 let c: Value = serde_json::from_str(&e.contexts).unwrap();
                 assert_eq!(
