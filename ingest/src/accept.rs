@@ -15,7 +15,7 @@ use trellis_schemas::{Event, avro, topics};
 
 use crate::config::{IngestConfig, ProjectConfig};
 use crate::metrics::Metrics;
-use crate::normalize;
+use crate::{normalize, trim};
 use crate::time::now_ms;
 
 /// One event as a format parser produced it, or why it could not.
@@ -330,6 +330,10 @@ impl Ingest {
                         ));
                         outcome.rejected.push(Rejection { index, reason });
                         continue;
+                    }
+                    let trimmed = trim::trim(&mut event);
+                    for (field, n) in trimmed.fields() {
+                        self.metrics.trimmed(name, field, n);
                     }
                     normalize::scrub_event(
                         &mut event,

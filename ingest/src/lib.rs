@@ -28,6 +28,7 @@ pub mod posthog;
 pub mod sentry;
 mod server;
 pub mod time;
+pub mod trim;
 
 pub use config::IngestConfig;
 pub use server::{AppState, MetricsSource, OPENAPI, router, run, state, state_with};

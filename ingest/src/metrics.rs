@@ -3,6 +3,9 @@
 //! - `trellis_ingest_events_accepted_total{project, kind}`: events stored on the bus.
 //! - `trellis_ingest_events_dropped_total{project, reason}`: events not stored; `reason` is one
 //!   of `invalid`, `too_large`, `rate_limited`, `no_consent`, `unavailable`, `refused_by_bus`, `too_old`.
+//! - `trellis_ingest_fields_trimmed_total{project, field}`: lists and strings cut to their caps
+//!   in stored events ([`crate::trim`]); `field` is one of `exceptions`, `frames`,
+//!   `breadcrumbs`, `spans`, `tags`, `strings`.
 //! - `trellis_ingest_client_discarded_total{project, reason, category}`: events SDKs reported
 //!   dropping on the device (Sentry client reports).
 //! - `trellis_ingest_items_skipped_total{item_type}`: Sentry envelope items ingest does not
@@ -61,6 +64,7 @@ pub struct Metrics {
     registry: Registry,
     accepted: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
+    trimmed: Family<Labels, Counter>,
     client_discarded: Family<Labels, Counter>,
     skipped: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
@@ -84,6 +88,7 @@ impl Default for Metrics {
             client_labels: ClientLabels::default(),
             accepted: Family::default(),
             dropped: Family::default(),
+            trimmed: Family::default(),
             client_discarded: Family::default(),
             skipped: Family::default(),
             requests: Family::default(),
@@ -100,6 +105,11 @@ impl Default for Metrics {
             "events_dropped",
             "Events not stored, by reason",
             m.dropped.clone(),
+        );
+        registry.register(
+            "fields_trimmed",
+            "Lists and strings of stored events cut to their caps, by field",
+            m.trimmed.clone(),
         );
         registry.register(
             "client_discarded",
@@ -159,6 +169,18 @@ impl Metrics {
                 .get_or_create(&vec![
                     ("project", project.to_string()),
                     ("reason", reason.to_string()),
+                ])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts elements or strings cut from stored events.
+    pub fn trimmed(&self, project: &str, field: &'static str, n: u64) {
+        if n > 0 {
+            self.trimmed
+                .get_or_create(&vec![
+                    ("project", project.to_string()),
+                    ("field", field.to_string()),
                 ])
                 .inc_by(n);
         }

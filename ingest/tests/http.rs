@@ -673,6 +673,51 @@ async fn an_event_without_room_for_the_processors_ids_is_refused_at_ingest() {
 }
 
 #[tokio::test]
+async fn an_oversized_error_is_stored_cut_to_the_field_caps_and_the_cuts_counted() {
+    use trellis_ingest::trim::{MAX_BREADCRUMBS, MAX_FRAMES, MAX_SHORT_CHARS, MAX_TAGS};
+    let (config, project, key) = config();
+    let h = Harness::embedded(config).await;
+    let frames: Vec<Value> = (0..5_000)
+        .map(|i| json!({"function": format!("f{i}"), "filename": "app.js", "lineno": i}))
+        .collect();
+    let breadcrumbs: Vec<Value> = (0..300)
+        .map(|i| json!({"timestamp": i, "message": format!("b{i}")}))
+        .collect();
+    let tags: serde_json::Map<String, Value> = (0..400)
+        .map(|i| (format!("t{i:03}"), json!("v".repeat(if i == 0 { 100_000 } else { 1 }))))
+        .collect();
+    let error = json!({
+        "kind": "error", "event_id": uuid(1), "timestamp": "2026-11-25T12:00:00Z",
+        "device_id": "device-1", "release": {"platform": "ios", "app_version": "2.14.0"},
+        "exceptions": [{"type": "RangeError", "value": "Maximum call stack size exceeded", "frames": frames}],
+        "breadcrumbs": breadcrumbs, "tags": tags
+    });
+    let r = send(&h, &key, json!({"events": [error]})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["accepted"], 1, "{}", r.body);
+    let events = h.events(&project, 1, Duration::from_secs(10)).await;
+    let Event::Error(e) = &events[0] else {
+        panic!("unexpected {:?}", events[0])
+    };
+    let stack = &e.exceptions[0].frames;
+    assert_eq!(stack.len(), MAX_FRAMES);
+    assert_eq!(stack[0].function.as_deref(), Some("f0"));
+    assert_eq!(stack[MAX_FRAMES - 1].function.as_deref(), Some("f4999"));
+    assert_eq!(e.breadcrumbs.len(), MAX_BREADCRUMBS);
+    assert_eq!(e.breadcrumbs[0].message.as_deref(), Some("b200"));
+    assert_eq!(e.tags.len(), MAX_TAGS);
+    let long = e.tags.iter().find(|t| t.key == "t000").unwrap();
+    assert_eq!(long.value.chars().count(), MAX_SHORT_CHARS);
+    let metrics = h.get("/metrics").await.body;
+    for (field, n) in [("frames", 4_750), ("breadcrumbs", 200), ("tags", 200), ("strings", 1)] {
+        let line = format!(
+            "trellis_ingest_fields_trimmed_total{{project=\"{project}\",field=\"{field}\"}} {n}\n"
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_what_was_accepted_by_kind() {
     let (config, project, key) = config();
     let h = Harness::embedded(config).await;
