@@ -12,7 +12,8 @@
 //!   [`crate::pipeline::sessions::MAX_OPEN_PER_DEVICE`] open), `partials_emitted`,
 //!   `output_refused` (an output the bus refused for good, dead-lettered), `perf_series_dropped`
 //!   (a performance sample of a series beyond a partial's
-//!   [`crate::pipeline::health::MAX_PERF_KEYS`]).
+//!   [`crate::pipeline::health::MAX_PERF_KEYS`]), `partial_parts_split` (further records a
+//!   health partial too large for one was split into, see [`crate::pipeline::health::split`]).
 //! - `trellis_processor_checkpoints_total{stage}`: checkpoints saved.
 //! - `trellis_processor_offset_gaps_total{stage}`: times a partition's input skipped offsets that
 //!   no checkpoint covered (records removed by retention before they were processed).

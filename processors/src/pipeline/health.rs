@@ -46,12 +46,80 @@ pub struct HealthCounters {
     pub perf_dropped: u64,
     /// Partials emitted.
     pub emitted: u64,
+    /// Further parts emitted for partials too large for one record (see [`split`]).
+    pub split: u64,
 }
 
 /// Most (metric, device class, screen) series one partial holds: metric and screen names come
 /// from the SDK, and each series is a sketch in the partial's record, which must stay under the
 /// broker's message limit.
 pub const MAX_PERF_KEYS: usize = 256;
+
+/// Most bytes one partial record may take, about: half of Kafka's default message limit. A
+/// partial whose users and sketches need more is emitted as several parts (see [`split`]).
+pub const MAX_PARTIAL_BYTES: usize = 512 * 1024;
+
+/// The bytes a user hash takes at most in Avro (a zig-zag varint of 64 bits).
+const USER_BYTES: usize = 10;
+
+fn perf_bytes(p: &PerfSketch) -> usize {
+    p.sketch.len() + p.metric.len() + p.device_class.len() + p.screen.len() + 2 * USER_BYTES
+}
+
+/// `partial` as one record, or as several when its user hashes and sketches would take more
+/// than [`MAX_PARTIAL_BYTES`]: the first part keeps the counts and as many hashes and sketches
+/// as fit; each further part (an id of its own, zero counts) carries the next ones. Every reader
+/// already adds counts and unites users and sketches over the partials of a window (one per
+/// input partition), so the parts read as the whole.
+pub fn split(mut partial: HealthPartial) -> Vec<HealthPartial> {
+    let size = |p: &HealthPartial| {
+        USER_BYTES * (p.users.len() + p.crashed_users.len())
+            + p.perf.iter().map(perf_bytes).sum::<usize>()
+    };
+    if size(&partial) <= MAX_PARTIAL_BYTES {
+        return vec![partial];
+    }
+    let users = std::mem::take(&mut partial.users);
+    let crashed = std::mem::take(&mut partial.crashed_users);
+    let perf = std::mem::take(&mut partial.perf);
+    let template = HealthPartial {
+        sessions: 0,
+        crashed_sessions: 0,
+        abnormal_sessions: 0,
+        errored_sessions: 0,
+        events: Vec::new(),
+        ..partial.clone()
+    };
+    let mut parts = vec![partial];
+    let mut used = 0;
+    let mut room = |parts: &mut Vec<HealthPartial>, bytes: usize| {
+        if used + bytes > MAX_PARTIAL_BYTES && used > 0 {
+            let mut id = Xxh3::new();
+            id.update(template.partial_id.as_bytes());
+            id.update(&(parts.len() as u64).to_le_bytes());
+            parts.push(HealthPartial {
+                partial_id: format!("{:032x}", id.digest128()),
+                ..template.clone()
+            });
+            used = 0;
+        }
+        used += bytes;
+        parts.len() - 1
+    };
+    for u in users {
+        let at = room(&mut parts, USER_BYTES);
+        parts[at].users.push(u);
+    }
+    for u in crashed {
+        let at = room(&mut parts, USER_BYTES);
+        parts[at].crashed_users.push(u);
+    }
+    for p in perf {
+        let at = room(&mut parts, perf_bytes(&p));
+        parts[at].perf.push(p);
+    }
+    parts
+}
 
 /// Longest metric or screen name a series keeps (longer ones are cut at a character boundary).
 pub const MAX_NAME_CHARS: usize = 200;
@@ -362,7 +430,9 @@ impl Health {
             let mut partials: Vec<_> = partials.into_iter().collect();
             partials.sort_by_key(|(rk, _)| *rk);
             for (_, p) in partials {
-                out.push(p.emit(window, &self.rules, self.partition));
+                let parts = split(p.emit(window, &self.rules, self.partition));
+                self.counters.split += parts.len() as u64 - 1;
+                out.extend(parts);
                 self.counters.emitted += 1;
             }
         }
@@ -372,7 +442,9 @@ impl Health {
             }
             self.correction_order.pop_front();
             if let Some(p) = self.corrections.remove(&(window, rk)) {
-                out.push(p.emit(window, &self.rules, self.partition));
+                let parts = split(p.emit(window, &self.rules, self.partition));
+                self.counters.split += parts.len() as u64 - 1;
+                out.extend(parts);
                 self.counters.emitted += 1;
             }
         }

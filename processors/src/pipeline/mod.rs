@@ -383,6 +383,7 @@ impl Processor for Pipeline {
             ("sessions_closed", s.closed),
             ("session_evicted", s.evicted),
             ("partials_emitted", h.emitted),
+            ("partial_parts_split", h.split),
             ("perf_series_dropped", h.perf_dropped),
         ] {
             if n > 0 {

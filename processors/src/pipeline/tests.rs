@@ -195,6 +195,40 @@ fn names_and_series_from_the_sdk_cannot_grow_a_record_past_the_broker_limit() {
     assert_eq!(sessions[0].screens, ["s".repeat(200)]);
 }
 
+#[test]
+fn a_partial_with_more_users_than_one_record_holds_is_split_into_parts_that_read_as_one() {
+    const DEVICES: usize = 120_000;
+    let mut p = Pipeline::new(rules(), 0);
+    let events = (0..DEVICES)
+        .map(|i| screen(&format!("e{i}"), &format!("device-{i}"), T0 + (i % 1_000) as i64))
+        .collect();
+    let (mut sessions, mut partials) = run(&mut p, events);
+    let (s, h) = flush(&mut p);
+    sessions.extend(s);
+    partials.extend(h);
+    let mut counted = BTreeMap::new();
+    p.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    assert_eq!(sessions.len(), DEVICES);
+    // 120,000 hashes at up to 10 bytes each need three records of at most 512 KiB.
+    let parts: Vec<&HealthPartial> = partials.iter().filter(|h| !h.users.is_empty()).collect();
+    assert_eq!(parts.len(), 3, "{} partials", partials.len());
+    assert_eq!(counted.get("partial_parts_split"), Some(&2));
+    let ids: std::collections::HashSet<&str> =
+        parts.iter().map(|h| h.partial_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "each part has an id of its own");
+    for part in &parts {
+        let bytes = trellis_schemas::records::encode(*part).unwrap().len();
+        assert!(bytes <= health::MAX_PARTIAL_BYTES + 1024, "a part of {bytes} bytes");
+    }
+    assert_eq!(parts.iter().map(|h| h.sessions).sum::<i64>(), DEVICES as i64);
+    let whole = health::summarize(parts.iter().copied()).unwrap();
+    assert_eq!(whole.users, DEVICES);
+    assert_eq!(whole.sessions, DEVICES as i64);
+    assert_eq!(whole.events.get("analytics"), Some(&(DEVICES as i64)));
+}
+
 fn update(id: &str, t: i64, sid: &str, status: SessionStatus, seq: i64, errors: i64) -> Event {
     Event::Session(SessionUpdate {
         common: common(id, "d1", t, Some(sid)),
