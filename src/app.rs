@@ -84,7 +84,8 @@ pub async fn run_processors(
         bus.clone(),
         {
             let issues =
-                trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone());
+                trellis_processors::issues::IssueFactory::new(Arc::new(groupers), names.clone())
+                    .with_max_issues(p.max_issues);
             if p.detect.enabled && (p.detect.spikes || p.detect.velocity) {
                 issues.with_detection(p.detect.clone())
             } else {

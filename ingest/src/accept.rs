@@ -15,8 +15,8 @@ use trellis_schemas::{Event, avro, topics};
 
 use crate::config::{IngestConfig, ProjectConfig};
 use crate::metrics::Metrics;
-use crate::{normalize, trim};
 use crate::time::now_ms;
+use crate::{normalize, trim};
 
 /// One event as a format parser produced it, or why it could not.
 #[derive(Debug)]

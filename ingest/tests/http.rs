@@ -684,7 +684,12 @@ async fn an_oversized_error_is_stored_cut_to_the_field_caps_and_the_cuts_counted
         .map(|i| json!({"timestamp": i, "message": format!("b{i}")}))
         .collect();
     let tags: serde_json::Map<String, Value> = (0..400)
-        .map(|i| (format!("t{i:03}"), json!("v".repeat(if i == 0 { 100_000 } else { 1 }))))
+        .map(|i| {
+            (
+                format!("t{i:03}"),
+                json!("v".repeat(if i == 0 { 100_000 } else { 1 })),
+            )
+        })
         .collect();
     let error = json!({
         "kind": "error", "event_id": uuid(1), "timestamp": "2026-11-25T12:00:00Z",
@@ -709,7 +714,12 @@ async fn an_oversized_error_is_stored_cut_to_the_field_caps_and_the_cuts_counted
     let long = e.tags.iter().find(|t| t.key == "t000").unwrap();
     assert_eq!(long.value.chars().count(), MAX_SHORT_CHARS);
     let metrics = h.get("/metrics").await.body;
-    for (field, n) in [("frames", 4_750), ("breadcrumbs", 200), ("tags", 200), ("strings", 1)] {
+    for (field, n) in [
+        ("frames", 4_750),
+        ("breadcrumbs", 200),
+        ("tags", 200),
+        ("strings", 1),
+    ] {
         let line = format!(
             "trellis_ingest_fields_trimmed_total{{project=\"{project}\",field=\"{field}\"}} {n}\n"
         );

@@ -13,7 +13,9 @@
 //!   `output_refused` (an output the bus refused for good, dead-lettered), `perf_series_dropped`
 //!   (a performance sample of a series beyond a partial's
 //!   [`crate::pipeline::health::MAX_PERF_KEYS`]), `partial_parts_split` (further records a
-//!   health partial too large for one was split into, see [`crate::pipeline::health::split`]).
+//!   health partial too large for one was split into, see [`crate::pipeline::health::split`]),
+//!   `issues_forgotten` (issues past `processors.max_issues`), `issue_releases_forgotten`
+//!   (per-release counts past [`crate::grouping::MAX_ISSUE_RELEASES`]).
 //! - `trellis_processor_checkpoints_total{stage}`: checkpoints saved.
 //! - `trellis_processor_offset_gaps_total{stage}`: times a partition's input skipped offsets that
 //!   no checkpoint covered (records removed by retention before they were processed).

@@ -14,6 +14,19 @@ use super::release::{ReleaseClock, ReleaseKey};
 /// Titles are cut to this many characters.
 const MAX_TITLE_CHARS: usize = 200;
 
+/// Most user hashes an issue keeps: past it, it keeps only the hashes with one more low zero
+/// bit, each standing for twice as many users (adaptive hash sampling: exact below the bound,
+/// within a few percent above it, and the same whatever order events arrive in).
+pub const MAX_ISSUE_USERS: usize = 4096;
+
+/// Most releases an issue keeps its per-release counts for: a new one past it forgets the
+/// release the issue was seen in least recently.
+pub const MAX_ISSUE_RELEASES: usize = 100;
+
+fn sampled(hash: u64, level: u32) -> bool {
+    level == 0 || hash.trailing_zeros() >= level
+}
+
 /// An issue's id: 32 hex digits of xxh3-128 over the project and the fingerprint hash, so every
 /// processor instance (and every replay) names a group alike without coordination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -83,8 +96,14 @@ pub struct Issue {
     /// Events counted (every observed event; deduplication happens upstream).
     pub event_count: u64,
     /// Hashes (xxh3-64) of the affected users' ids, or of the device id when an event has no
-    /// user: an exact count at 8 bytes a user.
+    /// user: exact up to [`MAX_ISSUE_USERS`], then sampled at `users_level`.
     pub users: BTreeSet<u64>,
+    /// The users' sampling level: each hash kept stands for 2^level users.
+    #[serde(default)]
+    pub users_level: u32,
+    /// Releases forgotten to stay within [`MAX_ISSUE_RELEASES`].
+    #[serde(default)]
+    pub releases_forgotten: u64,
     /// Per release (keyed by its printed form), where and how often the issue occurred.
     pub releases: BTreeMap<String, ReleaseSeen>,
     /// The earliest event's id (ties: the smallest id), for a sample to show. With the title,
@@ -125,6 +144,8 @@ impl Issue {
             first_release: release.clone(),
             event_count: 0,
             users: BTreeSet::new(),
+            users_level: 0,
+            releases_forgotten: 0,
             releases: BTreeMap::new(),
             sample_event_id: common.event_id.clone(),
             status: Status::New,
@@ -140,7 +161,49 @@ impl Issue {
 
     /// How many distinct users (or devices, for events without a user) were affected.
     pub fn users_affected(&self) -> u64 {
-        self.users.len() as u64
+        (self.users.len() as u64) << self.users_level
+    }
+
+    /// Counts a user's hash, sampling more sparsely past [`MAX_ISSUE_USERS`].
+    pub(crate) fn add_users(&mut self, hashes: impl IntoIterator<Item = u64>, level: u32) {
+        let level = level.max(self.users_level);
+        if level > self.users_level {
+            self.users_level = level;
+            self.users.retain(|h| sampled(*h, level));
+        }
+        for hash in hashes {
+            if sampled(hash, self.users_level) {
+                self.users.insert(hash);
+            }
+            while self.users.len() > MAX_ISSUE_USERS {
+                self.users_level += 1;
+                let level = self.users_level;
+                self.users.retain(|h| sampled(*h, level));
+            }
+        }
+    }
+
+    /// Counts events in `release` (keyed by its printed form), forgetting the release seen
+    /// least recently when the issue holds [`MAX_ISSUE_RELEASES`] others.
+    pub(crate) fn add_release(&mut self, key: String, seen: ReleaseSeen) {
+        if let Some(mine) = self.releases.get_mut(&key) {
+            mine.first_seen_ms = mine.first_seen_ms.min(seen.first_seen_ms);
+            mine.last_seen_ms = mine.last_seen_ms.max(seen.last_seen_ms);
+            mine.events += seen.events;
+            return;
+        }
+        if self.releases.len() >= MAX_ISSUE_RELEASES {
+            let stalest = self
+                .releases
+                .iter()
+                .min_by(|a, b| (a.1.last_seen_ms, a.0).cmp(&(b.1.last_seen_ms, b.0)))
+                .map(|(k, _)| k.clone());
+            if let Some(stalest) = stalest {
+                self.releases.remove(&stalest);
+                self.releases_forgotten += 1;
+            }
+        }
+        self.releases.insert(key, seen);
     }
 
     /// The newest release the issue was seen in, one per platform.
@@ -175,24 +238,20 @@ impl Issue {
         }
         self.last_seen_ms = self.last_seen_ms.max(at);
         if let Some(user) = user_hash(&event.common) {
-            self.users.insert(user);
+            self.add_users([user], 0);
         }
         if severity(event.level) > severity(self.level) {
             self.level = event.level;
         }
-        self.releases
-            .entry(release.to_string())
-            .and_modify(|seen| {
-                seen.first_seen_ms = seen.first_seen_ms.min(at);
-                seen.last_seen_ms = seen.last_seen_ms.max(at);
-                seen.events += 1;
-            })
-            .or_insert_with(|| ReleaseSeen {
+        self.add_release(
+            release.to_string(),
+            ReleaseSeen {
                 release: release.clone(),
                 first_seen_ms: at,
                 last_seen_ms: at,
                 events: 1,
-            });
+            },
+        );
     }
 }
 

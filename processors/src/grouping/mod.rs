@@ -37,7 +37,9 @@ mod similar;
 
 pub use config::{ConfigError, FingerprintRule, GroupingConfig, InAppRule};
 pub use fingerprint::{Fingerprint, FingerprintHash, Grouper, GroupingRule, ParseHashError};
-pub use issue::{Issue, IssueId, ReleaseSeen, title, user_hash};
+pub use issue::{
+    Issue, IssueId, MAX_ISSUE_RELEASES, MAX_ISSUE_USERS, ReleaseSeen, title, user_hash,
+};
 pub use lifecycle::{
     Command, IgnoreUntil, LifecycleError, LifecyclePolicy, Outcome, Resolution, Status,
 };

@@ -240,7 +240,8 @@ pub fn merge_issues(into: &mut Issue, from: Issue) -> Result<Vec<Alias>, MergeEr
         return Err(MergeError::SameIssue(from.id));
     }
     let users_before = into.users_affected();
-    into.users.extend(from.users.iter().copied());
+    into.add_users(from.users.iter().copied(), from.users_level);
+    let users_after = into.users_affected();
     if let Status::Ignored {
         events_at,
         users_at,
@@ -248,7 +249,7 @@ pub fn merge_issues(into: &mut Issue, from: Issue) -> Result<Vec<Alias>, MergeEr
     } = &mut into.status
     {
         *events_at += from.event_count;
-        *users_at += into.users.len() as u64 - users_before;
+        *users_at += users_after.saturating_sub(users_before);
     }
     into.event_count += from.event_count;
     if from.first_seen_ms < into.first_seen_ms {
@@ -259,15 +260,9 @@ pub fn merge_issues(into: &mut Issue, from: Issue) -> Result<Vec<Alias>, MergeEr
     if super::issue::severity(from.level) > super::issue::severity(into.level) {
         into.level = from.level;
     }
+    into.releases_forgotten += from.releases_forgotten;
     for (key, seen) in from.releases {
-        into.releases
-            .entry(key)
-            .and_modify(|mine| {
-                mine.first_seen_ms = mine.first_seen_ms.min(seen.first_seen_ms);
-                mine.last_seen_ms = mine.last_seen_ms.max(seen.last_seen_ms);
-                mine.events += seen.events;
-            })
-            .or_insert(seen);
+        into.add_release(key, seen);
     }
     into.merged_fingerprints.push(from.fingerprint);
     into.merged_fingerprints.extend(from.merged_fingerprints);
@@ -296,6 +291,12 @@ impl AliasTable {
         if alias.from != alias.to {
             self.to.insert(alias.from, alias.to);
         }
+    }
+
+    /// Forgets the aliases that lead to `target` (an issue that is itself forgotten), so the
+    /// events of the issues merged into it open issues of their own again.
+    pub fn forget_target(&mut self, target: &IssueId) {
+        self.to.retain(|_, to| to != target);
     }
 
     /// The issue that holds the events of `id` (`id` itself when it was never merged).

@@ -113,9 +113,17 @@ struct State {
     velocity: VelocityState,
 }
 
+/// Most issues one partition of `errors.grouped` keeps by default (`processors.max_issues`).
+pub const DEFAULT_MAX_ISSUES: usize = 100_000;
+
+/// The most bytes of fingerprint components an issue record carries (the issue keeps them all).
+const MAX_RECORD_COMPONENT_BYTES: usize = 64 * 1024;
+
 /// Counters since the last drain.
 #[derive(Debug, Default)]
 struct Counters {
+    issues_forgotten: u64,
+    releases_forgotten: u64,
     new_issues: u64,
     regressions: u64,
     commands: u64,
@@ -135,6 +143,7 @@ pub struct IssueProcessor {
     spikes: Option<SpikeDetector>,
     /// New-issue velocity, when enabled.
     velocity: Option<VelocityDetector>,
+    max_issues: usize,
     counters: Counters,
 }
 
@@ -150,6 +159,7 @@ impl IssueProcessor {
         state: State,
         spikes: Option<SpikeDetector>,
         velocity: Option<VelocityDetector>,
+        max_issues: usize,
     ) -> Self {
         let mut similar: HashMap<String, SimilarityIndex> = HashMap::new();
         for issue in state.issues.values() {
@@ -167,7 +177,35 @@ impl IssueProcessor {
             similar,
             spikes,
             velocity,
+            max_issues,
             counters: Counters::default(),
+        }
+    }
+
+    /// Keeps the partition within `max_issues`: past it, forgets the tenth of its issues seen
+    /// least recently (at once, so the sort is paid once per tenth), with their aliases and
+    /// similarity entries. An event of a forgotten issue opens it again as new.
+    fn forget_stalest(&mut self) {
+        if self.state.issues.len() <= self.max_issues {
+            return;
+        }
+        let keep = self.max_issues - self.max_issues / 10;
+        let mut by_age: Vec<(i64, String)> = self
+            .state
+            .issues
+            .iter()
+            .map(|(id, issue)| (issue.last_seen_ms, id.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let forget = by_age.len() - keep;
+        for (_, id) in by_age.into_iter().take(forget) {
+            if let Some(issue) = self.state.issues.remove(&id) {
+                self.state.aliases.forget_target(&issue.id);
+                if let Some(index) = self.similar.get_mut(&issue.project) {
+                    index.remove(&issue.id);
+                }
+                self.counters.issues_forgotten += 1;
+            }
         }
     }
 
@@ -223,7 +261,18 @@ impl IssueProcessor {
                     _ => None,
                 })
                 .unwrap_or_default(),
-            fingerprint: issue.components.clone(),
+            fingerprint: {
+                let mut bytes = 0;
+                issue
+                    .components
+                    .iter()
+                    .take_while(|c| {
+                        bytes += c.len();
+                        bytes <= MAX_RECORD_COMPONENT_BYTES
+                    })
+                    .cloned()
+                    .collect()
+            },
             merged_into,
             merge_candidates: candidates,
             version: version as i64,
@@ -247,12 +296,14 @@ impl IssueProcessor {
         let clock = self.state.clocks.entry(project.clone()).or_default();
         match self.state.issues.get_mut(id.as_str()) {
             Some(issue) => {
+                let forgotten = issue.releases_forgotten;
                 if matches!(
                     issue.observe(grouper, event, clock),
                     Outcome::Regressed { .. }
                 ) {
                     self.counters.regressions += 1;
                 }
+                self.counters.releases_forgotten += issue.releases_forgotten - forgotten;
             }
             None => {
                 let (issue, _) = Issue::open(grouper, &fingerprint, event, clock);
@@ -264,6 +315,7 @@ impl IssueProcessor {
                 }
                 self.state.issues.insert(id.to_string(), issue);
                 self.counters.new_issues += 1;
+                self.forget_stalest();
             }
         }
         self.emit(id.as_str(), offset, out);
@@ -499,6 +551,8 @@ impl Processor for IssueProcessor {
             .unwrap_or_default();
         for (name, n) in [
             ("issues_new", c.new_issues),
+            ("issues_forgotten", c.issues_forgotten),
+            ("issue_releases_forgotten", c.releases_forgotten),
             ("issues_regressed", c.regressions),
             ("issue_commands", c.commands),
             ("issue_commands_refused", c.commands_rejected),
@@ -548,6 +602,7 @@ pub struct IssueFactory {
     groupers: Arc<Groupers>,
     topics: Arc<topics::Names>,
     detect: Option<DetectConfig>,
+    max_issues: usize,
 }
 
 impl IssueFactory {
@@ -557,6 +612,15 @@ impl IssueFactory {
             groupers,
             topics: Arc::new(topics),
             detect: None,
+            max_issues: DEFAULT_MAX_ISSUES,
+        }
+    }
+
+    /// The same, keeping at most `max_issues` issues per partition (at least 10).
+    pub fn with_max_issues(self, max_issues: usize) -> Self {
+        IssueFactory {
+            max_issues: max_issues.max(10),
+            ..self
         }
     }
 
@@ -597,6 +661,7 @@ impl Factory for IssueFactory {
                 .clone()
                 .filter(|c| c.velocity)
                 .map(VelocityDetector::new),
+            self.max_issues,
         ))
     }
 }

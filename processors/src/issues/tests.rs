@@ -232,3 +232,90 @@ fn an_error_replayed_by_the_process_stage_counts_once_also_after_a_checkpoint() 
     });
     assert_eq!(counted.get("replayed"), Some(&2));
 }
+
+#[test]
+fn an_issue_counts_users_within_a_bound_and_keeps_its_hundred_latest_releases() {
+    use crate::grouping::{MAX_ISSUE_RELEASES, MAX_ISSUE_USERS};
+    let mut h = Harness::new();
+    const USERS: u64 = 50_000;
+    let mut last = None;
+    for i in 0..USERS {
+        // Each error from another device and one of 150 builds, the newest builds last.
+        let build = (i * 150 / USERS).to_string();
+        last = Some(h.error(error(
+            &format!("e{i}"),
+            "water",
+            "1.0.0",
+            &build,
+            1_000 + i as i64,
+        )));
+    }
+    let record = last.unwrap();
+    let issue = h.processor.issue(&record.issue_id).unwrap();
+    assert!(issue.users.len() <= MAX_ISSUE_USERS);
+    let estimate = record.users_affected as f64;
+    assert!(
+        (estimate - USERS as f64).abs() < 0.06 * USERS as f64,
+        "{estimate} users estimated for {USERS}"
+    );
+    assert_eq!(record.event_count, USERS as i64);
+    assert_eq!(record.releases.len(), MAX_ISSUE_RELEASES);
+    assert!(record.releases.contains(&"ios 1.0.0 (149)".to_string()));
+    assert!(!record.releases.contains(&"ios 1.0.0 (49)".to_string()));
+    let mut counted = BTreeMap::new();
+    h.processor.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    assert_eq!(counted.get("issue_releases_forgotten"), Some(&50));
+    // A restart from a checkpoint keeps the sampled set and its level.
+    let snapshot = h.processor.snapshot().unwrap();
+    let restored = h.factory.create(0, Some(&snapshot)).unwrap();
+    assert_eq!(
+        restored.issue(&record.issue_id).unwrap().users_affected(),
+        record.users_affected as u64
+    );
+}
+
+#[test]
+fn a_partition_past_max_issues_forgets_the_issues_seen_least_recently() {
+    let groupers = Groupers::new(&GroupingConfig::default(), &BTreeMap::new()).unwrap();
+    let factory =
+        IssueFactory::new(Arc::new(groupers), topics::Names::default()).with_max_issues(100);
+    let mut h = Harness {
+        processor: factory.create(0, None).unwrap(),
+        factory,
+        offset: 0,
+    };
+    // Function names without digits: grouping reads digits in names as variable.
+    let name = |i: i64| {
+        format!(
+            "water{}{}",
+            (b'a' + (i / 26) as u8) as char,
+            (b'a' + (i % 26) as u8) as char
+        )
+    };
+    let mut ids = Vec::new();
+    for i in 0..101 {
+        ids.push(
+            h.error(error(&format!("e{i}"), &name(i), "1.0.0", "1", 1_000 + i))
+                .issue_id,
+        );
+    }
+    assert_eq!(
+        h.processor.state.issues.len(),
+        90,
+        "the stalest tenth and one are forgotten"
+    );
+    assert!(h.processor.issue(&ids[10]).is_none());
+    assert!(h.processor.issue(&ids[11]).is_some());
+    assert!(h.processor.issue(&ids[100]).is_some());
+    let mut counted = BTreeMap::new();
+    h.processor.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    assert_eq!(counted.get("issues_forgotten"), Some(&11));
+    // The first issue comes back as new, with a count from its return on.
+    let back = h.error(error("again", &name(0), "1.0.0", "1", 5_000));
+    assert_eq!(back.issue_id, ids[0]);
+    assert_eq!((back.status.as_str(), back.event_count), ("new", 1));
+}

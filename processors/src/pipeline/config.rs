@@ -50,6 +50,9 @@ pub struct ProcessorConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The consumer group of the issues stage.
     pub issues_group: String,
+    /// Most issues one partition of the issues stage keeps; past it, the tenth seen least
+    /// recently are forgotten (an event of one opens it again as new).
+    pub max_issues: usize,
     /// Error grouping rules for every project (in-app rules, fingerprint rules, lifecycle).
     pub grouping: crate::grouping::GroupingConfig,
     /// Per-project grouping rules, replacing `grouping` for that project.
@@ -75,6 +78,7 @@ impl Default for ProcessorConfig {
             poll_max: 2000,
             metrics_listen: None,
             issues_group: "trellis-issues".into(),
+            max_issues: crate::issues::DEFAULT_MAX_ISSUES,
             grouping: crate::grouping::GroupingConfig::default(),
             project_grouping: std::collections::BTreeMap::new(),
             detect: crate::detect::DetectConfig::default(),
@@ -106,6 +110,9 @@ impl ProcessorConfig {
         }
         if self.dedupe_max_ids == 0 {
             return Err("processors.dedupe_max_ids: must be at least 1".into());
+        }
+        if self.max_issues < 10 {
+            return Err("processors.max_issues: must be at least 10".into());
         }
         if self.poll_max == 0 {
             return Err("processors.poll_max: must be at least 1".into());

@@ -200,7 +200,13 @@ fn a_partial_with_more_users_than_one_record_holds_is_split_into_parts_that_read
     const DEVICES: usize = 120_000;
     let mut p = Pipeline::new(rules(), 0);
     let events = (0..DEVICES)
-        .map(|i| screen(&format!("e{i}"), &format!("device-{i}"), T0 + (i % 1_000) as i64))
+        .map(|i| {
+            screen(
+                &format!("e{i}"),
+                &format!("device-{i}"),
+                T0 + (i % 1_000) as i64,
+            )
+        })
         .collect();
     let (mut sessions, mut partials) = run(&mut p, events);
     let (s, h) = flush(&mut p);
@@ -220,9 +226,15 @@ fn a_partial_with_more_users_than_one_record_holds_is_split_into_parts_that_read
     assert_eq!(ids.len(), 3, "each part has an id of its own");
     for part in &parts {
         let bytes = trellis_schemas::records::encode(*part).unwrap().len();
-        assert!(bytes <= health::MAX_PARTIAL_BYTES + 1024, "a part of {bytes} bytes");
+        assert!(
+            bytes <= health::MAX_PARTIAL_BYTES + 1024,
+            "a part of {bytes} bytes"
+        );
     }
-    assert_eq!(parts.iter().map(|h| h.sessions).sum::<i64>(), DEVICES as i64);
+    assert_eq!(
+        parts.iter().map(|h| h.sessions).sum::<i64>(),
+        DEVICES as i64
+    );
     let whole = health::summarize(parts.iter().copied()).unwrap();
     assert_eq!(whole.users, DEVICES);
     assert_eq!(whole.sessions, DEVICES as i64);
