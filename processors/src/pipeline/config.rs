@@ -18,7 +18,8 @@ pub struct ProcessorConfig {
     /// How long an event id is remembered for deduplication (offline queues resend for days).
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
-    /// Most event ids remembered per partition; past it the oldest hours are forgotten early.
+    /// Most event ids remembered per partition; past it the oldest ids of the oldest hour are
+    /// forgotten early. One hour holds at most a quarter of them.
     pub dedupe_max_ids: usize,
     /// Inactivity that ends a session.
     #[serde(with = "humantime_serde")]

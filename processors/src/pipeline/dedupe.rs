@@ -9,12 +9,15 @@
 //! - `buckets`: for each hour of event time, the ids first seen in it, so expiry walks only the
 //!   hours that fell out of the window (`BTreeMap::pop_first`), never the whole map.
 //!
-//! Memory is bounded by `max_ids`: past it, the oldest hours are forgotten early and counted.
+//! Memory is bounded by `max_ids`: past it, the oldest ids of the oldest hour are forgotten
+//! early, one for each new one, and counted. One hour holds at most a quarter of `max_ids`
+//! (past it, that hour forgets its own oldest ids), so a flood of new ids in one hour cannot
+//! push the rest of the window out.
 //! [`Dedupe::bytes_per_id`] measures the cost of one tracked id; the figure is in
 //! benchmarks/README.md. An event older than the window cannot be checked and is passed on,
 //! counted as `dedupe_beyond_window`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
@@ -47,7 +50,7 @@ pub struct Dedupe {
     window_ms: i64,
     max_ids: usize,
     seen: HashSet<u128>,
-    buckets: BTreeMap<i32, Vec<u128>>,
+    buckets: BTreeMap<i32, VecDeque<u128>>,
     /// Ids forgotten before their window ended, since the last drain.
     pub evicted_early: u64,
 }
@@ -83,8 +86,16 @@ impl Dedupe {
         if !self.seen.insert(key) {
             return Verdict::Duplicate;
         }
-        self.buckets.entry(hour).or_default().push(key);
-        if self.seen.len() > self.max_ids {
+        let max_per_hour = self.max_per_hour();
+        let bucket = self.buckets.entry(hour).or_default();
+        bucket.push_back(key);
+        if bucket.len() > max_per_hour {
+            if let Some(old) = bucket.pop_front() {
+                self.seen.remove(&old);
+                self.evicted_early += 1;
+            }
+        }
+        while self.seen.len() > self.max_ids {
             self.evict_oldest();
         }
         Verdict::New
@@ -102,9 +113,22 @@ impl Dedupe {
         }
     }
 
+    /// Most ids one hour holds.
+    fn max_per_hour(&self) -> usize {
+        (self.max_ids / 4).max(1)
+    }
+
+    /// Forgets the oldest id of the oldest hour.
     fn evict_oldest(&mut self) {
-        if let Some(n) = self.drop_oldest_bucket() {
-            self.evicted_early += n as u64;
+        let Some(mut first) = self.buckets.first_entry() else {
+            return;
+        };
+        if let Some(old) = first.get_mut().pop_front() {
+            self.seen.remove(&old);
+            self.evicted_early += 1;
+        }
+        if first.get().is_empty() {
+            first.remove();
         }
     }
 
@@ -151,7 +175,7 @@ impl Dedupe {
             buckets: self
                 .buckets
                 .iter()
-                .map(|(h, keys)| (*h, keys.clone()))
+                .map(|(h, keys)| (*h, keys.iter().copied().collect()))
                 .collect(),
         }
     }
@@ -163,7 +187,7 @@ impl Dedupe {
         dedupe.seen.reserve(total);
         for (hour, keys) in state.buckets {
             dedupe.seen.extend(keys.iter().copied());
-            dedupe.buckets.insert(hour, keys);
+            dedupe.buckets.insert(hour, keys.into());
         }
         dedupe
     }
@@ -194,15 +218,39 @@ mod tests {
     }
 
     #[test]
-    fn the_id_limit_forgets_the_oldest_hours_first() {
-        let mut d = Dedupe::new(7 * DAY, 3);
-        for (i, hour) in [0, 0, 1, 2].into_iter().enumerate() {
+    fn the_id_limit_forgets_the_oldest_ids_of_the_oldest_hour_first() {
+        let mut d = Dedupe::new(7 * DAY, 8);
+        for (i, hour) in [0, 0, 1, 1, 2, 2, 3, 3, 4].into_iter().enumerate() {
             d.check(event_key("p", &i.to_string()), hour * HOUR_MS, 0);
         }
-        assert_eq!(d.evicted_early, 2);
-        assert_eq!(d.len(), 2);
-        assert_eq!(d.check(event_key("p", "2"), HOUR_MS, 0), Verdict::Duplicate);
+        assert_eq!(d.evicted_early, 1);
+        assert_eq!(d.len(), 8);
+        assert_eq!(d.check(event_key("p", "1"), 0, 0), Verdict::Duplicate);
         assert_eq!(d.check(event_key("p", "0"), 0, 0), Verdict::New);
+    }
+
+    #[test]
+    fn a_flood_of_ids_in_one_hour_leaves_the_other_hours_remembered() {
+        let mut d = Dedupe::new(7 * DAY, 1_000);
+        // A day of ordinary traffic, 30 ids an hour.
+        for hour in 0..24 {
+            for i in 0..30 {
+                d.check(event_key("p", &format!("{hour}-{i}")), hour * HOUR_MS, 0);
+            }
+        }
+        // 100,000 new ids in the next hour.
+        for i in 0..100_000 {
+            d.check(event_key("p", &format!("flood-{i}")), 24 * HOUR_MS, 0);
+        }
+        assert_eq!(d.len(), 720 + 250, "a day of ids and a quarter of the limit");
+        assert_eq!(d.evicted_early, 100_000 - 250);
+        for hour in 0..24 {
+            let key = event_key("p", &format!("{hour}-0"));
+            assert_eq!(d.check(key, hour * HOUR_MS, 0), Verdict::Duplicate);
+        }
+        // The flood's newest ids are remembered.
+        let newest = event_key("p", "flood-99999");
+        assert_eq!(d.check(newest, 24 * HOUR_MS, 0), Verdict::Duplicate);
     }
 
     #[test]
