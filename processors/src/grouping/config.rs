@@ -32,6 +32,10 @@ pub struct GroupingConfig {
     pub merge_threshold: f64,
     /// At most this many merge candidates are proposed per new issue.
     pub max_merge_candidates: usize,
+    /// Distinct devices (session starts and errors) a release newer than the project's newest
+    /// must come from before it becomes the newest, the release "resolve in the next release"
+    /// waits to be passed: one event must not move it.
+    pub release_min_devices: usize,
 }
 
 impl Default for GroupingConfig {
@@ -42,6 +46,7 @@ impl Default for GroupingConfig {
             new_issue_window: Duration::from_secs(7 * 24 * 3600),
             merge_threshold: 0.5,
             max_merge_candidates: 5,
+            release_min_devices: super::lifecycle::DEFAULT_RELEASE_MIN_DEVICES,
         }
     }
 }
@@ -52,6 +57,7 @@ impl GroupingConfig {
         LifecyclePolicy {
             new_issue_window_ms: i64::try_from(self.new_issue_window.as_millis())
                 .unwrap_or(i64::MAX),
+            release_min_devices: self.release_min_devices.max(1),
         }
     }
 }

@@ -129,7 +129,12 @@ impl Issue {
     ) -> (Issue, Outcome) {
         let common = &event.common;
         let release = ReleaseKey::of(&common.release);
-        clock.observe(&release, common.timestamp_ms);
+        clock.observe_from(
+            &release,
+            common.timestamp_ms,
+            user_hash(common),
+            grouper.policy().release_min_devices,
+        );
         let mut issue = Issue {
             project: common.project.clone(),
             id: IssueId::derive(&common.project, fingerprint.hash),

@@ -38,15 +38,22 @@ use super::release::{ReleaseClock, ReleaseKey};
 pub struct LifecyclePolicy {
     /// How long an issue stays `new` (and `regressed`) before it becomes `ongoing`, in ms.
     pub new_issue_window_ms: i64,
+    /// Distinct devices a release newer than the newest must be seen on before it becomes the
+    /// newest (see [`ReleaseClock::observe_from`]).
+    pub release_min_devices: usize,
 }
 
 impl Default for LifecyclePolicy {
     fn default() -> Self {
         Self {
             new_issue_window_ms: 7 * 24 * 3_600_000,
+            release_min_devices: DEFAULT_RELEASE_MIN_DEVICES,
         }
     }
 }
+
+/// Devices a new release must be seen on before it moves a project's release clock, by default.
+pub const DEFAULT_RELEASE_MIN_DEVICES: usize = 5;
 
 /// Where an issue is in its lifecycle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,7 +231,12 @@ impl Issue {
     ) -> Outcome {
         let release = ReleaseKey::of(&event.common.release);
         let at = event.common.timestamp_ms;
-        clock.observe(&release, at);
+        clock.observe_from(
+            &release,
+            at,
+            super::issue::user_hash(&event.common),
+            grouper.policy().release_min_devices,
+        );
         self.record(grouper, event, &release);
         let window = grouper.policy().new_issue_window_ms;
         let (next, outcome) = match &self.status {

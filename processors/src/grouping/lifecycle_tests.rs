@@ -9,6 +9,7 @@ const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 const POLICY: LifecyclePolicy = LifecyclePolicy {
     new_issue_window_ms: 7 * DAY,
+    release_min_devices: 5,
 };
 
 /// An event of the one bug these tests follow.

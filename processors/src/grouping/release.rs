@@ -8,7 +8,7 @@
 //! are compared within one platform only: two platforms' builds of the same version are equal.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -56,35 +56,141 @@ impl fmt::Display for ReleaseKey {
     }
 }
 
+/// Most OTA updates a clock remembers the first sight of; past it, the earliest seen is
+/// forgotten (comparisons with it become unknown).
+pub const MAX_UPDATES: usize = 10_000;
+
+/// Most releases a clock holds as candidates for its newest, not yet seen from enough devices;
+/// past it, the candidate with the fewest devices (then the latest seen first) is forgotten.
+pub const MAX_CANDIDATES: usize = 1_000;
+
+/// Most platforms a clock keeps a newest release for.
+pub const MAX_PLATFORMS: usize = 64;
+
+/// A release newer than its platform's newest, waiting for enough devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Candidate {
+    release: ReleaseKey,
+    first_ms: i64,
+    /// Hashes of the devices (or users) seen running it, up to the number needed.
+    devices: BTreeSet<u64>,
+}
+
 /// What a project knows about the order of its releases: when each OTA update was first seen,
-/// and the newest release per platform. Keep one per project and feed it every event (error
-/// events are fed by [`crate::grouping::Issue::observe`]); it is pure data, serializable for
-/// checkpoints.
+/// and the newest release per platform. Keep one per project and feed it every session start
+/// and error; it is pure data, serializable for checkpoints.
+///
+/// The newest release moves only for a release seen from `min_devices` distinct devices (see
+/// [`ReleaseClock::observe_from`]): anyone holding a project's ingest key can announce
+/// `app_version: 999999.0`, and one such event must not become the release "resolve in the
+/// next release" waits for.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseClock {
     /// OTA update id → the earliest event time seen from it, in ms since the epoch.
     updates: BTreeMap<String, i64>,
     /// Platform → the newest release seen on it.
     newest: BTreeMap<String, ReleaseKey>,
+    /// Releases newer than their platform's newest, by printed form, not yet seen from enough
+    /// devices.
+    #[serde(default)]
+    candidates: BTreeMap<String, Candidate>,
 }
 
 impl ReleaseClock {
-    /// Records that `release` was running at `at_ms`.
+    /// Records that `release` was running at `at_ms`, trusting it at once (for a release known
+    /// from elsewhere, and for tests).
     pub fn observe(&mut self, release: &ReleaseKey, at_ms: i64) {
+        self.observe_from(release, at_ms, None, 1);
+    }
+
+    /// Records that `release` was running at `at_ms` on `device` (a hash of the device or user
+    /// id, if known). A release newer than its platform's newest becomes the newest once
+    /// `min_devices` distinct devices were seen running it; until then it is a candidate.
+    pub fn observe_from(
+        &mut self,
+        release: &ReleaseKey,
+        at_ms: i64,
+        device: Option<u64>,
+        min_devices: usize,
+    ) {
         if let Some(update) = &release.update_id {
             self.updates
                 .entry(update.clone())
                 .and_modify(|first| *first = (*first).min(at_ms))
                 .or_insert(at_ms);
+            if self.updates.len() > MAX_UPDATES {
+                let earliest = self
+                    .updates
+                    .iter()
+                    .min_by_key(|(id, first)| (**first, *id))
+                    .map(|(id, _)| id.clone());
+                if let Some(earliest) = earliest {
+                    self.updates.remove(&earliest);
+                }
+            }
         }
         let newer = match self.newest.get(&release.platform) {
-            None => true,
+            None => self.newest.len() < MAX_PLATFORMS,
             Some(newest) => self.compare(release, newest) == Some(Ordering::Greater),
         };
-        if newer {
-            self.newest
-                .insert(release.platform.clone(), release.clone());
+        if !newer {
+            return;
         }
+        if min_devices > 1 {
+            let key = release.to_string();
+            let candidate = self
+                .candidates
+                .entry(key.clone())
+                .or_insert_with(|| Candidate {
+                    release: release.clone(),
+                    first_ms: at_ms,
+                    devices: BTreeSet::new(),
+                });
+            candidate.first_ms = candidate.first_ms.min(at_ms);
+            if let Some(device) = device {
+                candidate.devices.insert(device);
+            }
+            if candidate.devices.len() < min_devices {
+                self.forget_weakest_candidate(&key);
+                return;
+            }
+            self.candidates.remove(&key);
+        }
+        self.newest
+            .insert(release.platform.clone(), release.clone());
+        // Candidates the new newest has overtaken can never move the clock.
+        let overtaken: Vec<String> = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| {
+                c.release.platform == release.platform
+                    && self.compare(&c.release, release) != Some(Ordering::Greater)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in overtaken {
+            self.candidates.remove(&key);
+        }
+    }
+
+    fn forget_weakest_candidate(&mut self, keep: &str) {
+        if self.candidates.len() <= MAX_CANDIDATES {
+            return;
+        }
+        let weakest = self
+            .candidates
+            .iter()
+            .filter(|(key, _)| key.as_str() != keep)
+            .min_by_key(|(key, c)| (c.devices.len(), std::cmp::Reverse(c.first_ms), *key))
+            .map(|(key, _)| key.clone());
+        if let Some(weakest) = weakest {
+            self.candidates.remove(&weakest);
+        }
+    }
+
+    /// How many releases wait for enough devices to become their platform's newest.
+    pub fn candidates(&self) -> usize {
+        self.candidates.len()
     }
 
     /// When an OTA update was first seen, in ms since the epoch.
@@ -220,6 +326,25 @@ mod tests {
         assert_eq!(compare_versions("build9", "build10"), Less);
         assert_eq!(natural_cmp("007", "7"), Equal);
         assert_eq!(natural_cmp("1045", "999"), Greater);
+    }
+
+    #[test]
+    fn candidates_are_bounded_and_a_release_many_devices_run_outlasts_a_flood() {
+        let mut clock = ReleaseClock::default();
+        let real = key("ios", "2.15.0", None, None);
+        for device in 0..4 {
+            clock.observe_from(&real, 10, Some(device), 5);
+        }
+        for i in 0..5_000 {
+            let fake = key("ios", &format!("{}.0.0", 100 + i), None, None);
+            clock.observe_from(&fake, 20, Some(99), 5);
+        }
+        assert_eq!(clock.candidates(), MAX_CANDIDATES);
+        assert_eq!(clock.newest().count(), 0);
+        clock.observe_from(&real, 30, Some(4), 5);
+        assert_eq!(clock.newest().collect::<Vec<_>>(), [&real]);
+        // Every candidate is newer than 2.15.0 and stays; the one promoted is gone.
+        assert_eq!(clock.candidates(), MAX_CANDIDATES - 1);
     }
 
     #[test]

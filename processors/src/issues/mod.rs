@@ -345,8 +345,24 @@ impl IssueProcessor {
         self.emit_detections(found, out);
     }
 
-    /// A session started: its user uses its release now.
+    /// A session started: its device runs its release now, and its user uses it.
     fn on_session_start(&mut self, start: &SessionStart, out: &mut Output) {
+        let policy = self.groupers.for_project(&start.project).policy();
+        let device = crate::grouping::user_hash(&trellis_schemas::Common {
+            user_id: start.user_id.clone(),
+            device_id: Some(start.device_id.clone()),
+            ..Default::default()
+        });
+        self.state
+            .clocks
+            .entry(start.project.clone())
+            .or_default()
+            .observe_from(
+                &ReleaseKey::of(&start.release),
+                start.started_ms,
+                device,
+                policy.release_min_devices,
+            );
         let Some(velocity) = self.velocity.as_mut() else {
             return;
         };

@@ -319,3 +319,50 @@ fn a_partition_past_max_issues_forgets_the_issues_seen_least_recently() {
     assert_eq!(back.issue_id, ids[0]);
     assert_eq!((back.status.as_str(), back.event_count), ("new", 1));
 }
+
+#[test]
+fn a_release_announced_by_one_device_does_not_move_the_release_clock() {
+    let mut h = Harness::new();
+    let start = |h: &mut Harness, device: &str, version: &str, build: &str| {
+        let start = SessionStart {
+            project: "plants".into(),
+            session_id: format!("s-{device}-{version}"),
+            device_id: device.into(),
+            release: Release {
+                platform: "ios".into(),
+                app_version: version.into(),
+                build: Some(build.into()),
+                ..Default::default()
+            },
+            started_ms: 1_500,
+            ..Default::default()
+        };
+        assert!(h.feed(records::encode(&start).unwrap()).is_empty());
+    };
+    // The fleet runs 2.14.0; a key holder announces 999999.0 from one device, many times.
+    for d in 0..20 {
+        start(&mut h, &format!("fleet-{d}"), "2.14.0", "1402");
+    }
+    for _ in 0..50 {
+        start(&mut h, "attacker", "999999.0", "1");
+    }
+    let clock = &h.processor.state.clocks["plants"];
+    let newest: Vec<String> = clock.newest().map(ToString::to_string).collect();
+    assert_eq!(newest, ["ios 2.14.0 (1402)"]);
+    assert_eq!(clock.candidates(), 1);
+    let issue = h
+        .error(error("a", "waterPlant", "2.14.0", "1402", 1_000))
+        .issue_id;
+    h.command(command(&issue, "resolve_in_next_release"))
+        .unwrap();
+    // The real next release, once five devices run it, has the bug again: regressed. Had the
+    // announced release become the newest, no real release would ever reopen the issue.
+    for d in 0..5 {
+        start(&mut h, &format!("fleet-{d}"), "2.15.0", "1410");
+    }
+    let newer = h.error(error("c", "waterPlant", "2.15.0", "1410", 2_600_000));
+    assert_eq!(newer.status, "regressed");
+    let clock = &h.processor.state.clocks["plants"];
+    let newest: Vec<String> = clock.newest().map(ToString::to_string).collect();
+    assert_eq!(newest, ["ios 2.15.0 (1410)"]);
+}

@@ -242,7 +242,11 @@ mod tests {
         for i in 0..100_000 {
             d.check(event_key("p", &format!("flood-{i}")), 24 * HOUR_MS, 0);
         }
-        assert_eq!(d.len(), 720 + 250, "a day of ids and a quarter of the limit");
+        assert_eq!(
+            d.len(),
+            720 + 250,
+            "a day of ids and a quarter of the limit"
+        );
         assert_eq!(d.evicted_early, 100_000 - 250);
         for hour in 0..24 {
             let key = event_key("p", &format!("{hour}-0"));
