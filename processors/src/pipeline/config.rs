@@ -27,6 +27,9 @@ pub struct ProcessorConfig {
     /// Longest implicit session.
     #[serde(with = "humantime_serde")]
     pub session_max: Duration,
+    /// Most explicit sessions and devices with implicit sessions open per partition; past it,
+    /// the sessions due to close first are ended early (counted as `session_evicted`).
+    pub max_open_sessions: usize,
     /// Length of release-health windows.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -71,6 +74,7 @@ impl Default for ProcessorConfig {
             dedupe_max_ids: 20_000_000,
             session_gap: Duration::from_secs(30 * 60),
             session_max: Duration::from_secs(24 * 3600),
+            max_open_sessions: 1_000_000,
             window: Duration::from_secs(60),
             correction_horizon: Duration::from_secs(7 * 24 * 3600),
             checkpoint_dir: PathBuf::from("checkpoints"),
@@ -111,6 +115,9 @@ impl ProcessorConfig {
         }
         if self.dedupe_max_ids == 0 {
             return Err("processors.dedupe_max_ids: must be at least 1".into());
+        }
+        if self.max_open_sessions == 0 {
+            return Err("processors.max_open_sessions: must be at least 1".into());
         }
         if self.max_issues < 10 {
             return Err("processors.max_issues: must be at least 10".into());

@@ -65,6 +65,7 @@ impl From<&ProcessorConfig> for Rules {
                 gap_ms: ms(c.session_gap),
                 max_ms: ms(c.session_max),
                 announce_starts: c.detect.enabled && c.detect.velocity,
+                max_open: c.max_open_sessions,
             },
             windows: WindowRules {
                 window_ms: ms(c.window),
@@ -226,7 +227,7 @@ impl Pipeline {
         self.max_event_ms = self.max_event_ms.max(capped);
         let wm = self.watermark();
         self.sessions.on_event(&mut event, t, wm);
-        self.sessions.take_evicted(&mut self.fresh);
+        self.sessions.take_evicted(&mut self.fresh, wm);
         if !self.fresh.is_empty() {
             self.count_closed(offset, wm_before);
         }

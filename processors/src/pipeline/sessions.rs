@@ -45,6 +45,9 @@ pub struct SessionRules {
     /// Whether opening sessions are announced ([`Sessions::take_started`]), for new-issue
     /// velocity.
     pub announce_starts: bool,
+    /// Most explicit sessions and devices with implicit sessions open at once; past it, the
+    /// sessions due to close first are ended early (see [`Sessions::take_evicted`]).
+    pub max_open: usize,
 }
 
 /// Counters since the last drain.
@@ -513,10 +516,56 @@ impl Sessions {
         closed.push(open.record());
     }
 
-    /// Sessions ended early for their device's cap since the last call: the caller closes them
-    /// with the ones [`Sessions::close_due`] closes, before the next checkpoint.
-    pub fn take_evicted(&mut self, closed: &mut Vec<SessionRecord>) {
+    /// Sessions ended early for their device's cap or the partition's since the last call: the
+    /// caller closes them with the ones [`Sessions::close_due`] closes, before the next
+    /// checkpoint.
+    pub fn take_evicted(&mut self, closed: &mut Vec<SessionRecord>, wm: i64) {
+        self.keep_within_max_open(wm);
         closed.append(&mut self.evicted);
+    }
+
+    /// Past `max_open` explicit sessions and devices with implicit ones, ends the sessions due
+    /// to close first (all of a device's implicit ones at once), whatever the watermark: ids an
+    /// SDK (or anyone with the project's key) chooses cannot grow the open set without bound.
+    fn keep_within_max_open(&mut self, wm: i64) {
+        let gap = self.rules.gap_ms;
+        while self.explicit.len() + self.implicit.len() > self.rules.max_open {
+            let Some(Reverse((at, k, which))) = self.timers.pop() else {
+                return;
+            };
+            if which == EXPLICIT {
+                let Some(open) = self.explicit.get(&k) else {
+                    continue;
+                };
+                let due = open.close_at(gap);
+                if due != at {
+                    // The session went on since this timer was set: its own timer decides.
+                    self.timers.push(Reverse((due, k, EXPLICIT)));
+                    continue;
+                }
+                let open = self.explicit.remove(&k).expect("present above");
+                self.counters.evicted += 1;
+                let mut ended = Vec::with_capacity(1);
+                self.end_explicit(k, open, wm, &mut ended);
+                self.evicted.append(&mut ended);
+            } else {
+                let Some(list) = self.implicit.get(&k) else {
+                    continue;
+                };
+                let due = list.iter().map(|s| s.close_at(gap)).min();
+                if due != Some(at) {
+                    if let Some(due) = due {
+                        self.timers.push(Reverse((due, k, IMPLICIT)));
+                    }
+                    continue;
+                }
+                for open in self.implicit.remove(&k).expect("present above") {
+                    self.counters.evicted += 1;
+                    self.counters.closed += 1;
+                    self.evicted.push(open.record());
+                }
+            }
+        }
     }
 
     /// Closes every session the watermark has passed.

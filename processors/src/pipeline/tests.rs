@@ -241,6 +241,43 @@ fn a_partial_with_more_users_than_one_record_holds_is_split_into_parts_that_read
     assert_eq!(whole.events.get("analytics"), Some(&(DEVICES as i64)));
 }
 
+#[test]
+fn sessions_past_the_partition_cap_are_ended_early_and_none_is_lost() {
+    let config = ProcessorConfig {
+        max_open_sessions: 100,
+        ..ProcessorConfig::default()
+    };
+    let mut p = Pipeline::new(Rules::from(&config), 0);
+    // 1,000 session ids from one device (anyone with the key may choose them), and 500 devices
+    // without session ids, a second apart: far more than 100 open at once.
+    let mut events: Vec<Event> = (0..1_000)
+        .map(|i| {
+            let mut e = screen(&format!("e{i}"), "d1", T0 + i);
+            if let Event::Analytics(a) = &mut e {
+                a.common.session_id = Some(format!("sid-{i}"));
+            }
+            e
+        })
+        .collect();
+    events.extend((0..500).map(|i| screen(&format!("i{i}"), &format!("dev-{i}"), T0 + 1_000 + i)));
+    let (mut sessions, _) = run(&mut p, events);
+    assert!(p.sessions.open() <= 100, "{} open", p.sessions.open());
+    let mut counted = BTreeMap::new();
+    p.drain_counters(&mut |name, n| {
+        counted.insert(name, n);
+    });
+    assert_eq!(counted.get("session_evicted"), Some(&1_400));
+    assert_eq!(sessions.len(), 1_400);
+    // The earliest ended first.
+    assert_eq!(sessions[0].session_id, "sid-0");
+    let (s, _) = flush(&mut p);
+    sessions.extend(s);
+    assert_eq!(sessions.len(), 1_500, "every session has its record");
+    let ids: std::collections::HashSet<&str> =
+        sessions.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids.len(), 1_500);
+}
+
 fn update(id: &str, t: i64, sid: &str, status: SessionStatus, seq: i64, errors: i64) -> Event {
     Event::Session(SessionUpdate {
         common: common(id, "d1", t, Some(sid)),
