@@ -29,12 +29,22 @@ pub struct EmbeddedConfig {
     /// The database file (created if missing); relative to the data directory. One process
     /// opens it at a time.
     pub path: PathBuf,
+    /// How long a record is kept once every consumer group that reads its topic has committed
+    /// past it (records of a topic no group has committed on are kept this long after their
+    /// append). `0s` keeps every record forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the writer deletes what retention lets go.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         EmbeddedConfig {
             path: PathBuf::from("bus.redb"),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            retention_interval: Duration::from_secs(60),
         }
     }
 }

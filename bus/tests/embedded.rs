@@ -13,7 +13,13 @@ use trellis_bus::{Bus, Message, Offsets};
 
 fn open(dir: &tempfile::TempDir) -> Arc<dyn Bus> {
     let path = dir.path().join("bus.redb");
-    Arc::new(EmbeddedBus::open(&EmbeddedConfig { path }).unwrap())
+    Arc::new(
+        EmbeddedBus::open(&EmbeddedConfig {
+            path,
+            ..EmbeddedConfig::default()
+        })
+        .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -159,11 +165,96 @@ async fn committed_offsets_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn retention_deletes_old_records_every_group_has_committed_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        path: dir.path().join("bus.redb"),
+        retention: Duration::from_millis(300),
+        retention_interval: Duration::from_millis(50),
+    };
+    let embedded = EmbeddedBus::open(&config).unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(embedded.clone());
+    for (topic, partitions) in [("read", 1), ("unread", 1), ("half", 2)] {
+        bus.create_topic(topic, partitions).await.unwrap();
+    }
+    let blob = vec![7u8; 10_000];
+    let publish = |topic: &'static str, n: u64| {
+        let bus = bus.clone();
+        let blob = blob.clone();
+        async move {
+            let messages = (0..n)
+                .map(|i| Message::new(topic, format!("k{i}"), blob.clone()))
+                .collect();
+            bus.producer().unwrap().publish(messages).await.unwrap();
+        }
+    };
+    publish("read", 2_000).await;
+    publish("unread", 50).await;
+    publish("half", 100).await;
+    // Group `g` reads 1,200 of `read`, and `half` on partition 0 only; no group reads `unread`.
+    let mut consumer = bus.consumer("g", &["read", "half"]).await.unwrap();
+    let mut done = Offsets::default();
+    done.set("read", 0, 1_200);
+    let half_0 = embedded.start_offset("half", 0).unwrap() + 10;
+    done.set("half", 0, half_0);
+    consumer.commit(&done).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(embedded.start_offset("read", 0).unwrap(), 1_200);
+    assert_eq!(
+        embedded.start_offset("unread", 0).unwrap(),
+        49,
+        "the newest record of a partition stays"
+    );
+    assert_eq!(embedded.start_offset("half", 0).unwrap(), half_0);
+    assert_eq!(
+        embedded.start_offset("half", 1).unwrap(),
+        0,
+        "a partition the group has not committed on is held for it"
+    );
+    assert_eq!(embedded.expired_records(), 1_200 + 49 + 10);
+    // The group goes on from its commit: nothing it had yet to read is gone.
+    drop(consumer);
+    let mut consumer = bus.consumer("g", &["read"]).await.unwrap();
+    let rest = contract::read(consumer.as_mut(), 800, Duration::from_secs(10)).await;
+    assert_eq!(rest.len(), 800);
+    assert_eq!(rest[0].offset, 1_200);
+    consumer.commit(&Offsets::after(&rest)).await.unwrap();
+    // Deleted pages are reused: another 20 MB through the log, read and expired, leaves the
+    // file about where the first 20 MB left it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let size = || std::fs::metadata(&config.path).unwrap().len();
+    let after_first = size();
+    publish("read", 2_000).await;
+    let rest = contract::read(consumer.as_mut(), 2_000, Duration::from_secs(10)).await;
+    consumer.commit(&Offsets::after(&rest)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    publish("read", 10).await;
+    assert!(
+        size() <= after_first + after_first / 4,
+        "{} bytes after the second 20 MB, {after_first} after the first",
+        size()
+    );
+    // A reopened log keeps counting offsets on from where retention left the partitions.
+    drop(consumer);
+    drop(bus);
+    drop(embedded);
+    let bus = open(&dir);
+    let delivered = bus
+        .producer()
+        .unwrap()
+        .publish(vec![Message::new("unread", "k", "after")])
+        .await
+        .unwrap();
+    assert_eq!(delivered[0].offset, 50);
+}
+
+#[tokio::test]
 async fn a_second_process_cannot_open_the_same_log() {
     let dir = tempfile::tempdir().unwrap();
     let _bus = open(&dir);
     let err = EmbeddedBus::open(&EmbeddedConfig {
         path: dir.path().join("bus.redb"),
+        ..EmbeddedConfig::default()
     })
     .err()
     .expect("second open must fail");

@@ -456,6 +456,7 @@ async fn every_analyst_query_answers_exactly_on_18_16_and_the_same_on_chdb() {
     let bus: Arc<dyn Bus> = Arc::new(
         trellis_bus::embedded::EmbeddedBus::open(&trellis_bus::config::EmbeddedConfig {
             path: dir.path().join("bus.redb"),
+            ..Default::default()
         })
         .unwrap(),
     );

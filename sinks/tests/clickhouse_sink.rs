@@ -20,6 +20,7 @@ use trellis_sinks::clickhouse::{self, migrate};
 fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
     let config = trellis_bus::config::EmbeddedConfig {
         path: dir.join("bus.redb"),
+        ..Default::default()
     };
     Arc::new(trellis_bus::embedded::EmbeddedBus::open(&config).unwrap())
 }

@@ -17,6 +17,7 @@ fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
     Arc::new(
         EmbeddedBus::open(&EmbeddedConfig {
             path: dir.join("bus.redb"),
+            ..EmbeddedConfig::default()
         })
         .unwrap(),
     )

@@ -47,6 +47,7 @@ fn bus(kind: &str, dir: &Path) -> Arc<dyn Bus> {
     Arc::new(
         EmbeddedBus::open(&EmbeddedConfig {
             path: dir.join("bus.redb"),
+            ..EmbeddedConfig::default()
         })
         .unwrap(),
     )

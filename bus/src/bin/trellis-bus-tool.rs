@@ -17,7 +17,10 @@ use trellis_bus::{BusConfig, Message, Offsets};
 
 fn bus_config(spec: &str) -> Result<BusConfig, String> {
     match spec.split_once(':') {
-        Some(("embedded", path)) => Ok(BusConfig::Embedded(EmbeddedConfig { path: path.into() })),
+        Some(("embedded", path)) => Ok(BusConfig::Embedded(EmbeddedConfig {
+            path: path.into(),
+            ..EmbeddedConfig::default()
+        })),
         Some(("kafka", brokers)) => Ok(BusConfig::Kafka(KafkaConfig {
             brokers: brokers.into(),
             session_timeout: Duration::from_secs(6),

@@ -42,10 +42,28 @@ impl EmbeddedBus {
     pub fn open(config: &EmbeddedConfig) -> Result<Self, BusError> {
         Ok(EmbeddedBus {
             inner: Arc::new(Inner {
-                store: Store::open(&config.path)?,
+                store: Store::open(
+                    &config.path,
+                    store::Retention {
+                        keep: config.retention,
+                        every: config.retention_interval.max(Duration::from_millis(10)),
+                    },
+                )?,
                 groups: Coordinator::default(),
             }),
         })
+    }
+}
+
+impl EmbeddedBus {
+    /// Records retention has deleted since the log was opened.
+    pub fn expired_records(&self) -> u64 {
+        self.inner.store.expired()
+    }
+
+    /// The first offset a partition still holds: retention deletes from the start.
+    pub fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
+        self.inner.store.start_offset(topic, partition)
     }
 }
 

@@ -9,11 +9,21 @@
 //! in its queue, applies them in one write transaction and commits it with `Durability::Immediate`
 //! (fsync) before answering any of them: group commit, so many small concurrent publishes share
 //! one fsync, and an answered publish is on disk.
+//!
+//! The same thread applies retention every [`Retention::every`]: a partition's records older
+//! than [`Retention::keep`] are deleted up to the lowest offset committed on it by the groups
+//! that read its topic (a group that has committed on the topic but not on this partition holds
+//! all of it; the records of a topic no group has committed on age out alike), so nothing a
+//! group has yet to read goes; a partition's newest record always stays (a reopened log finds
+//! the partition's next offset from it). Records are appended in time order, so the scan stops
+//! at the first record too young or not yet committed. Deleted pages are reused by later
+//! appends: the file stops growing once retention deletes as fast as ingest appends.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -28,6 +38,19 @@ pub(crate) const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinit
 
 /// How many queued requests one transaction takes at most.
 const MAX_REQUESTS_PER_COMMIT: usize = 1024;
+
+/// What the log keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    /// How long a committed record is kept; zero keeps everything.
+    pub(crate) keep: Duration,
+    /// How often retention runs.
+    pub(crate) every: Duration,
+}
+
+/// Most records one retention pass deletes, so a pass after a long pause cannot hold the writer
+/// (and every publish behind it) for long; the next pass goes on.
+const MAX_DELETES_PER_PASS: usize = 200_000;
 
 /// A record as stored in the `records` table.
 #[derive(Serialize, Deserialize)]
@@ -70,10 +93,12 @@ pub(crate) struct Store {
     topics: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     /// Bumped after every commit that appended records, to wake waiting consumers.
     appended: watch::Sender<u64>,
+    /// Records deleted by retention since the log was opened.
+    expired: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
-    pub(crate) fn open(path: &Path) -> Result<Store, BusError> {
+    pub(crate) fn open(path: &Path, retention: Retention) -> Result<Store, BusError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(storage("creating the data directory"))?;
         }
@@ -83,10 +108,13 @@ impl Store {
         let topics = Arc::new(Mutex::new(load_topics(&db)?));
         let (appended, _) = watch::channel(0);
         let (tx, rx) = mpsc::channel();
+        let expired = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             topics: topics.clone(),
             appended: appended.clone(),
+            retention,
+            expired: expired.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("trellis-log-writer".into())
@@ -98,7 +126,32 @@ impl Store {
             writer: Mutex::new(Some(writer)),
             topics,
             appended,
+            expired,
         })
+    }
+
+    /// Records deleted by retention since the log was opened.
+    pub(crate) fn expired(&self) -> u64 {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The first offset a partition still holds (its end when it holds none).
+    pub(crate) fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
+        let txn = self.db.begin_read().map_err(storage("beginning a read"))?;
+        let table = txn
+            .open_table(RECORDS)
+            .map_err(storage("opening records"))?;
+        let first = table
+            .range((topic, partition, 0)..=(topic, partition, u64::MAX))
+            .map_err(storage("reading records"))?
+            .next()
+            .transpose()
+            .map_err(storage("reading a record"))?
+            .map(|(k, _)| k.value().2);
+        match first {
+            Some(offset) => Ok(offset),
+            None => self.end_offset(topic, partition),
+        }
     }
 
     fn send(&self, request: Request) -> Result<(), BusError> {
@@ -286,21 +339,148 @@ struct Writer {
     db: Arc<Database>,
     topics: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     appended: watch::Sender<u64>,
+    retention: Retention,
+    expired: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
     fn run(self, requests: mpsc::Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_REQUESTS_PER_COMMIT {
-                match requests.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
+        let mut next_pass = Instant::now() + self.retention.every;
+        loop {
+            let wait = next_pass.saturating_duration_since(Instant::now());
+            match requests.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_REQUESTS_PER_COMMIT {
+                        match requests.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(batch);
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            self.apply(batch);
+            if Instant::now() >= next_pass {
+                if !self.retention.keep.is_zero() {
+                    match self.expire() {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            self.expired
+                                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!(records = n, "Embedded log retention deleted records.");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Embedded log retention failed; it is tried again.")
+                        }
+                    }
+                }
+                next_pass = Instant::now() + self.retention.every;
+            }
         }
         tracing::debug!("Embedded log writer stopped.");
+    }
+
+    /// Deletes what retention lets go; how many records.
+    fn expire(&self) -> Result<u64, BusError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let cutoff_ms = now_ms.saturating_sub(self.retention.keep.as_millis() as i64);
+        // With each partition its end: the newest record always stays, since a reopened log
+        // finds a partition's next offset from its last record.
+        let partitions: Vec<(String, u32, u64)> = match self.topics.lock() {
+            Ok(t) => t
+                .iter()
+                .flat_map(|(name, next)| {
+                    next.iter()
+                        .enumerate()
+                        .map(|(p, end)| (name.clone(), p as u32, *end))
+                })
+                .collect(),
+            Err(_) => return Ok(0),
+        };
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(storage("beginning a retention pass"))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(storage("setting durability"))?;
+        let mut deleted = 0u64;
+        {
+            // Each group's committed offsets, and the groups that read each topic: a group
+            // that committed on one partition of a topic and not yet on another holds the other
+            // from its start.
+            let mut committed: HashMap<(String, String, u32), u64> = HashMap::new();
+            let mut readers: HashMap<String, Vec<String>> = HashMap::new();
+            let offsets = txn
+                .open_table(OFFSETS)
+                .map_err(storage("opening offsets"))?;
+            for entry in offsets.iter().map_err(storage("listing offsets"))? {
+                let (key, offset) = entry.map_err(storage("reading an offset"))?;
+                let (group, topic, partition) = key.value();
+                committed.insert(
+                    (group.to_string(), topic.to_string(), partition),
+                    offset.value(),
+                );
+                let groups = readers.entry(topic.to_string()).or_default();
+                if !groups.iter().any(|g| g == group) {
+                    groups.push(group.to_string());
+                }
+            }
+            drop(offsets);
+            let mut records = txn
+                .open_table(RECORDS)
+                .map_err(storage("opening records"))?;
+            let mut budget = MAX_DELETES_PER_PASS;
+            for (topic, partition, end_offset) in partitions {
+                if budget == 0 {
+                    break;
+                }
+                let limit = readers.get(&topic).map_or(u64::MAX, |groups| {
+                    groups
+                        .iter()
+                        .map(|g| {
+                            committed
+                                .get(&(g.clone(), topic.clone(), partition))
+                                .copied()
+                                .unwrap_or(0)
+                        })
+                        .min()
+                        .unwrap_or(u64::MAX)
+                });
+                let limit = limit.min(end_offset.saturating_sub(1));
+                let key = |offset| (topic.as_str(), partition, offset);
+                let mut end = None;
+                let mut n = 0;
+                for entry in records
+                    .range(key(0)..key(limit))
+                    .map_err(storage("reading records"))?
+                {
+                    let (k, v) = entry.map_err(storage("reading a record"))?;
+                    let stored: StoredRecord = postcard::from_bytes(v.value())
+                        .map_err(|e| BusError::Storage(format!("an unreadable record: {e}")))?;
+                    if stored.timestamp_ms >= cutoff_ms || n == budget {
+                        break;
+                    }
+                    end = Some(k.value().2 + 1);
+                    n += 1;
+                }
+                let Some(end) = end else {
+                    continue;
+                };
+                records
+                    .retain_in(key(0)..key(end), |_, _| false)
+                    .map_err(storage("deleting records"))?;
+                budget -= n;
+                deleted += n as u64;
+            }
+        }
+        txn.commit()
+            .map_err(storage("committing a retention pass"))?;
+        Ok(deleted)
     }
 
     fn apply(&self, batch: Vec<Request>) {
