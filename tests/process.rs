@@ -238,6 +238,7 @@ async fn on_the_embedded_log_two_instances_give_the_totals_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = trellis_bus::config::EmbeddedConfig {
         path: dir.path().join("bus.redb"),
+        ..Default::default()
     };
     let bus: Arc<dyn Bus> = Arc::new(trellis_bus::embedded::EmbeddedBus::open(&config).unwrap());
     one_and_two_instances_agree(bus, dir.path()).await;

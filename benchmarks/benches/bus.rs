@@ -12,6 +12,7 @@ fn embedded_publish(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(&EmbeddedConfig {
         path: dir.path().join("bench.redb"),
+        ..Default::default()
     })
     .unwrap();
     runtime.block_on(bus.create_topic("bench", 8)).unwrap();

@@ -23,6 +23,7 @@ async fn loadgen_drives_an_ingest_and_reports() {
     let bus: Arc<dyn Bus> = Arc::new(
         trellis_bus::embedded::EmbeddedBus::open(&EmbeddedConfig {
             path: dir.path().join("bus.redb"),
+            ..Default::default()
         })
         .unwrap(),
     );
@@ -258,6 +259,7 @@ async fn freshness_times_events_into_parquet_and_clickhouse() {
     let bus: Arc<dyn Bus> = Arc::new(
         trellis_bus::embedded::EmbeddedBus::open(&EmbeddedConfig {
             path: dir.path().join("bus.redb"),
+            ..Default::default()
         })
         .unwrap(),
     );

@@ -50,6 +50,10 @@ pub enum BusError {
     /// The embedded store failed.
     #[error("embedded log: {0}")]
     Storage(String),
+    /// The embedded store cannot write now (a full disk, an I/O error); it reopens its file and
+    /// writes again once it can, so the caller retries (ingest answers 503).
+    #[error("embedded log cannot write now: {0}")]
+    Unavailable(String),
     /// The bus was shut down.
     #[error("the bus is closed")]
     Closed,
@@ -62,7 +66,7 @@ impl BusError {
     /// Whether retrying the same operation later can succeed (the caller answers 503, or waits).
     pub fn is_retryable(&self) -> bool {
         match self {
-            BusError::QueueFull(_) | BusError::Timeout(_) => true,
+            BusError::QueueFull(_) | BusError::Timeout(_) | BusError::Unavailable(_) => true,
             BusError::Kafka(e) => !matches!(
                 e.rdkafka_error_code(),
                 Some(

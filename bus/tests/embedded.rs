@@ -260,3 +260,104 @@ async fn a_second_process_cannot_open_the_same_log() {
     .expect("second open must fail");
     assert!(err.to_string().contains("bus.redb"), "{err}");
 }
+
+/// Unmounts a test filesystem when the test ends, also when it fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_publishes_as_retryable_and_the_log_writes_again_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("TRELLIS_TEST_NO_MOUNT").is_some(),
+            "mounting a 24 MB tmpfs failed (it needs root or CAP_SYS_ADMIN); set \
+             TRELLIS_TEST_NO_MOUNT=1 to skip this test knowingly"
+        );
+        eprintln!("skipped: no tmpfs, and TRELLIS_TEST_NO_MOUNT is set");
+        return;
+    }
+    let _unmount = Unmount(mount.clone());
+    // Ballast to delete later: the space an operator frees.
+    std::fs::write(mount.join("ballast"), vec![0u8; 8 << 20]).unwrap();
+    let embedded = EmbeddedBus::open(&EmbeddedConfig {
+        path: mount.join("bus.redb"),
+        ..EmbeddedConfig::default()
+    })
+    .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(embedded);
+    bus.create_topic("t", 1).await.unwrap();
+    let producer = bus.producer().unwrap();
+    let mut acked = 0u64;
+    let mut failure = None;
+    for i in 0..1_000u32 {
+        let messages = (0..10)
+            .map(|_| Message::new("t", "k", vec![i as u8; 10_000]))
+            .collect();
+        match producer.publish(messages).await {
+            Ok(delivered) => acked += delivered.len() as u64,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failure.expect("24 MB fill up");
+    assert!(e.is_retryable(), "{e}");
+    assert!(
+        !producer.is_ready().await,
+        "readiness is off while writes fail"
+    );
+    assert!(
+        producer
+            .publish(vec![Message::new("t", "k", vec![0u8; 1_000_000])])
+            .await
+            .is_err()
+    );
+    std::fs::remove_file(mount.join("ballast")).unwrap();
+    // Space is back: the log reopens its file and writes again, numbering on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match producer
+            .publish(vec![Message::new("t", "k", "after")])
+            .await
+        {
+            Ok(delivered) => {
+                assert_eq!(delivered[0].offset, acked);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(std::time::Instant::now() < deadline, "still failing: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(producer.is_ready().await);
+    // Every acknowledged record is there, once, in order; none of the refused ones is.
+    let mut consumer = bus.consumer("g", &["t"]).await.unwrap();
+    let all = contract::read(
+        consumer.as_mut(),
+        acked as usize + 1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(all.len() as u64, acked + 1);
+    assert!(all.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+    assert_eq!(all.last().unwrap().payload, b"after");
+}

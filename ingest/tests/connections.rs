@@ -27,6 +27,7 @@ async fn serve(config: IngestConfig) -> Server {
     let bus: Arc<dyn Bus> = Arc::new(
         trellis_bus::embedded::EmbeddedBus::open(&EmbeddedConfig {
             path: dir.path().join("bus.redb"),
+            ..Default::default()
         })
         .unwrap(),
     );

@@ -120,7 +120,7 @@ impl Producer for EmbeddedProducer {
     }
 
     async fn is_ready(&self) -> bool {
-        self.inner.store.is_alive()
+        self.inner.store.is_alive() && !self.inner.store.is_failing()
     }
 }
 

@@ -20,9 +20,10 @@
 //! appends: the file stops growing once retention deletes as fast as ingest appends.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -84,9 +85,61 @@ enum Request {
     },
 }
 
+/// The open database file. After a failed write (a full disk, an I/O error) redb refuses every
+/// further write until the file is reopened, so the writer reopens it here, and readers take
+/// the current handle for each read.
+struct Db {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Database>>>,
+    /// The last write failed and the file has not written since: readiness is off.
+    failed: AtomicBool,
+}
+
+impl Db {
+    fn get(&self) -> Result<Arc<Database>, BusError> {
+        self.current
+            .read()
+            .map_err(|_| BusError::Closed)?
+            .clone()
+            .ok_or_else(|| BusError::Unavailable("the log file is being reopened".into()))
+    }
+
+    /// Closes the file (once the reads in flight let go of it) and opens it again; redb checks
+    /// and repairs it on open.
+    fn reopen(&self) -> Result<(), BusError> {
+        let mut slot = self.current.write().map_err(|_| BusError::Closed)?;
+        if let Some(mut old) = slot.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_read) if Instant::now() < deadline => {
+                        old = still_read;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still_read) => {
+                        *slot = Some(still_read);
+                        return Err(BusError::Unavailable(
+                            "reads kept the log file open; reopening it later".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Database::create(&self.path).map_err(|e| {
+            BusError::Unavailable(format!("reopening {}: {e}", self.path.display()))
+        })?;
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
 /// The shared state of an open log.
 pub(crate) struct Store {
-    db: Arc<Database>,
+    db: Arc<Db>,
     requests: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Topic → next offset per partition; the length is the partition count.
@@ -102,10 +155,14 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(storage("creating the data directory"))?;
         }
-        let db = Database::create(path)
+        let database = Database::create(path)
             .map_err(|e| BusError::Storage(format!("opening {}: {e}", path.display())))?;
-        let db = Arc::new(db);
-        let topics = Arc::new(Mutex::new(load_topics(&db)?));
+        let topics = Arc::new(Mutex::new(load_topics(&database)?));
+        let db = Arc::new(Db {
+            path: path.to_path_buf(),
+            current: RwLock::new(Some(Arc::new(database))),
+            failed: AtomicBool::new(false),
+        });
         let (appended, _) = watch::channel(0);
         let (tx, rx) = mpsc::channel();
         let expired = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -137,7 +194,9 @@ impl Store {
 
     /// The first offset a partition still holds (its end when it holds none).
     pub(crate) fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
-        let txn = self.db.begin_read().map_err(storage("beginning a read"))?;
+        // The handle stays held while the read lasts, so a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage("beginning a read"))?;
         let table = txn
             .open_table(RECORDS)
             .map_err(storage("opening records"))?;
@@ -212,6 +271,11 @@ impl Store {
         topics.get(topic).map(|p| p.len() as u32)
     }
 
+    /// Whether the last write failed (a full disk, an I/O error) and none has succeeded since.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.db.failed.load(Ordering::Relaxed)
+    }
+
     /// Whether the writer thread is running (it stops on close, or if it panicked).
     pub(crate) fn is_alive(&self) -> bool {
         let open = self.requests.lock().map(|r| r.is_some()).unwrap_or(false);
@@ -235,7 +299,9 @@ impl Store {
         from: u64,
         max: usize,
     ) -> Result<Vec<Record>, BusError> {
-        let txn = self.db.begin_read().map_err(storage("beginning a read"))?;
+        // The handle stays held while the read lasts, so a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage("beginning a read"))?;
         let table = txn
             .open_table(RECORDS)
             .map_err(storage("opening records"))?;
@@ -270,7 +336,9 @@ impl Store {
         topic: &str,
         partition: u32,
     ) -> Result<Option<u64>, BusError> {
-        let txn = self.db.begin_read().map_err(storage("beginning a read"))?;
+        // The handle stays held while the read lasts, so a reopen waits for it.
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(storage("beginning a read"))?;
         let table = match txn.open_table(OFFSETS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -336,7 +404,7 @@ fn load_topics(db: &Database) -> Result<HashMap<String, Vec<u64>>, BusError> {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<Db>,
     topics: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     appended: watch::Sender<u64>,
     retention: Retention,
@@ -346,6 +414,7 @@ struct Writer {
 impl Writer {
     fn run(self, requests: mpsc::Receiver<Request>) {
         let mut next_pass = Instant::now() + self.retention.every;
+        let mut next_reopen = Instant::now();
         loop {
             let wait = next_pass.saturating_duration_since(Instant::now());
             match requests.recv_timeout(wait) {
@@ -357,13 +426,33 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    if self.db.failed.load(Ordering::Relaxed) {
+                        // A write failed: reopen the file (at most once a second) before the
+                        // next one; until that works, refuse at once, as retryable.
+                        let reopened = if Instant::now() >= next_reopen {
+                            next_reopen = Instant::now() + Duration::from_secs(1);
+                            self.db.reopen()
+                        } else {
+                            Err(BusError::Unavailable(
+                                "the last write failed; the log file is reopened shortly".into(),
+                            ))
+                        };
+                        if let Err(e) = reopened {
+                            tracing::warn!(error = %e, "The embedded log cannot write yet.");
+                            for request in batch {
+                                request.refuse(&e);
+                            }
+                            continue;
+                        }
+                        tracing::info!("The embedded log file was reopened; writing again.");
+                    }
                     self.apply(batch);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if Instant::now() >= next_pass {
-                if !self.retention.keep.is_zero() {
+                if !self.retention.keep.is_zero() && !self.db.failed.load(Ordering::Relaxed) {
                     match self.expire() {
                         Ok(0) => {}
                         Ok(n) => {
@@ -402,8 +491,8 @@ impl Writer {
                 .collect(),
             Err(_) => return Ok(0),
         };
-        let mut txn = self
-            .db
+        let db = self.db.get()?;
+        let mut txn = db
             .begin_write()
             .map_err(storage("beginning a retention pass"))?;
         txn.set_durability(Durability::Immediate)
@@ -498,6 +587,7 @@ impl Writer {
         let result = self.write(batch, &mut next, now_ms, &mut outcomes);
         match result {
             Ok(appended_any) => {
+                self.db.failed.store(false, Ordering::Relaxed);
                 if let Ok(mut topics) = self.topics.lock() {
                     *topics = next;
                 }
@@ -510,6 +600,10 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Embedded log transaction failed; nothing in it was stored.");
+                // redb writes nothing more after a failed commit until the file is reopened;
+                // callers retry.
+                self.db.failed.store(true, Ordering::Relaxed);
+                let e = BusError::Unavailable(e.to_string());
                 for outcome in outcomes {
                     outcome.answer(Some(&e));
                 }
@@ -528,10 +622,8 @@ impl Writer {
     ) -> Result<bool, BusError> {
         let mut pending = batch.into_iter();
         let result = (|| -> Result<bool, BusError> {
-            let mut txn = self
-                .db
-                .begin_write()
-                .map_err(storage("beginning a write"))?;
+            let db = self.db.get()?;
+            let mut txn = db.begin_write().map_err(storage("beginning a write"))?;
             txn.set_durability(Durability::Immediate)
                 .map_err(storage("setting durability"))?;
             let mut appended_any = false;
@@ -607,6 +699,19 @@ impl Writer {
     }
 }
 
+impl Request {
+    /// Answers the request with `e` without trying it.
+    fn refuse(self, e: &BusError) {
+        let e = || BusError::Unavailable(e.to_string());
+        match self {
+            Request::Append { reply, .. } => drop(reply.send(Err(e()))),
+            Request::Commit { reply, .. } | Request::CreateTopic { reply, .. } => {
+                drop(reply.send(Err(e())))
+            }
+        }
+    }
+}
+
 /// A request's answer, sent once the transaction's fate is known.
 enum Outcome {
     Appended(
@@ -619,7 +724,10 @@ enum Outcome {
 impl Outcome {
     /// Answers with the request's own result, or with the transaction's failure.
     fn answer(self, failure: Option<&BusError>) {
-        let failed = || BusError::Storage(failure.map(|e| e.to_string()).unwrap_or_default());
+        let failed = || match failure {
+            Some(BusError::Unavailable(e)) => BusError::Unavailable(e.clone()),
+            other => BusError::Storage(other.map(|e| e.to_string()).unwrap_or_default()),
+        };
         match self {
             Outcome::Appended(reply, r) => {
                 drop(reply.send(if failure.is_some() { Err(failed()) } else { r }))

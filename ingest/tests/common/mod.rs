@@ -73,6 +73,7 @@ impl Harness {
         let bus: Arc<dyn Bus> = Arc::new(
             trellis_bus::embedded::EmbeddedBus::open(&EmbeddedConfig {
                 path: dir.path().join("bus.redb"),
+                ..Default::default()
             })
             .unwrap(),
         );
