@@ -81,5 +81,11 @@ pub fn query_csv(config: &Path, sql: &str) -> String {
         ])
         .output()
         .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "trellis query {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
