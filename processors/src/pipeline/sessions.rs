@@ -568,8 +568,23 @@ impl Sessions {
         }
     }
 
-    /// Closes every session the watermark has passed.
+    /// Closes every session the watermark has passed, in the order of their ends (then project,
+    /// id and version): the timers that find them depend on the path the state took (a restored
+    /// checkpoint rebuilds them), the order they are emitted in must not.
     pub fn close_due(&mut self, wm: i64, closed: &mut Vec<SessionRecord>) {
+        let first = closed.len();
+        self.close_timers_due(wm, closed);
+        closed[first..].sort_by(|a, b| {
+            (a.ended_ms, &a.project, &a.session_id, a.version).cmp(&(
+                b.ended_ms,
+                &b.project,
+                &b.session_id,
+                b.version,
+            ))
+        });
+    }
+
+    fn close_timers_due(&mut self, wm: i64, closed: &mut Vec<SessionRecord>) {
         let gap = self.rules.gap_ms;
         while let Some(&Reverse((at, k, which))) = self.timers.peek() {
             if at >= wm {
