@@ -101,6 +101,7 @@ pub async fn run<F: Factory>(
     };
     tracing::info!(stage = state.factory.stage(), group = %state.config.group, "Processor started.");
     let mut last_checkpoint = Instant::now();
+    let mut checkpoint_cost = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
         let polled = tokio::select! {
@@ -132,8 +133,12 @@ pub async fn run<F: Factory>(
         .await?;
         state.drain_counters();
         state.drop_revoked(consumer.as_ref());
-        if last_checkpoint.elapsed() >= state.config.checkpoint_interval {
+        if last_checkpoint.elapsed()
+            >= checkpoint_wait(state.config.checkpoint_interval, checkpoint_cost)
+        {
+            let started = Instant::now();
             state.checkpoint(consumer.as_mut()).await?;
+            checkpoint_cost = started.elapsed();
             last_checkpoint = Instant::now();
         }
     }
@@ -143,6 +148,14 @@ pub async fn run<F: Factory>(
         "Processor stopped after a final checkpoint."
     );
     Ok(())
+}
+
+/// How long after a checkpoint the next is due: `interval`, or ten times what the last one cost
+/// (serializing and writing the state) when that is longer, so a stage with large state spends
+/// at most a tenth of its time on checkpoints instead of rewriting it every `interval`. A
+/// restart then replays more input, which the checkpoint's offsets make exact.
+pub fn checkpoint_wait(interval: Duration, last_cost: Duration) -> Duration {
+    interval.max(last_cost.saturating_mul(10))
 }
 
 /// Bytes of a refused output kept in its dead letter.
@@ -363,10 +376,14 @@ impl<F: Factory> Loop<F> {
             if slot.checkpointed == Some(slot.next_offset) {
                 continue;
             }
-            let state = slot
-                .processor
-                .snapshot()
-                .map_err(|source| RunError::State { partition, source })?;
+            // Serializing large state is CPU work: on a multi-threaded runtime it leaves the
+            // worker thread to the other stages' tasks while it lasts.
+            let snapshot = || slot.processor.snapshot();
+            let state = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(snapshot),
+                _ => snapshot(),
+            }
+            .map_err(|source| RunError::State { partition, source })?;
             saved.push((partition, slot.next_offset, state));
         }
         if saved.is_empty() {
@@ -395,5 +412,22 @@ impl<F: Factory> Loop<F> {
             self.metrics.checkpoint(self.factory.stage());
         }
         Ok(trellis_bus::commit_until_done(consumer, &offsets).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::checkpoint_wait;
+
+    #[test]
+    fn large_state_is_checkpointed_less_often() {
+        let five = Duration::from_secs(5);
+        assert_eq!(checkpoint_wait(five, Duration::from_millis(40)), five);
+        assert_eq!(
+            checkpoint_wait(five, Duration::from_millis(1_500)),
+            Duration::from_secs(15)
+        );
     }
 }
