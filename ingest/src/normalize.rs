@@ -157,31 +157,45 @@ fn luhn(digits: &str) -> bool {
 }
 
 /// Masks emails, card numbers (Luhn-valid), IBANs, phone numbers, IPv4 addresses and URL query
-/// strings in free text.
+/// strings in free text. Each pattern runs only on text that has the characters it needs (an
+/// `@`, a digit, a `.` and a digit, `://` and `?`), and text nothing matched is not copied.
 pub fn scrub_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text
-        .bytes()
-        .any(|b| b == b'@' || b == b'?' || b.is_ascii_digit())
-    {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let out = QUERY.replace_all(text, "$1?[filtered]");
-    let out = EMAIL.replace_all(&out, "[email]");
-    let out = IPV4.replace_all(&out, "${1}[ip]$3");
-    let out = CARD.replace_all(&out, |c: &regex::Captures| {
-        if luhn(&c[0]) {
-            "[card]".to_string()
-        } else {
-            c[0].to_string()
+    use std::borrow::Cow;
+    fn apply<'a, R: regex::Replacer>(text: Cow<'a, str>, re: &Regex, with: R) -> Cow<'a, str> {
+        match re.replace_all(&text, with) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(replaced) => Cow::Owned(replaced),
         }
-    });
-    let out = IBAN.replace_all(&out, "[iban]");
-    let out = PHONE.replace_all(&out, "[phone]").into_owned();
-    if out == text {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        std::borrow::Cow::Owned(out)
     }
+    let bytes = text.as_bytes();
+    let digit = bytes.iter().any(u8::is_ascii_digit);
+    let at = bytes.contains(&b'@');
+    let url = bytes.contains(&b'?') && text.contains("://");
+    if !(digit || at || url) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = Cow::Borrowed(text);
+    if url {
+        out = apply(out, &QUERY, "$1?[filtered]");
+    }
+    if at {
+        out = apply(out, &EMAIL, "[email]");
+    }
+    if digit {
+        if bytes.contains(&b'.') {
+            out = apply(out, &IPV4, "${1}[ip]$3");
+        }
+        out = apply(out, &CARD, |c: &regex::Captures| {
+            if luhn(&c[0]) {
+                "[card]".to_string()
+            } else {
+                c[0].to_string()
+            }
+        });
+        out = apply(out, &IBAN, "[iban]");
+        out = apply(out, &PHONE, "[phone]");
+    }
+    out
 }
 
 /// Masks PII in every string of a JSON value.
