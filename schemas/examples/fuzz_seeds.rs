@@ -20,8 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             avro::encode(&sample::event("plants", n % 7, n))?,
         )?;
     }
-    write("session".into(), records::encode(&SessionRecord::default())?)?;
-    write("partial".into(), records::encode(&HealthPartial::default())?)?;
+    write(
+        "session".into(),
+        records::encode(&SessionRecord::default())?,
+    )?;
+    write(
+        "partial".into(),
+        records::encode(&HealthPartial::default())?,
+    )?;
     write("issue".into(), records::encode(&IssueRecord::default())?)?;
     write("command".into(), records::encode(&IssueCommand::default())?)?;
     write("start".into(), records::encode(&SessionStart::default())?)?;
