@@ -32,7 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: fuzz_seeds DIRECTORY")?;
     std::fs::create_dir_all(&dir)?;
-    let events: Vec<Event> = (0..300).map(|n| sample::event("plants", n % 13, n)).collect();
+    let events: Vec<Event> = (0..300)
+        .map(|n| sample::event("plants", n % 13, n))
+        .collect();
     let errors: Vec<Event> = events
         .iter()
         .filter(|e| matches!(e, Event::Error(_)))
