@@ -17,6 +17,14 @@
 //!   `issues_forgotten` (issues past `processors.max_issues`), `issue_releases_forgotten`
 //!   (per-release counts past [`crate::grouping::MAX_ISSUE_RELEASES`]).
 //! - `trellis_processor_checkpoints_total{stage}`: checkpoints saved.
+//! - `trellis_processor_checkpoint_bytes_total{stage, bytes}`: bytes of state checkpointed
+//!   (`state`) and bytes of it written to disk (`written`: the chunks that changed).
+//! - `trellis_processor_faults_total{stage, fault}`: what went wrong and was waited out, so an
+//!   operator sees a stage stalled by its surroundings. Faults: `checkpoint_failed` (a checkpoint
+//!   could not be written or synced, a full or failing disk: nothing was committed past the last
+//!   good one, and the next is tried at the next interval), `publish_retried` (the bus refused
+//!   outputs for a while, for example the embedded log on a full disk, or a broker down),
+//!   `poll_retried` (reading the input failed for a while).
 //! - `trellis_processor_offset_gaps_total{stage}`: times a partition's input skipped offsets that
 //!   no checkpoint covered (records removed by retention before they were processed).
 
@@ -33,6 +41,8 @@ pub struct Metrics {
     records: Family<Labels, Counter>,
     checkpoints: Family<Labels, Counter>,
     gaps: Family<Labels, Counter>,
+    faults: Family<Labels, Counter>,
+    checkpoint_bytes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -41,6 +51,8 @@ impl Default for Metrics {
         let records = Family::<Labels, Counter>::default();
         let checkpoints = Family::<Labels, Counter>::default();
         let gaps = Family::<Labels, Counter>::default();
+        let faults = Family::<Labels, Counter>::default();
+        let checkpoint_bytes = Family::<Labels, Counter>::default();
         registry.register("records", "What became of input records", records.clone());
         registry.register("checkpoints", "Checkpoints saved", checkpoints.clone());
         registry.register(
@@ -48,11 +60,23 @@ impl Default for Metrics {
             "Input offsets skipped that no checkpoint covered",
             gaps.clone(),
         );
+        registry.register(
+            "faults",
+            "Faults of the surroundings a stage waited out",
+            faults.clone(),
+        );
+        registry.register(
+            "checkpoint_bytes",
+            "Bytes of state checkpointed, and of it written",
+            checkpoint_bytes.clone(),
+        );
         Metrics {
             registry,
             records,
             checkpoints,
             gaps,
+            faults,
+            checkpoint_bytes,
         }
     }
 }
@@ -68,10 +92,31 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Counts a saved checkpoint.
-    pub fn checkpoint(&self, stage: &'static str) {
+    /// Counts a saved checkpoint and its bytes.
+    pub fn checkpoint(&self, stage: &'static str, saved: &crate::runtime::Saved) {
         self.checkpoints
             .get_or_create(&vec![("stage", stage.to_string())])
+            .inc();
+        for (bytes, n) in [
+            ("state", saved.state_bytes),
+            ("written", saved.written_bytes),
+        ] {
+            self.checkpoint_bytes
+                .get_or_create(&vec![
+                    ("stage", stage.to_string()),
+                    ("bytes", bytes.to_string()),
+                ])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a fault of `stage`'s surroundings that it waits out.
+    pub fn fault(&self, stage: &'static str, fault: &'static str) {
+        self.faults
+            .get_or_create(&vec![
+                ("stage", stage.to_string()),
+                ("fault", fault.to_string()),
+            ])
             .inc();
     }
 

@@ -1,19 +1,25 @@
 //! Checkpoints: a partition's processor state together with the input offset it reflects.
 //!
-//! A checkpoint is one file, `DIR/STAGE/TOPIC/PARTITION/OFFSET.ckpt`, written under a temporary
-//! name, fsynced and renamed, so a reader sees a whole checkpoint or none. Its body ends with an
-//! xxh3 checksum of the rest; a file that fails it is skipped for the one before. The newest two
-//! per partition are kept.
+//! A checkpoint is a manifest, `DIR/STAGE/TOPIC/PARTITION/OFFSET.ckpt`, naming the chunks its
+//! state was cut into, each a file `chunks/HASH` named by the xxh3-128 of its bytes. The state is
+//! cut where its content says (FastCDC, about 1 MiB a chunk), so the chunks of an unchanged
+//! stretch of state are the same from one checkpoint to the next and are not written again: a
+//! dedupe set of hundreds of MB whose new ids land at its end rewrites a few MB per checkpoint,
+//! not all of it. Every file is written under a temporary name, fsynced and renamed, so a reader
+//! sees a whole file or none; the manifest goes last. A manifest ends with an xxh3 checksum of
+//! the rest, and a chunk must hash to its name: a checkpoint that fails either is skipped for the
+//! one before. The newest two per partition are kept, with the chunks they name.
 //!
 //! Every processor instance of a stage must see the same directory: on one machine it lives
 //! under the data directory; scaled out, it is a volume the instances share, so that the instance
 //! a partition moves to finds the state its previous owner left.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 /// Why a checkpoint could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,23 @@ pub struct Checkpoints {
 
 const SUFFIX: &str = ".ckpt";
 const KEEP: usize = 2;
+/// The first bytes of a manifest. A checkpoint without them holds its state itself (the layout
+/// before chunks): it is still read.
+const MAGIC: &[u8; 8] = b"TRLCKPT2";
+const CHUNKS: &str = "chunks";
+/// Chunk sizes (FastCDC's minimum, average and maximum).
+const CHUNK_MIN: u32 = 256 << 10;
+const CHUNK_AVG: u32 = 1 << 20;
+const CHUNK_MAX: u32 = 4 << 20;
+
+/// What the last save wrote, for the stage's metrics and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// Bytes of state checkpointed.
+    pub state_bytes: u64,
+    /// Bytes of chunks written (the rest were already on disk).
+    pub written_bytes: u64,
+}
 
 impl Checkpoints {
     /// Checkpoints of `stage` under `dir` (created on first save).
@@ -67,13 +90,13 @@ impl Checkpoints {
                 path: path.clone(),
                 source,
             })?;
-            match verify(&body) {
-                Some(state) => {
-                    return Ok(Some(Checkpoint {
-                        offset,
-                        state: state.to_vec(),
-                    }));
-                }
+            let state = match verify(&body) {
+                Some(manifest) if manifest.starts_with(MAGIC) => assemble(&dir, manifest)?,
+                Some(state) => Some(state.to_vec()),
+                None => None,
+            };
+            match state {
+                Some(state) => return Ok(Some(Checkpoint { offset, state })),
                 None => {
                     tracing::warn!(path = %path.display(), "Checkpoint fails its checksum; using the one before.")
                 }
@@ -82,37 +105,131 @@ impl Checkpoints {
         Ok(None)
     }
 
-    /// Durably saves a partition's state as of `offset`, then drops all but the newest two.
+    /// Durably saves a partition's state as of `offset`, writing only the chunks not already on
+    /// disk, then drops all but the newest two checkpoints and the chunks no kept one names.
     pub fn save(
         &self,
         topic: &str,
         partition: u32,
         checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    ) -> Result<Saved, CheckpointError> {
         let dir = self.partition_dir(topic, partition);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Io { path, source }
+        let chunks = dir.join(CHUNKS);
+        fs::create_dir_all(&chunks).map_err(io(&chunks))?;
+        let state = &checkpoint.state;
+        let mut manifest = MAGIC.to_vec();
+        let mut saved = Saved {
+            state_bytes: state.len() as u64,
+            written_bytes: 0,
         };
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let name = format!("{:020}{SUFFIX}", checkpoint.offset);
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(&checkpoint.state).map_err(io(&tmp))?;
-        file.write_all(&xxh3_64(&checkpoint.state).to_le_bytes())
-            .map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        let path = dir.join(&name);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
-        let all = list(&dir)?;
-        for (_, old) in all.iter().take(all.len().saturating_sub(KEEP)) {
-            let _ = fs::remove_file(old);
+        for cut in fastcdc::v2020::FastCDC::new(state, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+            let bytes = &state[cut.offset..cut.offset + cut.length];
+            let hash = xxh3_128(bytes);
+            manifest.extend_from_slice(&hash.to_le_bytes());
+            manifest.extend_from_slice(&(cut.length as u64).to_le_bytes());
+            let path = chunks.join(format!("{hash:032x}"));
+            if !path.exists() {
+                write_durably(&chunks, &path, &[bytes])?;
+                saved.written_bytes += bytes.len() as u64;
+            }
         }
-        Ok(())
+        if saved.written_bytes > 0 {
+            sync_dir(&chunks)?;
+        }
+        let name = format!("{:020}{SUFFIX}", checkpoint.offset);
+        let sum = xxh3_64(&manifest).to_le_bytes();
+        write_durably(&dir, &dir.join(name), &[&manifest, &sum])?;
+        sync_dir(&dir)?;
+        let all = list(&dir)?;
+        let (old, kept) = all.split_at(all.len().saturating_sub(KEEP));
+        for (_, path) in old {
+            let _ = fs::remove_file(path);
+        }
+        forget_chunks(&chunks, kept);
+        Ok(saved)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let path = path.to_path_buf();
+    move |source| CheckpointError::Io { path, source }
+}
+
+/// Writes `parts` to `path` through a temporary file in `dir`, synced before the rename. A file
+/// that could not be written or synced is never renamed into place: what it holds is unknown,
+/// and the space it took is given back.
+fn write_durably(dir: &Path, path: &Path, parts: &[&[u8]]) -> Result<(), CheckpointError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = fs::File::create(&tmp).and_then(|mut file| {
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()
+    });
+    if let Err(source) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(CheckpointError::Io { path: tmp, source });
+    }
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// The state a manifest names, or `None` if a chunk is missing or not what it was.
+fn assemble(dir: &Path, manifest: &[u8]) -> Result<Option<Vec<u8>>, CheckpointError> {
+    let entries = &manifest[MAGIC.len()..];
+    if entries.len() % 24 != 0 {
+        return Ok(None);
+    }
+    let mut state = Vec::new();
+    for entry in entries.chunks_exact(24) {
+        let hash = u128::from_le_bytes(entry[..16].try_into().unwrap_or_default());
+        let length = u64::from_le_bytes(entry[16..].try_into().unwrap_or_default());
+        let path = dir.join(CHUNKS).join(format!("{hash:032x}"));
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CheckpointError::Io { path, source }),
+        };
+        if bytes.len() as u64 != length || xxh3_128(&bytes) != hash {
+            return Ok(None);
+        }
+        state.extend_from_slice(&bytes);
+    }
+    Ok(Some(state))
+}
+
+/// Removes the chunks none of the `kept` checkpoints names (best effort: a chunk left behind
+/// is removed by a later save).
+fn forget_chunks(chunks: &Path, kept: &[(u64, PathBuf)]) {
+    let mut named = BTreeSet::new();
+    for (_, path) in kept {
+        let Ok(body) = fs::read(path) else {
+            // Unreadable now: keep every chunk rather than guess.
+            return;
+        };
+        if let Some(manifest) = verify(&body).filter(|m| m.starts_with(MAGIC)) {
+            for entry in manifest[MAGIC.len()..].chunks_exact(24) {
+                named.insert(format!(
+                    "{:032x}",
+                    u128::from_le_bytes(entry[..16].try_into().unwrap_or_default())
+                ));
+            }
+        }
+    }
+    let Ok(entries) = fs::read_dir(chunks) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !named.contains(&name) && !name.starts_with('.') {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -165,9 +282,9 @@ mod tests {
         assert_eq!(newest.offset, 30);
         assert_eq!(newest.state, b"state at 30");
         let pdir = dir.path().join("process/events.raw/3");
-        assert_eq!(fs::read_dir(&pdir).unwrap().count(), 2);
+        assert_eq!(manifests(&pdir).len(), 2);
 
-        // A torn newest file is skipped for the one before.
+        // A torn newest manifest is skipped for the one before.
         let path = pdir.join(format!("{:020}{SUFFIX}", 30));
         let mut body = fs::read(&path).unwrap();
         body[0] ^= 1;
@@ -175,5 +292,124 @@ mod tests {
         assert_eq!(store.load("events.raw", 3).unwrap().unwrap().offset, 20);
         // Other partitions are separate.
         assert_eq!(store.load("events.raw", 4).unwrap(), None);
+    }
+
+    fn manifests(dir: &Path) -> Vec<u64> {
+        list(dir).unwrap().into_iter().map(|(o, _)| o).collect()
+    }
+
+    /// Pseudo-random bytes, so content-defined cuts fall as they would in real state.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..n).map(|_| rng.u8(..)).collect()
+    }
+
+    #[test]
+    fn a_checkpoint_writes_only_the_chunks_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Checkpoints::new(dir.path(), "process");
+        let mut state = noise(64 << 20, 1);
+        let first = store
+            .save(
+                "events.raw",
+                0,
+                &Checkpoint {
+                    offset: 1,
+                    state: state.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(first.state_bytes, 64 << 20);
+        assert_eq!(first.written_bytes, 64 << 20);
+
+        // New ids at the end, a few forgotten at the start, one changed in the middle.
+        state.extend(noise(2 << 20, 2));
+        state.drain(..4096);
+        state[30 << 20] ^= 0xff;
+        let second = store
+            .save(
+                "events.raw",
+                0,
+                &Checkpoint {
+                    offset: 2,
+                    state: state.clone(),
+                },
+            )
+            .unwrap();
+        assert!(
+            second.written_bytes < 16 << 20,
+            "{} of {} bytes written",
+            second.written_bytes,
+            second.state_bytes
+        );
+        let loaded = store.load("events.raw", 0).unwrap().unwrap();
+        assert_eq!(loaded.offset, 2);
+        assert!(loaded.state == state, "the state reads back whole");
+
+        // A third save drops the first checkpoint and the chunks only it named.
+        let chunks = dir.path().join("process/events.raw/0").join(CHUNKS);
+        let before = fs::read_dir(&chunks).unwrap().count();
+        state.truncate(8 << 20);
+        store
+            .save(
+                "events.raw",
+                0,
+                &Checkpoint {
+                    offset: 3,
+                    state: state.clone(),
+                },
+            )
+            .unwrap();
+        let after = fs::read_dir(&chunks).unwrap().count();
+        assert!(after < before, "{after} chunks after, {before} before");
+        assert_eq!(manifests(&dir.path().join("process/events.raw/0")), [2, 3]);
+        assert!(store.load("events.raw", 0).unwrap().unwrap().state == state);
+    }
+
+    #[test]
+    fn a_damaged_or_missing_chunk_falls_back_to_the_checkpoint_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Checkpoints::new(dir.path(), "process");
+        let old = noise(3 << 20, 3);
+        let new = noise(3 << 20, 4);
+        for (offset, state) in [(5, &old), (9, &new)] {
+            let state = state.clone();
+            store.save("t", 0, &Checkpoint { offset, state }).unwrap();
+        }
+        let chunks = dir.path().join("process/t/0").join(CHUNKS);
+        let named = |state: &[u8]| {
+            fastcdc::v2020::FastCDC::new(state, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
+                .map(|c| {
+                    chunks.join(format!(
+                        "{:032x}",
+                        xxh3_128(&state[c.offset..c.offset + c.length])
+                    ))
+                })
+                .collect::<Vec<_>>()
+        };
+        let newest = named(&new);
+        let mut bytes = fs::read(&newest[0]).unwrap();
+        bytes[7] ^= 1;
+        fs::write(&newest[0], bytes).unwrap();
+        let loaded = store.load("t", 0).unwrap().unwrap();
+        assert_eq!(loaded.offset, 5);
+        assert!(loaded.state == old);
+        fs::remove_file(&named(&old)[1]).unwrap();
+        assert_eq!(store.load("t", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_chunks_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("process/t/1");
+        fs::create_dir_all(&pdir).unwrap();
+        let state = b"the state itself".to_vec();
+        let mut body = state.clone();
+        body.extend_from_slice(&xxh3_64(&state).to_le_bytes());
+        fs::write(pdir.join(format!("{:020}{SUFFIX}", 12)), body).unwrap();
+        let loaded = Checkpoints::new(dir.path(), "process")
+            .load("t", 1)
+            .unwrap();
+        assert_eq!(loaded, Some(Checkpoint { offset: 12, state }));
     }
 }

@@ -15,7 +15,7 @@
 pub mod checkpoint;
 pub mod runner;
 
-pub use checkpoint::{Checkpoint, CheckpointError, Checkpoints};
+pub use checkpoint::{Checkpoint, CheckpointError, Checkpoints, Saved};
 pub use runner::{RunError, RunnerConfig, run};
 
 use trellis_bus::{Message, Record};

@@ -112,6 +112,7 @@ pub async fn run<F: Factory>(
             Ok(records) => records,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "Poll failed; retrying.");
+                state.metrics.fault(state.factory.stage(), "poll_retried");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -137,8 +138,19 @@ pub async fn run<F: Factory>(
             >= checkpoint_wait(state.config.checkpoint_interval, checkpoint_cost)
         {
             let started = Instant::now();
-            state.checkpoint(consumer.as_mut()).await?;
-            checkpoint_cost = started.elapsed();
+            match state.checkpoint(consumer.as_mut()).await {
+                Ok(()) => checkpoint_cost = started.elapsed(),
+                // A disk that is full or fails a sync: nothing was committed past the last good
+                // checkpoint, the state stays in memory, and the next interval tries again with
+                // a new file (a failed sync says nothing of what the old file holds).
+                Err(RunError::Checkpoint(e)) => {
+                    tracing::warn!(stage = state.factory.stage(), error = %e, "Checkpoint failed; offsets stay at the last good one, retrying next interval.");
+                    state
+                        .metrics
+                        .fault(state.factory.stage(), "checkpoint_failed");
+                }
+                Err(e) => return Err(e),
+            }
             last_checkpoint = Instant::now();
         }
     }
@@ -211,6 +223,7 @@ async fn publish(
             }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "Publishing outputs failed; retrying.");
+                metrics.fault(stage, "publish_retried");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -391,27 +404,36 @@ impl<F: Factory> Loop<F> {
         }
         let store = self.checkpoints.clone();
         let topic = self.config.topic.clone();
-        let saved = tokio::task::spawn_blocking(move || {
+        // Partitions saved before one that fails are committed all the same.
+        let (saved, failed) = tokio::task::spawn_blocking(move || {
             let mut done = Vec::with_capacity(saved.len());
             for (partition, offset, state) in saved {
-                store.save(&topic, partition, &Checkpoint { offset, state })?;
-                done.push((partition, offset));
+                match store.save(&topic, partition, &Checkpoint { offset, state }) {
+                    Ok(saved) => done.push((partition, offset, saved)),
+                    Err(e) => return (done, Some(e)),
+                }
             }
-            Ok::<_, CheckpointError>(done)
+            (done, None)
         })
         .await
         .map_err(|e| CheckpointError::Io {
             path: "checkpoint writer".into(),
             source: std::io::Error::other(e),
-        })??;
-        for (partition, offset) in &saved {
+        })?;
+        for (partition, offset, bytes) in &saved {
             if let Some(slot) = self.slots.get_mut(partition) {
                 slot.checkpointed = Some(*offset);
             }
             offsets.set(&self.config.topic, *partition, *offset);
-            self.metrics.checkpoint(self.factory.stage());
+            self.metrics.checkpoint(self.factory.stage(), bytes);
         }
-        Ok(trellis_bus::commit_until_done(consumer, &offsets).await?)
+        if !saved.is_empty() {
+            trellis_bus::commit_until_done(consumer, &offsets).await?;
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }
 
