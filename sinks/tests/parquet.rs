@@ -1,5 +1,5 @@
-//! The Parquet sink on the embedded log: exact row counts through `query`, dead letters, and
-//! files rolled by size with contiguous offset ranges.
+//! The Parquet sink on the embedded log: exact row counts through `query`, dead letters, files
+//! rolled by size with contiguous offset ranges, and a full disk waited out.
 
 mod support;
 
@@ -387,4 +387,90 @@ async fn files_roll_by_size_with_contiguous_offset_ranges() {
     .map(|t| metrics.rows_written(t))
     .sum();
     assert_eq!(total, 4500);
+}
+
+/// Unmounts a test filesystem when the test ends, also when it fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The sink's root on a full disk: it writes nothing, counts its restarts and never exits; once
+/// space returns, every row lands, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_the_sink_until_space_returns_and_then_every_row_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("TRELLIS_TEST_NO_MOUNT").is_some(),
+            "mounting an 8 MB tmpfs failed (it needs root or CAP_SYS_ADMIN); set \
+             TRELLIS_TEST_NO_MOUNT=1 to skip this test knowingly"
+        );
+        eprintln!("skipped: no tmpfs, and TRELLIS_TEST_NO_MOUNT is set");
+        return;
+    }
+    let _unmount = Unmount(mount.clone());
+    let root = mount.join("parquet");
+    std::fs::create_dir(&root).unwrap();
+    // Fill the disk to the last page.
+    let ballast = mount.join("ballast");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&ballast).unwrap();
+        while file.write_all(&[7u8; 1 << 16]).is_ok() {}
+        let _ = file.flush();
+    }
+
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("full")));
+    let outputs = Outputs::of_fleet(200, 5);
+    let expected = outputs.expected();
+    publish(&bus, &names, outputs.messages(&names, 0)).await;
+    let config = ParquetConfig {
+        root: root.clone(),
+        group: unique("sink"),
+        max_age: Duration::from_millis(300),
+        poll_timeout: Duration::from_millis(100),
+        ..ParquetConfig::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (stop, task) = start(&bus, &names, config, metrics.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.restarts("io") < 2 {
+        assert!(!task.is_finished(), "the sink ended on a full disk");
+        assert!(Instant::now() < deadline, "no restart counted on a full disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!task.is_finished(), "the sink ended on a full disk");
+    assert_eq!(counts(&root).await.values().sum::<u64>(), 0, "nothing fits");
+
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while counts(&root).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "incomplete after space returned: {:?} of {expected:?}",
+            counts(&root).await
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(stored_counts(&root).await, expected, "no row stored twice");
+    println!(
+        "{} restarts on the full disk; afterwards {expected:?}",
+        metrics.restarts("io")
+    );
 }

@@ -5,6 +5,9 @@
 //! - `trellis_sink_parquet_files_written_total{table}`: files renamed into place.
 //! - `trellis_sink_parquet_dead_letters_total{topic}`: input records that did not decode, sent to
 //!   the dead-letter topic.
+//! - `trellis_sink_parquet_restarts_total{reason}`: times the sink dropped what it had open and
+//!   started again from the committed offsets after a fault it waits out (`io`: a file could not
+//!   be written, for example on a full disk; `bus`: the bus failed for a while).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -19,6 +22,7 @@ pub struct Metrics {
     rows: Family<Labels, Counter>,
     files: Family<Labels, Counter>,
     dead: Family<Labels, Counter>,
+    restarts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -27,6 +31,7 @@ impl Default for Metrics {
         let rows = Family::<Labels, Counter>::default();
         let files = Family::<Labels, Counter>::default();
         let dead = Family::<Labels, Counter>::default();
+        let restarts = Family::<Labels, Counter>::default();
         registry.register(
             "rows_written",
             "Rows in files renamed into place",
@@ -38,11 +43,17 @@ impl Default for Metrics {
             "Input records that did not decode",
             dead.clone(),
         );
+        registry.register(
+            "restarts",
+            "Restarts from the committed offsets after a fault",
+            restarts.clone(),
+        );
         Metrics {
             registry,
             rows,
             files,
             dead,
+            restarts,
         }
     }
 }
@@ -53,6 +64,20 @@ impl Metrics {
         let labels = vec![("table", table.to_string())];
         self.rows.get_or_create(&labels).inc_by(rows);
         self.files.get_or_create(&labels).inc();
+    }
+
+    /// Counts a restart after a fault of kind `reason`.
+    pub fn restart(&self, reason: &'static str) {
+        self.restarts
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Restarts after faults of kind `reason` so far.
+    pub fn restarts(&self, reason: &'static str) -> u64 {
+        self.restarts
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .get()
     }
 
     /// Counts a dead-lettered input record of `topic`.

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
+
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
 use trellis_schemas::records::{
     self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
@@ -33,6 +36,11 @@ pub async fn run(
 }
 
 /// [`run`], counting into `metrics`.
+///
+/// A fault the sink can wait out (a file that cannot be written, as on a full disk; the bus
+/// failing for a while) does not end it: it drops the segments it had open (their temporary
+/// files go), waits with backoff, and starts again from the committed offsets, which only ever
+/// cover renamed files, so nothing is lost or written twice. Each restart is counted.
 pub async fn run_with_metrics(
     bus: Arc<dyn Bus>,
     topics: Names,
@@ -41,6 +49,47 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     config.validate()?;
+    let shutdown = shutdown.shared();
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .with_jitter()
+        .build();
+    loop {
+        let run = run_once(
+            bus.clone(),
+            &topics,
+            &config,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let e = match run.await {
+            Err(e) if e.is_retryable() => e,
+            done => return done,
+        };
+        let reason = match e {
+            Error::Bus(_) => "bus",
+            _ => "io",
+        };
+        metrics.restart(reason);
+        let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+        tracing::error!(error = %e, retry_in = ?wait, "Parquet sink failed; starting again from the committed offsets.");
+        tokio::select! {
+            _ = shutdown.clone() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One run of the sink, from joining the group until `shutdown` or an error.
+async fn run_once(
+    bus: Arc<dyn Bus>,
+    topics: &Names,
+    config: &ParquetConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
     let inputs = [
         topics.events.as_str(),
