@@ -51,6 +51,7 @@ ensure_tools() {
   command -v clickhouse-server >/dev/null || missing+=(clickhouse-server clickhouse-client)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v curl >/dev/null || missing+=(curl)
+  command -v strace >/dev/null || missing+=(strace) # injects fsync errors in the fault tests
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 

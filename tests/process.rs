@@ -259,8 +259,30 @@ async fn on_kafka_two_instances_give_the_totals_of_one() {
     one_and_two_instances_agree(kafka(), dir.path()).await;
 }
 
+/// How many outputs of the process stage `watcher` has read, added to `seen`, until there are
+/// `until`.
+async fn watch_until(watcher: &mut Box<dyn trellis_bus::Consumer>, seen: &mut usize, until: usize) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while *seen < until {
+        *seen += watcher
+            .poll(1000, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .len();
+        assert!(
+            Instant::now() < deadline,
+            "the processor produced {seen} outputs of {until}"
+        );
+    }
+}
+
+/// The fault matrix's process stage row: its first checkpoints fail their fsync (EIO from the
+/// real system call, injected by strace), then it is SIGKILLed at a random point, restarted,
+/// SIGKILLed at another and restarted again. The points come from a seed each run prints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupted_run_does() {
+    let seed = support::fault_seed();
+    let mut rng = fastrand::Rng::with_seed(seed);
     let bus = kafka();
     let fleet = fleet(800, 31);
     let expected = oracle::expect(&fleet, 60_000);
@@ -270,6 +292,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("trellis.toml");
+    let metrics_port = support::free_port();
     std::fs::write(
         &config,
         format!(
@@ -278,6 +301,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
              [topics]\npartitions = {PARTITIONS}\nprefix = {prefix:?}\n\
              [processors]\ngroup = {group:?}\nissues_group = {issues_group:?}\n\
              checkpoint_interval = \"300ms\"\nidle_timeout = \"1s\"\npoll_max = 200\n\
+             metrics_listen = \"127.0.0.1:{metrics_port}\"\n\
              [processors.detect]\ngroup = {detect_group:?}\nperf_group = {perf_group:?}\n\
              [sinks.parquet]\ngroup = {parquet_group:?}\nmax_age = \"1s\"\n",
             data = dir.path().display().to_string(),
@@ -291,36 +315,58 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
         ),
     )
     .unwrap();
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let failed_checkpoints = || {
+        support::counter(
+            &metrics,
+            "trellis_processor_faults_total",
+            &["stage=\"process\"", "fault=\"checkpoint_failed\""],
+        )
+    };
+    let kills = [
+        expected.unique * (15 + rng.usize(0..25)) / 100,
+        expected.unique * (50 + rng.usize(0..30)) / 100,
+    ];
+    println!(
+        "killing the process stage after {kills:?} of {} outputs",
+        expected.unique
+    );
 
-    // Kill the processor once part of the output is out: mid-stream, between checkpoints.
-    let mut first = Trellis::spawn(&config, "process");
+    // The first run's early checkpoints fail: it goes on, and commits nothing they did not hold.
+    let mut first = Trellis::spawn_failing_fsync(&config, &["process"], 6);
     let mut watcher = bus
         .consumer(&unique("watch"), &[&names.events])
         .await
         .unwrap();
     let mut seen = 0;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while seen < expected.unique / 3 {
-        seen += watcher
-            .poll(1000, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .len();
-        assert!(Instant::now() < deadline, "the processor produced nothing");
+    watch_until(&mut watcher, &mut seen, kills[0]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while failed_checkpoints() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed checkpoint counted on {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.kill();
+    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
+
+    // Mid-stream again, between checkpoints.
+    let mut second = Trellis::spawn(&config, "process");
+    watch_until(&mut watcher, &mut seen, kills[1]).await;
+    second.kill();
     tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
     let checkpoints = std::fs::read_dir(dir.path().join("checkpoints/process"))
         .map(|d| d.count())
         .unwrap_or(0);
 
-    let mut second = Trellis::spawn(&config, "process");
+    let mut third = Trellis::spawn(&config, "process");
     let observed = collect(&bus, &names, &expected).await;
-    second.kill();
+    third.kill();
 
     assert!(
         checkpoints > 0,
-        "the first process checkpointed before it was killed"
+        "the second process checkpointed before it was killed"
     );
     assert!(
         observed.records_read > observed.events.len() + observed.sessions.len(),

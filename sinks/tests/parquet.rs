@@ -394,9 +394,7 @@ struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.0)
-            .status();
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
@@ -450,7 +448,10 @@ async fn a_full_disk_holds_the_sink_until_space_returns_and_then_every_row_lands
     let deadline = Instant::now() + Duration::from_secs(60);
     while metrics.restarts("io") < 2 {
         assert!(!task.is_finished(), "the sink ended on a full disk");
-        assert!(Instant::now() < deadline, "no restart counted on a full disk");
+        assert!(
+            Instant::now() < deadline,
+            "no restart counted on a full disk"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!task.is_finished(), "the sink ended on a full disk");

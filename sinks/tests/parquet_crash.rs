@@ -150,9 +150,16 @@ async fn killed_mid_file_and_restarted(kind: &str) {
     }
 
     // Kill a child three times, each once more files are renamed and others are being
-    // written; the third restart runs to the end.
+    // written, at numbers of files a seed draws each run; the third restart runs to the end.
+    let mut rng = fastrand::Rng::with_seed(support::fault_seed());
+    let thresholds = [
+        1 + rng.usize(0..15),
+        25 + rng.usize(0..40),
+        80 + rng.usize(0..40),
+    ];
+    println!("killing the sink at {thresholds:?} files");
     let mut killed_ranges = Vec::new();
-    for threshold in [1, 40, 120] {
+    for threshold in thresholds {
         let mut child = SinkChild::spawn(kind, dir.path(), &prefix, &group);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {

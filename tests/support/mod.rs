@@ -33,7 +33,11 @@ pub fn free_port() -> u16 {
 }
 
 /// A `trellis` child with a configuration file, killed when dropped (also when the test fails).
-pub struct Trellis(Child);
+pub struct Trellis {
+    child: Child,
+    /// The trellis process when `child` is the tracer running it.
+    traced: Option<u32>,
+}
 
 impl Trellis {
     /// Starts `trellis --config CONFIG COMMAND`, logging warnings to the test's output.
@@ -43,22 +47,65 @@ impl Trellis {
 
     /// Starts `trellis --config CONFIG ARGS...`, logging warnings to the test's output.
     pub fn spawn_args(config: &Path, args: &[&str]) -> Self {
-        Trellis(
-            Command::new(env!("CARGO_BIN_EXE_trellis"))
-                .args(["--config", config.to_str().unwrap()])
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
-        )
+        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Trellis {
+            child,
+            traced: None,
+        }
+    }
+
+    /// Starts `trellis --config CONFIG ARGS...` under strace, which makes the first `fails`
+    /// `fsync` calls of each of its threads fail with EIO, as a failing disk answers them: the
+    /// errors come from the real system calls, injected by the kernel's tracing.
+    pub fn spawn_failing_fsync(config: &Path, args: &[&str], fails: u32) -> Self {
+        let child = Command::new("strace")
+            .args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"])
+            .args(["-e", "trace=fsync,fdatasync"])
+            .arg("-e")
+            .arg(format!("inject=fsync,fdatasync:error=EIO:when=1..{fails}"))
+            .args(["--", env!("CARGO_BIN_EXE_trellis")])
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("strace, which scripts/test.sh installs, runs");
+        let children = format!("/proc/{0}/task/{0}/children", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let traced = loop {
+            let listed = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = listed.split_whitespace().next() {
+                break pid.parse().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "strace started no trellis"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Trellis {
+            child,
+            traced: Some(traced),
+        }
     }
 
     /// SIGKILL: no shutdown hook, no final checkpoint.
     pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(pid) = self.traced.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -66,6 +113,30 @@ impl Drop for Trellis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The seed of a test's random fault points: `TRELLIS_FAULT_SEED` repeats a run, otherwise each
+/// run draws a new one. Printed, so a failure names the seed that reproduces it.
+pub fn fault_seed() -> u64 {
+    let seed = std::env::var("TRELLIS_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("fault seed {seed} (TRELLIS_FAULT_SEED={seed} repeats this run)");
+    seed
+}
+
+/// The sum of a Prometheus counter's series served at `url` whose labels include `labels`.
+pub fn counter(url: &str, name: &str, labels: &[&str]) -> u64 {
+    let Ok(mut response) = ureq::get(url).call() else {
+        return 0;
+    };
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// What `trellis --config CONFIG query --format csv SQL` prints (empty if it fails).

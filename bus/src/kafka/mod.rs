@@ -44,9 +44,15 @@ impl KafkaBus {
                 config.compression
             )));
         }
-        let producer: FutureProducer = client_config(config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let mut settings = client_config(config);
+        // Defaults `extra` may override: a broker that mishandles idempotent producers can be
+        // given `enable.idempotence = "false"` (see the fault matrix in ARCHITECTURE.md).
+        for (key, value) in [("enable.idempotence", "true"), ("acks", "all")] {
+            if !config.extra.contains_key(key) {
+                settings.set(key, value);
+            }
+        }
+        let producer: FutureProducer = settings
             .set("compression.type", &config.compression)
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("partitioner", "murmur2_random")

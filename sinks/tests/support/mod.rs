@@ -305,3 +305,14 @@ pub fn files(root: &Path, names: &topics::Names) -> Files {
     }
     out
 }
+
+/// The seed of a test's random fault points: `TRELLIS_FAULT_SEED` repeats a run, otherwise each
+/// run draws a new one. Printed, so a failure names the seed that reproduces it.
+pub fn fault_seed() -> u64 {
+    let seed = std::env::var("TRELLIS_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("fault seed {seed} (TRELLIS_FAULT_SEED={seed} repeats this run)");
+    seed
+}
