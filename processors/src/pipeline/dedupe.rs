@@ -89,11 +89,11 @@ impl Dedupe {
         let max_per_hour = self.max_per_hour();
         let bucket = self.buckets.entry(hour).or_default();
         bucket.push_back(key);
-        if bucket.len() > max_per_hour {
-            if let Some(old) = bucket.pop_front() {
-                self.seen.remove(&old);
-                self.evicted_early += 1;
-            }
+        if bucket.len() > max_per_hour
+            && let Some(old) = bucket.pop_front()
+        {
+            self.seen.remove(&old);
+            self.evicted_early += 1;
         }
         while self.seen.len() > self.max_ids {
             self.evict_oldest();

@@ -183,7 +183,7 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
 /// The state a manifest names, or `None` if a chunk is missing or not what it was.
 fn assemble(dir: &Path, manifest: &[u8]) -> Result<Option<Vec<u8>>, CheckpointError> {
     let entries = &manifest[MAGIC.len()..];
-    if entries.len() % 24 != 0 {
+    if !entries.len().is_multiple_of(24) {
         return Ok(None);
     }
     let mut state = Vec::new();
