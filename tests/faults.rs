@@ -42,6 +42,21 @@ fn batch(client: usize, batch: usize) -> String {
     serde_json::json!({ "events": events }).to_string()
 }
 
+/// POSTs a native batch; the status and body of the answer, if one came.
+fn post_batch(base: &str, body: &str) -> Option<(u16, String)> {
+    let mut response = ureq::post(&format!("{base}/v1/batch"))
+        .header("Authorization", "Bearer trellis_dev_key")
+        .header("Content-Type", "application/json")
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .send(body.as_bytes())
+        .ok()?;
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Some((response.status().as_u16(), text))
+}
+
 /// Sends batches until a request fails (ingest is gone); the event ids of the batches answered
 /// 200 with every event accepted, and of every batch sent.
 fn client(base: &str, client: usize) -> (Vec<String>, Vec<String>) {
@@ -49,19 +64,10 @@ fn client(base: &str, client: usize) -> (Vec<String>, Vec<String>) {
     for b in 0.. {
         let ids: Vec<String> = (0..BATCH).map(|i| event_id(client, b, i)).collect();
         sent.extend(ids.iter().cloned());
-        let answer = ureq::post(&format!("{base}/v1/batch"))
-            .header("Authorization", "Bearer trellis_dev_key")
-            .header("Content-Type", "application/json")
-            .config()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .send(batch(client, b).as_bytes());
-        let Ok(mut response) = answer else {
+        let Some((status, text)) = post_batch(base, &batch(client, b)) else {
             break;
         };
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        if response.status() != 200 {
+        if status != 200 {
             break;
         }
         let outcome: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -243,17 +249,7 @@ fn client_retrying(base: &str, client: usize, batches: usize) -> Vec<String> {
     for b in 0..batches {
         let body = batch(client, b);
         loop {
-            let answer = ureq::post(&format!("{base}/v1/batch"))
-                .header("Authorization", "Bearer trellis_dev_key")
-                .header("Content-Type", "application/json")
-                .config()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(20)))
-                .build()
-                .send(body.as_bytes());
-            if let Ok(mut response) = answer {
-                let status = response.status().as_u16();
-                let text = response.body_mut().read_to_string().unwrap_or_default();
+            if let Some((status, text)) = post_batch(base, &body) {
                 if status == 200 {
                     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
                     assert_eq!(

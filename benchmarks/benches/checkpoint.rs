@@ -83,13 +83,15 @@ fn checkpoint(c: &mut Criterion) {
     let mut group = c.benchmark_group("checkpoint");
     group.sample_size(10);
     let mut offset = 2;
+    // Each iteration's input: the state after 1% more ids.
+    let mut next_state = move || {
+        round += 1;
+        add_round(&mut d, now, round);
+        state(&d)
+    };
     group.bench_function("chunked, 1% new ids", |b| {
         b.iter_batched(
-            || {
-                round += 1;
-                add_round(&mut d, now, round);
-                state(&d)
-            },
+            &mut next_state,
             |state| {
                 offset += 1;
                 store.save("raw", 0, &Checkpoint { offset, state }).unwrap()
@@ -100,11 +102,7 @@ fn checkpoint(c: &mut Criterion) {
     let whole = dir.path().join("whole.ckpt");
     group.bench_function("whole file, 1% new ids", |b| {
         b.iter_batched(
-            || {
-                round += 1;
-                add_round(&mut d, now, round);
-                state(&d)
-            },
+            &mut next_state,
             |state| {
                 let mut file = std::fs::File::create(&whole).unwrap();
                 file.write_all(&state).unwrap();

@@ -47,12 +47,7 @@ impl Trellis {
 
     /// Starts `trellis --config CONFIG ARGS...`, logging warnings to the test's output.
     pub fn spawn_args(config: &Path, args: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args(["--config", config.to_str().unwrap()])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+        let child = Trellis::command(Command::new(env!("CARGO_BIN_EXE_trellis")), config, args)
             .spawn()
             .unwrap();
         Trellis {
@@ -61,21 +56,29 @@ impl Trellis {
         }
     }
 
-    /// Starts `trellis --config CONFIG ARGS...` under strace, which makes the first `fails`
-    /// `fsync` calls of each of its threads fail with EIO, as a failing disk answers them: the
-    /// errors come from the real system calls, injected by the kernel's tracing.
-    pub fn spawn_failing_fsync(config: &Path, args: &[&str], fails: u32) -> Self {
-        let child = Command::new("strace")
-            .args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"])
-            .args(["-e", "trace=fsync,fdatasync"])
-            .arg("-e")
-            .arg(format!("inject=fsync,fdatasync:error=EIO:when=1..{fails}"))
-            .args(["--", env!("CARGO_BIN_EXE_trellis")])
+    /// `command` (trellis, or what runs it) with trellis's arguments and output settings.
+    fn command(mut command: Command, config: &Path, args: &[&str]) -> Command {
+        command
             .args(["--config", config.to_str().unwrap()])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// Starts `trellis --config CONFIG ARGS...` under strace, which makes the first `fails`
+    /// `fsync` calls of each of its threads fail with EIO, as a failing disk answers them: the
+    /// errors come from the real system calls, injected by the kernel's tracing.
+    pub fn spawn_failing_fsync(config: &Path, args: &[&str], fails: u32) -> Self {
+        let mut strace = Command::new("strace");
+        strace
+            .args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"])
+            .args(["-e", "trace=fsync,fdatasync"])
+            .arg("-e")
+            .arg(format!("inject=fsync,fdatasync:error=EIO:when=1..{fails}"))
+            .args(["--", env!("CARGO_BIN_EXE_trellis")]);
+        let child = Trellis::command(strace, config, args)
             .spawn()
             .expect("strace, which scripts/test.sh installs, runs");
         let children = format!("/proc/{0}/task/{0}/children", child.id());
