@@ -181,6 +181,8 @@ impl Batch {
 }
 
 #[cfg(test)]
+// A list of one range is what `inserts` answers for one insert.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use trellis_schemas::{AnalyticsEvent, Event, avro};

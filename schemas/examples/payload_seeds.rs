@@ -1,6 +1,6 @@
 //! Writes valid bus payloads (an event of every kind, and every record type) into a directory,
 //! as the starting corpus of the `bus_payloads` fuzz target:
-//! `cargo run -p trellis-schemas --example fuzz_seeds -- fuzz/corpus/bus_payloads`.
+//! `cargo run -p trellis-schemas --example payload_seeds -- fuzz/corpus/bus_payloads`.
 
 use trellis_schemas::records::{
     self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueCommand, IssueRecord,
@@ -11,7 +11,7 @@ use trellis_schemas::{avro, sample};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
-        .ok_or("usage: fuzz_seeds DIRECTORY")?;
+        .ok_or("usage: payload_seeds DIRECTORY")?;
     std::fs::create_dir_all(&dir)?;
     let write = |name: String, bytes: Vec<u8>| std::fs::write(format!("{dir}/{name}"), bytes);
     for n in 0..60 {

@@ -1,6 +1,6 @@
 //! Writes checkpoints of the process and issues stages after a few hundred sample events, as
 //! the starting corpus of the `checkpoint_restore` fuzz target:
-//! `cargo run -p trellis-processors --example fuzz_seeds -- fuzz/corpus/checkpoint_restore`.
+//! `cargo run -p trellis-processors --example checkpoint_seeds -- fuzz/corpus/checkpoint_restore`.
 
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ fn feed(processor: &mut dyn Processor, events: &[Event]) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
-        .ok_or("usage: fuzz_seeds DIRECTORY")?;
+        .ok_or("usage: checkpoint_seeds DIRECTORY")?;
     std::fs::create_dir_all(&dir)?;
     let events: Vec<Event> = (0..300)
         .map(|n| sample::event("plants", n % 13, n))
