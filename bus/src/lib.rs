@@ -25,6 +25,7 @@ pub mod dlq;
 pub mod embedded;
 pub mod kafka;
 mod partition;
+pub mod retry;
 
 pub use config::BusConfig;
 pub use dlq::{
@@ -292,20 +293,21 @@ pub trait Consumer: Send {
     async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError>;
 }
 
-/// Commits `offsets`, waiting out a bus that is down (retryable errors, backing off from 100 ms
-/// to 5 s): stages call it once their output is durable, and must not go on before it succeeds.
+/// Commits `offsets`, waiting out a bus that is down (retryable errors, with
+/// [`retry::Backoff::bus`]): stages call it once their output is durable, and must not go on
+/// before it succeeds.
 pub async fn commit_until_done(
     consumer: &mut dyn Consumer,
     offsets: &Offsets,
 ) -> Result<(), BusError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = retry::Backoff::bus();
     loop {
         match consumer.commit(offsets).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Committing offsets failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "Committing offsets failed; retrying.");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e),
         }

@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::StatusCode;
 use serde_json::json;
+use trellis_bus::retry::{Backoff, until_done};
 use trellis_bus::{Bus, BusError, Message, Offsets, Producer, Record, dead_letter};
 use trellis_processors::Metrics;
 use trellis_schemas::records::{self, Alert, AuditEntry};
@@ -203,12 +203,7 @@ impl Deliverer {
             )));
         };
         let d = &self.config.delivery;
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(d.backoff_min)
-            .with_max_delay(d.backoff_max)
-            .with_max_times(d.attempts.saturating_sub(1))
-            .with_jitter()
-            .build();
+        let mut backoff = Backoff::new(d.backoff_min, d.backoff_max);
         let mut attempt = 1;
         // Expo batches already accepted, so a retry sends only the rest.
         let mut sent = 0;
@@ -223,11 +218,12 @@ impl Deliverer {
                 }
                 Failure::Retry { reason, after } => (reason, after),
             };
-            let Some(delay) = delays.next() else {
+            if attempt as usize >= d.attempts {
                 return Some(Err(format!(
                     "{name}: {reason} (gave up after {attempt} attempts)"
                 )));
-            };
+            }
+            let delay = backoff.next_wait();
             // A receiver may ask for more time than the backoff gives; not for more than ten
             // minutes.
             let delay = delay.max(after.unwrap_or_default().min(Duration::from_secs(600)));
@@ -610,17 +606,17 @@ pub async fn run(
 ) -> Result<(), DeliverError> {
     let group = config.deliver_group.clone();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::bus();
     let mut consumer = loop {
         match bus.consumer(&group, &[topics.alerts.as_str()]).await {
             Ok(consumer) => break consumer,
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Joining the consumer group failed; retrying.");
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "Joining the consumer group failed; retrying.");
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e.into()),
         }
@@ -685,16 +681,7 @@ async fn publish(producer: &dyn Producer, messages: Vec<Message>) -> Result<(), 
     if messages.is_empty() {
         return Ok(());
     }
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match producer.publish(messages.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "Publishing failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    until_done("Publishing", || producer.publish(messages.clone()))
+        .await
+        .map(drop)
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use trellis_bus::retry::{self, Backoff};
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record};
 
 use super::{Checkpoint, CheckpointError, Checkpoints, Factory, Output, Processor, StateError};
@@ -79,18 +80,11 @@ pub async fn run<F: Factory>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
-    let mut backoff = Duration::from_millis(100);
-    let mut consumer = loop {
-        match bus.consumer(&config.group, &[config.topic.as_str()]).await {
-            Ok(consumer) => break consumer,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Joining the consumer group failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let inputs = [config.topic.as_str()];
+    let mut consumer = retry::until_done("Joining the consumer group", || {
+        bus.consumer(&config.group, &inputs)
+    })
+    .await?;
     let producer = bus.producer()?;
     let mut state = Loop {
         factory,
@@ -183,7 +177,7 @@ async fn publish(
     stage: &'static str,
     metrics: &Metrics,
 ) -> Result<(), RunError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::bus();
     let mut letters = false;
     while !messages.is_empty() {
         match producer.publish_settled(messages.clone()).await {
@@ -222,10 +216,10 @@ async fn publish(
                 letters = true;
             }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "Publishing outputs failed; retrying.");
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "Publishing outputs failed; retrying.");
                 metrics.fault(stage, "publish_retried");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::Client;
+use trellis_bus::retry::Backoff;
 use trellis_bus::{Bus, BusError, Consumer, Message, Producer, dead_letter};
 use trellis_schemas::topics::Names;
 
@@ -40,14 +41,10 @@ impl<F: Future<Output = ()>> Shutdown<'_, F> {
     }
 }
 
-/// Exponential backoff with full jitter: a random wait up to `initial * 2^attempt`, capped.
-fn backoff(config: &ClickHouseConfig, attempt: u32) -> Duration {
-    let ceiling = config
-        .retry_initial_backoff
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(config.retry_max_backoff);
-    let ms = ceiling.as_millis().max(1) as u64;
-    Duration::from_millis(fastrand::u64(ms / 2..=ms))
+/// The waits between retries: from `retry_initial_backoff`, doubling, with jitter, never longer
+/// than `retry_max_backoff`.
+fn backoff(config: &ClickHouseConfig) -> Backoff {
+    Backoff::new(config.retry_initial_backoff, config.retry_max_backoff)
 }
 
 /// What became of one insert.
@@ -100,6 +97,7 @@ impl Writer {
         shutdown: &mut Shutdown<'_, F>,
     ) -> Result<Outcome, Error> {
         let token = batch.token(target, range.clone());
+        let mut backoff = backoff(&self.config);
         let mut attempt = 0;
         loop {
             let Err(e) = self
@@ -118,7 +116,7 @@ impl Writer {
                 }
                 Class::Retryable if shutdown.fired() => return Ok(Outcome::Stopped),
                 Class::Retryable => {
-                    let wait = backoff(&self.config, attempt);
+                    let wait = backoff.next_wait();
                     tracing::warn!(table = target.table(), attempt, ?wait, error = %e, "Insert failed, retrying.");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -176,14 +174,14 @@ where
     Fut: Future<Output = Result<T, BusError>>,
     F: Future<Output = ()>,
 {
-    let mut attempt = 0;
+    let mut backoff = backoff(config);
     loop {
         match op().await {
             Ok(v) => return Ok(Some(v)),
             Err(e) if e.is_retryable() && !shutdown.fired() => {
-                tracing::warn!(attempt, error = %e, "Bus operation failed, retrying.");
-                tokio::time::sleep(backoff(config, attempt)).await;
-                attempt += 1;
+                let wait = backoff.next_wait();
+                tracing::warn!(retry_in = ?wait, error = %e, "Bus operation failed, retrying.");
+                tokio::time::sleep(wait).await;
             }
             Err(e) if e.is_retryable() => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -229,7 +227,7 @@ async fn flush<F: Future<Output = ()>>(
         }
     }
     let offsets = batch.offsets();
-    let mut attempt = 0;
+    let mut backoff = backoff(&writer.config);
     while let Err(e) = consumer.commit(&offsets).await {
         if !e.is_retryable() {
             return Err(e.into());
@@ -237,9 +235,9 @@ async fn flush<F: Future<Output = ()>>(
         if shutdown.fired() {
             return Ok(false);
         }
-        tracing::warn!(attempt, error = %e, "Commit failed, retrying.");
-        tokio::time::sleep(backoff(&writer.config, attempt)).await;
-        attempt += 1;
+        let wait = backoff.next_wait();
+        tracing::warn!(retry_in = ?wait, error = %e, "Commit failed, retrying.");
+        tokio::time::sleep(wait).await;
     }
     tracing::debug!(records = batch.len(), rows = written, dead = dead.len(), elapsed = ?started.elapsed(), "Batch written.");
     Ok(true)

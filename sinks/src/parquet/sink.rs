@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 
-use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record, dead_letter};
+use trellis_bus::retry::{Backoff, until_done};
+use trellis_bus::{Bus, Consumer, Message, Offsets, Producer, Record, dead_letter};
 use trellis_schemas::records::{
     self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
 };
@@ -50,12 +50,7 @@ pub async fn run_with_metrics(
 ) -> Result<(), Error> {
     config.validate()?;
     let shutdown = shutdown.shared();
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times()
-        .with_jitter()
-        .build();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let run = run_once(
             bus.clone(),
@@ -73,7 +68,7 @@ pub async fn run_with_metrics(
             _ => "io",
         };
         metrics.restart(reason);
-        let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+        let wait = backoff.next_wait();
         tracing::error!(error = %e, retry_in = ?wait, "Parquet sink failed; starting again from the committed offsets.");
         tokio::select! {
             _ = shutdown.clone() => return Ok(()),
@@ -101,7 +96,7 @@ async fn run_once(
         topics.audit.as_str(),
     ];
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
-    let mut consumer = retry("Joining the consumer group", || {
+    let mut consumer = until_done("Joining the consumer group", || {
         bus.consumer(&config.group, &inputs)
     })
     .await?;
@@ -288,7 +283,7 @@ async fn deliver(
     step: Step,
 ) -> Result<(), Error> {
     if !step.dead.is_empty() {
-        retry("Publishing dead letters", || {
+        until_done("Publishing dead letters", || {
             producer.publish(step.dead.clone())
         })
         .await?;
@@ -311,25 +306,6 @@ async fn deliver(
         );
     }
     Ok(trellis_bus::commit_until_done(consumer, &offsets).await?)
-}
-
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, BusError>>,
-{
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "{what} failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 fn now_ms() -> i64 {
