@@ -267,13 +267,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = Arc::new(trellis_processors::Metrics::default());
             let sink_metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
             let sources: Vec<trellis_ingest::MetricsSource> = vec![
-                Arc::new({
+                Box::new({
                     let metrics = metrics.clone();
-                    move || metrics.encode()
+                    move |registry| metrics.register(registry)
                 }),
-                Arc::new({
+                Box::new({
                     let metrics = sink_metrics.clone();
-                    move || metrics.encode()
+                    move |registry| metrics.register(registry)
                 }),
             ];
             tracing::info!(bus = ?config.bus, "trellis started.");

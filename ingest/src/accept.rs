@@ -163,8 +163,8 @@ pub struct Ingest {
     pub metrics: Metrics,
     /// The topics events and dead letters go to.
     pub topics: topics::Names,
-    /// Metrics of other stages in this process, appended on `/metrics`.
-    pub other_metrics: Vec<crate::server::MetricsSource>,
+    /// What `/metrics` serves: ingest's metrics, and those of the other stages in this process.
+    pub exported: prometheus_client::registry::Registry,
     /// Failed admin attempts per client address.
     pub admin_guard: crate::admin::AdminGuard,
     by_key: HashMap<String, (String, Arc<Project>)>,
@@ -187,13 +187,16 @@ impl Ingest {
             }
         }
         let r = &config.rate_limit;
+        let metrics = Metrics::default();
+        let mut exported = prometheus_client::registry::Registry::default();
+        metrics.register(&mut exported);
         Ingest {
             per_key: quota(r.per_key_per_second, r.per_key_burst).map(RateLimiter::keyed),
             global: quota(r.global_per_second, r.global_burst).map(RateLimiter::direct),
             by_key,
-            metrics: Metrics::default(),
+            metrics,
+            exported,
             topics: topics::Names::default(),
-            other_metrics: Vec::new(),
             admin_guard: crate::admin::AdminGuard::default(),
             producer,
             config,

@@ -83,8 +83,7 @@ impl Drop for OpenConnection {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("trellis_ingest");
-        let m = Metrics {
+        let mut m = Metrics {
             client_labels: ClientLabels::default(),
             accepted: Family::default(),
             dropped: Family::default(),
@@ -96,51 +95,60 @@ impl Default for Metrics {
             connections: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "events_accepted",
-            "Events stored on the bus",
-            m.accepted.clone(),
-        );
-        registry.register(
-            "events_dropped",
-            "Events not stored, by reason",
-            m.dropped.clone(),
-        );
-        registry.register(
-            "fields_trimmed",
-            "Lists and strings of stored events cut to their caps, by field",
-            m.trimmed.clone(),
-        );
-        registry.register(
-            "client_discarded",
-            "Events SDKs reported dropping on the device",
-            m.client_discarded.clone(),
-        );
-        registry.register(
-            "items_skipped",
-            "Sentry envelope items not stored, by type",
-            m.skipped.clone(),
-        );
-        registry.register(
-            "requests",
-            "Requests answered, by endpoint and status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "request_seconds",
-            "Time to answer a request",
-            m.latency.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "HTTP connections open now",
-            m.connections.clone(),
-        );
-        Metrics { registry, ..m }
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.registry = registry;
+        m
     }
 }
 
 impl Metrics {
+    /// Registers every ingest metric in `registry`, under `trellis_ingest`: the one list of
+    /// them, for ingest's own registry and for the one `/metrics` of `trellis run`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("trellis_ingest");
+        registry.register(
+            "events_accepted",
+            "Events stored on the bus",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not stored, by reason",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "fields_trimmed",
+            "Lists and strings of stored events cut to their caps, by field",
+            self.trimmed.clone(),
+        );
+        registry.register(
+            "client_discarded",
+            "Events SDKs reported dropping on the device",
+            self.client_discarded.clone(),
+        );
+        registry.register(
+            "items_skipped",
+            "Sentry envelope items not stored, by type",
+            self.skipped.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests answered, by endpoint and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time to answer a request",
+            self.latency.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "HTTP connections open now",
+            self.connections.clone(),
+        );
+    }
+
     /// Counts a connection as open until the answer is dropped.
     pub fn connection_opened(&self) -> OpenConnection {
         self.connections.inc();

@@ -41,8 +41,8 @@ pub fn state(config: IngestConfig, producer: Arc<dyn Producer>) -> AppState {
     Arc::new(Ingest::new(config, producer))
 }
 
-/// Renders another component's metrics in Prometheus text format, for `/metrics`.
-pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+/// Registers another component's metrics in the registry ingest serves on `/metrics`.
+pub type MetricsSource = Box<dyn FnOnce(&mut prometheus_client::registry::Registry) + Send>;
 
 /// The state of an ingest that writes to `topics` (a deployment with a topic prefix) and also
 /// serves the metrics of the stages running beside it (`trellis run`).
@@ -54,7 +54,9 @@ pub fn state_with(
 ) -> AppState {
     let mut ingest = Ingest::new(config, producer);
     ingest.topics = topics;
-    ingest.other_metrics = other_metrics;
+    for register in other_metrics {
+        register(&mut ingest.exported);
+    }
     Arc::new(ingest)
 }
 
@@ -132,15 +134,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    // Each registry ends its text with `# EOF`; one response may hold only the last.
-    const EOF: &str = "# EOF\n";
-    let mut text = state.metrics.render();
-    for source in &state.other_metrics {
-        if text.ends_with(EOF) {
-            text.truncate(text.len() - EOF.len());
-        }
-        text.push_str(&source());
-    }
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &state.exported);
     (
         [(
             header::CONTENT_TYPE,

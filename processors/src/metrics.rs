@@ -47,41 +47,49 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("trellis_processor");
-        let records = Family::<Labels, Counter>::default();
-        let checkpoints = Family::<Labels, Counter>::default();
-        let gaps = Family::<Labels, Counter>::default();
-        let faults = Family::<Labels, Counter>::default();
-        let checkpoint_bytes = Family::<Labels, Counter>::default();
-        registry.register("records", "What became of input records", records.clone());
-        registry.register("checkpoints", "Checkpoints saved", checkpoints.clone());
-        registry.register(
-            "offset_gaps",
-            "Input offsets skipped that no checkpoint covered",
-            gaps.clone(),
-        );
-        registry.register(
-            "faults",
-            "Faults of the surroundings a stage waited out",
-            faults.clone(),
-        );
-        registry.register(
-            "checkpoint_bytes",
-            "Bytes of state checkpointed, and of it written",
-            checkpoint_bytes.clone(),
-        );
-        Metrics {
-            registry,
-            records,
-            checkpoints,
-            gaps,
-            faults,
-            checkpoint_bytes,
-        }
+        let mut m = Metrics {
+            registry: Registry::default(),
+            records: Family::default(),
+            checkpoints: Family::default(),
+            gaps: Family::default(),
+            faults: Family::default(),
+            checkpoint_bytes: Family::default(),
+        };
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.registry = registry;
+        m
     }
 }
 
 impl Metrics {
+    /// Registers every processor metric in `registry`, under `trellis_processor`: the one list
+    /// of them, for this registry and for the one `/metrics` of `trellis run`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("trellis_processor");
+        registry.register(
+            "records",
+            "What became of input records",
+            self.records.clone(),
+        );
+        registry.register("checkpoints", "Checkpoints saved", self.checkpoints.clone());
+        registry.register(
+            "offset_gaps",
+            "Input offsets skipped that no checkpoint covered",
+            self.gaps.clone(),
+        );
+        registry.register(
+            "faults",
+            "Faults of the surroundings a stage waited out",
+            self.faults.clone(),
+        );
+        registry.register(
+            "checkpoint_bytes",
+            "Bytes of state checkpointed, and of it written",
+            self.checkpoint_bytes.clone(),
+        );
+    }
+
     /// Adds `n` to the records counter of `stage` and `outcome`.
     pub fn record(&self, stage: &'static str, outcome: &'static str, n: u64) {
         self.records

@@ -27,38 +27,47 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("trellis_sink_parquet");
-        let rows = Family::<Labels, Counter>::default();
-        let files = Family::<Labels, Counter>::default();
-        let dead = Family::<Labels, Counter>::default();
-        let restarts = Family::<Labels, Counter>::default();
-        registry.register(
-            "rows_written",
-            "Rows in files renamed into place",
-            rows.clone(),
-        );
-        registry.register("files_written", "Files renamed into place", files.clone());
-        registry.register(
-            "dead_letters",
-            "Input records that did not decode",
-            dead.clone(),
-        );
-        registry.register(
-            "restarts",
-            "Restarts from the committed offsets after a fault",
-            restarts.clone(),
-        );
-        Metrics {
-            registry,
-            rows,
-            files,
-            dead,
-            restarts,
-        }
+        let mut m = Metrics {
+            registry: Registry::default(),
+            rows: Family::default(),
+            files: Family::default(),
+            dead: Family::default(),
+            restarts: Family::default(),
+        };
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        m.registry = registry;
+        m
     }
 }
 
 impl Metrics {
+    /// Registers every Parquet sink metric in `registry`, under `trellis_sink_parquet`: the one
+    /// list of them, for this registry and for the one `/metrics` of `trellis run`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("trellis_sink_parquet");
+        registry.register(
+            "rows_written",
+            "Rows in files renamed into place",
+            self.rows.clone(),
+        );
+        registry.register(
+            "files_written",
+            "Files renamed into place",
+            self.files.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Input records that did not decode",
+            self.dead.clone(),
+        );
+        registry.register(
+            "restarts",
+            "Restarts from the committed offsets after a fault",
+            self.restarts.clone(),
+        );
+    }
+
     /// Counts one file of `table` with `rows` rows renamed into place.
     pub fn file_written(&self, table: &str, rows: u64) {
         let labels = vec![("table", table.to_string())];
