@@ -58,10 +58,9 @@ impl ClientLabels {
     }
 }
 
-/// Every ingest metric, and the registry that exports them.
+/// Every ingest metric.
 pub struct Metrics {
     client_labels: ClientLabels,
-    registry: Registry,
     accepted: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     trimmed: Family<Labels, Counter>,
@@ -83,7 +82,7 @@ impl Drop for OpenConnection {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut m = Metrics {
+        Metrics {
             client_labels: ClientLabels::default(),
             accepted: Family::default(),
             dropped: Family::default(),
@@ -93,18 +92,13 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             connections: Gauge::default(),
-            registry: Registry::default(),
-        };
-        let mut registry = Registry::default();
-        m.register(&mut registry);
-        m.registry = registry;
-        m
+        }
     }
 }
 
 impl Metrics {
     /// Registers every ingest metric in `registry`, under `trellis_ingest`: the one list of
-    /// them, for ingest's own registry and for the one `/metrics` of `trellis run`.
+    /// them, for [`Metrics::render`] and for the one `/metrics` of `trellis run`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("trellis_ingest");
         registry.register(
@@ -229,9 +223,11 @@ impl Metrics {
     ///
     /// Labels that come from requests are bounded: see [`MAX_CLIENT_LABEL_VALUES`].
     pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

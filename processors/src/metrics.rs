@@ -35,9 +35,9 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The processors' metrics and their registry.
+/// The processors' metrics.
+#[derive(Default)]
 pub struct Metrics {
-    registry: Registry,
     records: Family<Labels, Counter>,
     checkpoints: Family<Labels, Counter>,
     gaps: Family<Labels, Counter>,
@@ -45,26 +45,9 @@ pub struct Metrics {
     checkpoint_bytes: Family<Labels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut m = Metrics {
-            registry: Registry::default(),
-            records: Family::default(),
-            checkpoints: Family::default(),
-            gaps: Family::default(),
-            faults: Family::default(),
-            checkpoint_bytes: Family::default(),
-        };
-        let mut registry = Registry::default();
-        m.register(&mut registry);
-        m.registry = registry;
-        m
-    }
-}
-
 impl Metrics {
     /// Registers every processor metric in `registry`, under `trellis_processor`: the one list
-    /// of them, for this registry and for the one `/metrics` of `trellis run`.
+    /// of them, for [`Metrics::encode`] and for the one `/metrics` of `trellis run`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("trellis_processor");
         registry.register(
@@ -147,8 +130,10 @@ impl Metrics {
 
     /// Every metric in Prometheus text format.
     pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
         let mut text = String::new();
-        let _ = encode(&mut text, &self.registry);
+        let _ = encode(&mut text, &registry);
         text
     }
 }

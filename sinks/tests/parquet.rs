@@ -23,6 +23,17 @@ fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
     )
 }
 
+/// A sink under `root` with a group of its own that ends segments and polls quickly.
+fn quick(root: &std::path::Path) -> ParquetConfig {
+    ParquetConfig {
+        root: root.to_path_buf(),
+        group: unique("sink"),
+        max_age: Duration::from_millis(300),
+        poll_timeout: Duration::from_millis(100),
+        ..ParquetConfig::default()
+    }
+}
+
 /// Starts the sink; returns its stop switch and task.
 fn start(
     bus: &Arc<dyn Bus>,
@@ -60,13 +71,7 @@ async fn records_a_replaying_stage_wrote_twice_are_counted_once() {
     twice.extend(outputs.messages(&names, 0));
     publish(&bus, &names, twice).await;
 
-    let config = ParquetConfig {
-        root: root.clone(),
-        group: unique("sink"),
-        max_age: Duration::from_millis(300),
-        poll_timeout: Duration::from_millis(100),
-        ..ParquetConfig::default()
-    };
+    let config = quick(&root);
     let (stop, task) = start(&bus, &names, config, Arc::new(Metrics::default()));
     let doubled: std::collections::BTreeMap<_, _> =
         expected.iter().map(|(t, n)| (*t, 2 * n)).collect();
@@ -136,12 +141,8 @@ async fn a_fleet_lands_in_parquet_with_exact_counts() {
 
     let metrics = Arc::new(Metrics::default());
     let config = ParquetConfig {
-        root: root.clone(),
-        group: unique("sink"),
         max_rows: 3000,
-        max_age: Duration::from_millis(300),
-        poll_timeout: Duration::from_millis(100),
-        ..ParquetConfig::default()
+        ..quick(&root)
     };
     let (stop, task) = start(&bus, &names, config, metrics.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -436,13 +437,7 @@ async fn a_full_disk_holds_the_sink_until_space_returns_and_then_every_row_lands
     let outputs = Outputs::of_fleet(200, 5);
     let expected = outputs.expected();
     publish(&bus, &names, outputs.messages(&names, 0)).await;
-    let config = ParquetConfig {
-        root: root.clone(),
-        group: unique("sink"),
-        max_age: Duration::from_millis(300),
-        poll_timeout: Duration::from_millis(100),
-        ..ParquetConfig::default()
-    };
+    let config = quick(&root);
     let metrics = Arc::new(Metrics::default());
     let (stop, task) = start(&bus, &names, config, metrics.clone());
     let deadline = Instant::now() + Duration::from_secs(60);

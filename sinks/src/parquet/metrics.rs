@@ -16,34 +16,18 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The Parquet sink's counters and their registry.
+/// The Parquet sink's counters.
+#[derive(Default)]
 pub struct Metrics {
-    registry: Registry,
     rows: Family<Labels, Counter>,
     files: Family<Labels, Counter>,
     dead: Family<Labels, Counter>,
     restarts: Family<Labels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut m = Metrics {
-            registry: Registry::default(),
-            rows: Family::default(),
-            files: Family::default(),
-            dead: Family::default(),
-            restarts: Family::default(),
-        };
-        let mut registry = Registry::default();
-        m.register(&mut registry);
-        m.registry = registry;
-        m
-    }
-}
-
 impl Metrics {
     /// Registers every Parquet sink metric in `registry`, under `trellis_sink_parquet`: the one
-    /// list of them, for this registry and for the one `/metrics` of `trellis run`.
+    /// list of them, for [`Metrics::encode`] and for the one `/metrics` of `trellis run`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("trellis_sink_parquet");
         registry.register(
@@ -119,9 +103,11 @@ impl Metrics {
 
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &registry);
         out
     }
 }
