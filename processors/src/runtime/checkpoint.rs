@@ -127,7 +127,7 @@ impl Checkpoints {
             let hash = xxh3_128(bytes);
             manifest.extend_from_slice(&hash.to_le_bytes());
             manifest.extend_from_slice(&(cut.length as u64).to_le_bytes());
-            let path = chunks.join(format!("{hash:032x}"));
+            let path = chunks.join(chunk_name(hash));
             if !path.exists() {
                 write_durably(&chunks, &path, &[bytes])?;
                 saved.written_bytes += bytes.len() as u64;
@@ -180,17 +180,33 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
         .map_err(io(dir))
 }
 
+/// The file name of the chunk with xxh3-128 `hash`.
+fn chunk_name(hash: u128) -> String {
+    format!("{hash:032x}")
+}
+
+/// The chunks a manifest (checksum already verified) names, as (hash, length), in order; `None`
+/// if it is not a manifest (a checkpoint in the older single-file layout) or not a whole one.
+fn chunks_of(manifest: &[u8]) -> Option<impl Iterator<Item = (u128, u64)> + '_> {
+    let entries = manifest.strip_prefix(MAGIC.as_slice())?;
+    entries.len().is_multiple_of(24).then(|| {
+        entries.chunks_exact(24).map(|entry| {
+            let (hash, length) = entry.split_at(16);
+            let hash = u128::from_le_bytes(hash.try_into().expect("16 bytes"));
+            let length = u64::from_le_bytes(length.try_into().expect("8 bytes"));
+            (hash, length)
+        })
+    })
+}
+
 /// The state a manifest names, or `None` if a chunk is missing or not what it was.
 fn assemble(dir: &Path, manifest: &[u8]) -> Result<Option<Vec<u8>>, CheckpointError> {
-    let entries = &manifest[MAGIC.len()..];
-    if !entries.len().is_multiple_of(24) {
+    let Some(named) = chunks_of(manifest) else {
         return Ok(None);
-    }
+    };
     let mut state = Vec::new();
-    for entry in entries.chunks_exact(24) {
-        let hash = u128::from_le_bytes(entry[..16].try_into().unwrap_or_default());
-        let length = u64::from_le_bytes(entry[16..].try_into().unwrap_or_default());
-        let path = dir.join(CHUNKS).join(format!("{hash:032x}"));
+    for (hash, length) in named {
+        let path = dir.join(CHUNKS).join(chunk_name(hash));
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -213,13 +229,8 @@ fn forget_chunks(chunks: &Path, kept: &[(u64, PathBuf)]) {
             // Unreadable now: keep every chunk rather than guess.
             return;
         };
-        if let Some(manifest) = verify(&body).filter(|m| m.starts_with(MAGIC)) {
-            for entry in manifest[MAGIC.len()..].chunks_exact(24) {
-                named.insert(format!(
-                    "{:032x}",
-                    u128::from_le_bytes(entry[..16].try_into().unwrap_or_default())
-                ));
-            }
+        if let Some(chunks) = verify(&body).and_then(chunks_of) {
+            named.extend(chunks.map(|(hash, _)| chunk_name(hash)));
         }
     }
     let Ok(entries) = fs::read_dir(chunks) else {
