@@ -2,13 +2,21 @@
 //! kilobytes of compressed `[0,0,0,...]` must not become millions of parsed items before the
 //! events-per-request check.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, Error, SeqAccess, Visitor};
 
-/// The start of the error message a capped list fails with; callers answer it with 413.
+/// The start of the error message a capped list fails with.
 pub const TOO_MANY: &str = "too many events in one request";
+
+thread_local! {
+    /// Set by a [`Capped`] list that held too many elements. Deserializing is synchronous, so
+    /// [`read`] knows the error it got came from a capped list by this flag, not by the
+    /// error's text.
+    static TRIPPED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// A list that fails as soon as it holds more than `max` elements.
 pub struct Capped<T> {
@@ -45,6 +53,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Capped<T> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max).min(1024));
         while let Some(element) = seq.next_element()? {
             if out.len() == self.max {
+                TRIPPED.set(true);
                 return Err(A::Error::custom(format!(
                     "{TOO_MANY}: the limit is {}",
                     self.max
@@ -64,20 +73,16 @@ pub fn read<'de, S: DeserializeSeed<'de>>(
     expected: &str,
 ) -> Result<S::Value, crate::accept::IngestError> {
     let mut de = serde_json::Deserializer::from_slice(body);
+    TRIPPED.set(false);
     seed.deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| {
-            if is_too_many(&e) {
+            if TRIPPED.replace(false) {
                 crate::accept::IngestError::TooLarge(e.to_string())
             } else {
                 crate::accept::IngestError::BadRequest(format!("body is not {expected}: {e}"))
             }
         })
-}
-
-/// Whether a JSON error came from a [`Capped`] list.
-pub fn is_too_many(e: &serde_json::Error) -> bool {
-    e.to_string().starts_with(TOO_MANY)
 }
 
 #[cfg(test)]
@@ -93,10 +98,16 @@ mod tests {
             vec![1, 2, 3]
         );
         let body = format!("[{}0]", "0,".repeat(100_000));
-        let mut de = serde_json::Deserializer::from_str(&body);
-        let err = Capped::<&RawValue>::new(10)
-            .deserialize(&mut de)
-            .unwrap_err();
-        assert!(is_too_many(&err), "{err}");
+        let err = read(body.as_bytes(), Capped::<&RawValue>::new(10), "a list").unwrap_err();
+        assert!(
+            matches!(&err, crate::accept::IngestError::TooLarge(m) if m.starts_with(TOO_MANY)),
+            "{err:?}"
+        );
+        // Any other error is a bad request, and the next read starts clean.
+        let err = read(b"[1, 2", Capped::<u8>::new(10), "a list").unwrap_err();
+        assert!(
+            matches!(&err, crate::accept::IngestError::BadRequest(m) if m.starts_with("body is not a list")),
+            "{err:?}"
+        );
     }
 }
