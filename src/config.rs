@@ -39,6 +39,10 @@ pub struct Config {
     pub alerts: AlertConfig,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax; `RUST_LOG` overrides it.
     pub log: String,
+    /// How often `trellis run` logs its status line (rates, and each stage's lag) at `info`;
+    /// `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             sinks: SinksConfig::default(),
             alerts: AlertConfig::default(),
             log: "info".into(),
+            status_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -129,12 +134,28 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        // TRELLIS_CONFIG names the file itself (the `--config` flag) and TRELLIS_ADMIN_TOKEN the
-        // token `trellis issues` sends; neither is a key in it.
+        // Only variables that name a section of the configuration (`TRELLIS_BUS__KIND`,
+        // `TRELLIS_DATA_DIR`) are read, so an unrelated `TRELLIS_*` variable in the environment
+        // (`TRELLIS_CONFIG`, the `--config` flag; `TRELLIS_ADMIN_TOKEN`, the token `trellis
+        // issues` sends; a test harness's own) does not stop start-up. A misspelt key inside a
+        // section still does.
+        let sections = Self::sections();
         let env = Env::prefixed("TRELLIS_")
-            .ignore(&["CONFIG", "ADMIN_TOKEN"])
+            .filter(move |key| {
+                let section = key.as_str().split("__").next().unwrap_or_default();
+                sections.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
             .split("__");
         Self::from_figment(figment.merge(env))
+    }
+
+    /// The top-level keys of the configuration, from its shape (every section has a default,
+    /// so the default configuration names them all).
+    fn sections() -> Vec<String> {
+        match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(table)) => table.keys().cloned().collect(),
+            _ => unreachable!("the default configuration serializes to a TOML table"),
+        }
     }
 
     /// The configuration as TOML with every credential replaced by `<redacted>`: admin tokens,
@@ -444,20 +465,38 @@ mod tests {
         unsafe {
             std::env::set_var("TRELLIS_TOPICS__PARTITIONS", "3");
             std::env::set_var("TRELLIS_INGEST__LISTEN", "127.0.0.2:9999");
+            std::env::set_var("TRELLIS_DATA_DIR", "/srv/trellis");
+            // Not keys of the configuration: another tool's variables are left alone.
+            std::env::set_var("TRELLIS_KAFKA_HOME", "/opt/kafka");
+            std::env::set_var("TRELLIS_PROFILE", "1");
         }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("trellis.toml");
         std::fs::write(&file, "[topics]\npartitions = 5\n").unwrap();
         unsafe { std::env::set_var("TRELLIS_CONFIG", &file) };
         let config = Config::load(Some(&file));
+        // A misspelt key inside a section is still an error that names it.
+        unsafe { std::env::set_var("TRELLIS_INGEST__LISTN", "127.0.0.2:9999") };
+        let misspelt = Config::load(Some(&file));
         unsafe {
-            std::env::remove_var("TRELLIS_CONFIG");
-            std::env::remove_var("TRELLIS_TOPICS__PARTITIONS");
-            std::env::remove_var("TRELLIS_INGEST__LISTEN");
+            for key in [
+                "TRELLIS_CONFIG",
+                "TRELLIS_TOPICS__PARTITIONS",
+                "TRELLIS_INGEST__LISTEN",
+                "TRELLIS_INGEST__LISTN",
+                "TRELLIS_DATA_DIR",
+                "TRELLIS_KAFKA_HOME",
+                "TRELLIS_PROFILE",
+            ] {
+                std::env::remove_var(key);
+            }
         }
         let config = config.unwrap();
         assert_eq!(config.topics.partitions, 3);
         assert_eq!(config.ingest.listen.port(), 9999);
+        assert_eq!(config.data_dir, Path::new("/srv/trellis"));
+        let error = misspelt.unwrap_err().to_string();
+        assert!(error.contains("listn"), "{error}");
     }
 
     #[test]
