@@ -103,11 +103,6 @@ pub fn from_batch<T: DeserializeOwned>(
     serde_arrow::from_record_batch(batch).map_err(|source| ArrowError { kind, source })
 }
 
-/// The table that stores the [`crate::records::SessionRecord`]s of the `sessions` topic.
-pub const SESSIONS_TABLE: &str = "sessions";
-/// The table that stores the [`crate::records::HealthPartial`]s of the `aggregates` topic.
-pub const AGGREGATES_TABLE: &str = "aggregates";
-
 /// Why derived records (sessions, health partials) could not be converted to or from Arrow.
 #[derive(Debug, thiserror::Error)]
 #[error("arrow conversion of {record} records failed: {source}")]

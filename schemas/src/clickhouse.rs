@@ -1,4 +1,5 @@
-//! ClickHouse tables for each kind, generated from the Arrow schema.
+//! ClickHouse tables for every table of the registry ([`crate::tables`]), generated from its
+//! Arrow schema.
 //!
 //! Analysts query flat columns, so the mapping flattens the model:
 //! - the `common` record contributes its fields with no prefix (`event_id`, `project`, ...);
@@ -9,15 +10,15 @@
 //!   spans) becomes a `String` holding the list as JSON text, since `Nested` cannot nest;
 //! - `bool` becomes `UInt8` and nullable scalars `Nullable(T)`.
 //!
-//! Every table is a `ReplacingMergeTree` ordered by `(project, event_date, event_id)`, so a row
-//! replayed after a crash collapses into the first. The DDL runs on ClickHouse 18.16 (the oldest
-//! server trellis supports) and on current releases.
+//! Every table is a `ReplacingMergeTree` (the event tables ordered by `(project, event_date,
+//! event_id)`), so a row replayed after a crash collapses into the first. The DDL runs on
+//! ClickHouse 18.16 (the oldest server trellis supports) and on current releases.
 
 use std::fmt;
 
 use arrow_schema::{DataType, Field};
 
-use crate::model::Kind;
+use crate::tables::Table;
 
 /// A ClickHouse column type, as far as the model needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub enum Encoding {
     Json,
 }
 
-/// One column of a kind's table.
+/// One column of a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     /// Column name.
@@ -89,11 +90,11 @@ pub struct Column {
 /// The record whose fields are inlined without a prefix.
 pub const INLINED_RECORD: &str = "common";
 
-/// The columns of a kind's table, in field order.
-pub fn columns(kind: Kind) -> Vec<Column> {
+/// The columns of a table, in field order.
+pub fn columns(table: Table) -> Vec<Column> {
     let mut out = Vec::new();
-    for field in crate::arrow::fields(kind) {
-        flatten(&field, "", &mut Vec::new(), &mut out);
+    for field in table.schema().fields() {
+        flatten(field, "", &mut Vec::new(), &mut out);
     }
     out
 }
@@ -172,30 +173,55 @@ fn scalar(data_type: &DataType, nullable: bool) -> ColumnType {
     }
 }
 
-/// The `CREATE TABLE` statement of a kind's table in `database`.
-pub fn create_table(database: &str, kind: Kind) -> String {
-    let mut ddl = format!(
-        "CREATE TABLE IF NOT EXISTS {database}.{table}\n(\n",
-        table = kind.table()
-    );
-    for column in columns(kind) {
+/// How ClickHouse lays out a table: its materialized date column, whether it is partitioned
+/// by the month of that date, and its sort key. Every table is a `ReplacingMergeTree` (on its
+/// [`Spec::version`](crate::tables::Spec::version) where it keeps versions), so a replayed row
+/// collapses into the first, and `FINAL` gives each versioned thing's current state.
+fn layout(table: Table) -> (&'static str, bool, &'static str) {
+    match table {
+        Table::Event(_) => ("event_date", true, "project, event_date, event_id"),
+        // No date partition: a later version of a session may move its start (late events),
+        // and ReplacingMergeTree only collapses rows within one partition.
+        Table::Sessions => ("started_date", false, "project, session_id"),
+        Table::HealthPartials => ("window_date", true, "project, window_start_ms, partial_id"),
+        // No date partition, so every version of an issue collapses into one row.
+        Table::Issues => ("first_seen_date", false, "project, issue_id"),
+        // Likewise for every version of a finding, and of an alert.
+        Table::Detections => ("opened_date", false, "project, detection_id"),
+        Table::Alerts => ("fired_date", false, "project, alert_id"),
+        Table::Audit => ("at_date", true, "project, at_ms, audit_id"),
+    }
+}
+
+/// The `CREATE TABLE` statement of a table in `database`.
+pub fn create_table(database: &str, table: Table) -> String {
+    let spec = table.spec();
+    let mut ddl = format!("CREATE TABLE IF NOT EXISTS {database}.{table}\n(\n");
+    for column in columns(table) {
         ddl.push_str(&format!("    `{}` {},\n", column.name, column.column_type));
     }
-    ddl.push_str(
-        "    `event_date` Date MATERIALIZED toDate(toDateTime(intDiv(timestamp_ms, 1000)))\n",
-    );
-    ddl.push_str(
-        ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(event_date)\n\
-         ORDER BY (project, event_date, event_id)\n",
-    );
+    let (date, monthly, order) = layout(table);
+    // The event tables inline `common`, so their time column has no prefix.
+    let time = spec.time.trim_start_matches("common.");
+    ddl.push_str(&format!(
+        "    `{date}` Date MATERIALIZED toDate(toDateTime(intDiv({time}, 1000)))\n"
+    ));
+    ddl.push_str(&format!(
+        ")\nENGINE = ReplacingMergeTree({})\n",
+        spec.version.unwrap_or_default()
+    ));
+    if monthly {
+        ddl.push_str(&format!("PARTITION BY toYYYYMM({date})\n"));
+    }
+    ddl.push_str(&format!("ORDER BY ({order})\n"));
     ddl
 }
 
-/// The column names ClickHouse reports for a kind's table (`Nested` columns as `name.field`),
-/// with their types, as `system.columns` lists them.
-pub fn physical_columns(kind: Kind) -> Vec<(String, String)> {
+/// The column names ClickHouse reports for a table (`Nested` columns as `name.field`), with
+/// their types, as `system.columns` lists them.
+pub fn physical_columns(table: Table) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for column in columns(kind) {
+    for column in columns(table) {
         match &column.column_type {
             ColumnType::Nested(cols) => {
                 for (name, t) in cols {
@@ -205,171 +231,6 @@ pub fn physical_columns(kind: Kind) -> Vec<(String, String)> {
             t => out.push((column.name.clone(), t.to_string())),
         }
     }
-    out.push(("event_date".into(), "Date".into()));
-    out
-}
-
-/// The tables of the records the processors derive (see [`crate::records`]), beside the event
-/// tables. They follow the same flattening rules as the event tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecordTable {
-    /// [`crate::records::SessionRecord`]s from the `sessions` topic:
-    /// `ReplacingMergeTree(version)` ordered by `(project, session_id)`, so the latest version of
-    /// a session replaces the earlier ones and a replayed record collapses.
-    Sessions,
-    /// [`crate::records::HealthPartial`]s from the `aggregates` topic: `ReplacingMergeTree`
-    /// ordered by `(project, window_start_ms, partial_id)`; a window's answer is the merge of its
-    /// partials (counts add, user hashes unite).
-    HealthPartials,
-    /// [`crate::records::IssueRecord`]s from the `issues` topic: `ReplacingMergeTree(version)`
-    /// ordered by `(project, issue_id)`, so `FINAL` gives each issue's current state.
-    Issues,
-    /// [`crate::records::Detection`]s from the `detections` topic:
-    /// `ReplacingMergeTree(version)` ordered by `(project, detection_id)`, so `FINAL` gives each
-    /// finding's current status.
-    Detections,
-    /// [`crate::records::Alert`]s from the `alerts` topic: `ReplacingMergeTree(version)`
-    /// ordered by `(project, alert_id)`, so `FINAL` gives each alert's current state.
-    Alerts,
-    /// [`crate::records::AuditEntry`]s from the `audit` topic: `ReplacingMergeTree` ordered by
-    /// `(project, at_ms, audit_id)`, so a replayed entry collapses.
-    Audit,
-}
-
-impl RecordTable {
-    /// Every record table.
-    pub const ALL: [RecordTable; 6] = [
-        RecordTable::Sessions,
-        RecordTable::HealthPartials,
-        RecordTable::Issues,
-        RecordTable::Detections,
-        RecordTable::Alerts,
-        RecordTable::Audit,
-    ];
-
-    /// The table's name.
-    pub fn table(self) -> &'static str {
-        match self {
-            RecordTable::Sessions => "sessions",
-            RecordTable::HealthPartials => "health_partials",
-            RecordTable::Issues => "issues",
-            RecordTable::Detections => "detections",
-            RecordTable::Alerts => "alerts",
-            RecordTable::Audit => "audit",
-        }
-    }
-
-    /// The materialized date column and the engine clause.
-    fn tail(self) -> (&'static str, &'static str) {
-        match self {
-            RecordTable::Sessions => (
-                "    `started_date` Date MATERIALIZED toDate(toDateTime(intDiv(started_ms, 1000)))\n",
-                // No date partition: a later version of a session may move its start (late
-                // events), and ReplacingMergeTree only collapses rows within one partition.
-                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, session_id)\n",
-            ),
-            RecordTable::HealthPartials => (
-                "    `window_date` Date MATERIALIZED toDate(toDateTime(intDiv(window_start_ms, 1000)))\n",
-                ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(window_date)\n\
-                 ORDER BY (project, window_start_ms, partial_id)\n",
-            ),
-            RecordTable::Issues => (
-                "    `first_seen_date` Date MATERIALIZED toDate(toDateTime(intDiv(first_seen_ms, 1000)))\n",
-                // No date partition, so every version of an issue collapses into one row.
-                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, issue_id)\n",
-            ),
-            RecordTable::Detections => (
-                "    `opened_date` Date MATERIALIZED toDate(toDateTime(intDiv(opened_ms, 1000)))\n",
-                // No date partition, so every version of a finding collapses into one row.
-                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, detection_id)\n",
-            ),
-            RecordTable::Alerts => (
-                "    `fired_date` Date MATERIALIZED toDate(toDateTime(intDiv(fired_ms, 1000)))\n",
-                // No date partition, so every version of an alert collapses into one row.
-                ")\nENGINE = ReplacingMergeTree(version)\nORDER BY (project, alert_id)\n",
-            ),
-            RecordTable::Audit => (
-                "    `at_date` Date MATERIALIZED toDate(toDateTime(intDiv(at_ms, 1000)))\n",
-                ")\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(at_date)\n\
-                 ORDER BY (project, at_ms, audit_id)\n",
-            ),
-        }
-    }
-}
-
-fn record_fields(table: RecordTable) -> Vec<arrow_schema::FieldRef> {
-    use serde_arrow::schema::{SchemaLike, TracingOptions};
-    let options = TracingOptions::default()
-        .enums_without_data_as_strings(true)
-        .strings_as_large_utf8(false)
-        .sequence_as_large_list(false);
-    let traced = match table {
-        RecordTable::Sessions => {
-            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::SessionRecord>(options)
-        }
-        RecordTable::HealthPartials => {
-            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::HealthPartial>(options)
-        }
-        RecordTable::Issues => {
-            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::IssueRecord>(options)
-        }
-        RecordTable::Detections => {
-            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::Detection>(options)
-        }
-        RecordTable::Alerts => {
-            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::Alert>(options)
-        }
-        RecordTable::Audit => {
-            Vec::<arrow_schema::FieldRef>::from_type::<crate::records::AuditEntry>(options)
-        }
-    };
-    traced.unwrap_or_else(|e| panic!("{} cannot be traced to Arrow: {e}", table.table()))
-}
-
-/// The columns of a record table, in field order.
-pub fn record_columns(table: RecordTable) -> Vec<Column> {
-    let mut out = Vec::new();
-    for field in record_fields(table) {
-        flatten(&field, "", &mut Vec::new(), &mut out);
-    }
-    out
-}
-
-/// The `CREATE TABLE` statement of a record table in `database`.
-pub fn create_record_table(database: &str, table: RecordTable) -> String {
-    let mut ddl = format!(
-        "CREATE TABLE IF NOT EXISTS {database}.{name}\n(\n",
-        name = table.table()
-    );
-    for column in record_columns(table) {
-        ddl.push_str(&format!("    `{}` {},\n", column.name, column.column_type));
-    }
-    let (date, engine) = table.tail();
-    ddl.push_str(date);
-    ddl.push_str(engine);
-    ddl
-}
-
-/// The column names and types `system.columns` lists for a record table.
-pub fn record_physical_columns(table: RecordTable) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for column in record_columns(table) {
-        match &column.column_type {
-            ColumnType::Nested(cols) => {
-                for (name, t) in cols {
-                    out.push((format!("{}.{name}", column.name), format!("Array({t})")));
-                }
-            }
-            t => out.push((column.name.clone(), t.to_string())),
-        }
-    }
-    out.push(match table {
-        RecordTable::Sessions => ("started_date".into(), "Date".into()),
-        RecordTable::HealthPartials => ("window_date".into(), "Date".into()),
-        RecordTable::Issues => ("first_seen_date".into(), "Date".into()),
-        RecordTable::Detections => ("opened_date".into(), "Date".into()),
-        RecordTable::Alerts => ("fired_date".into(), "Date".into()),
-        RecordTable::Audit => ("at_date".into(), "Date".into()),
-    });
+    out.push((layout(table).0.into(), "Date".into()));
     out
 }

@@ -4,7 +4,8 @@
 //! - the Avro schemas of bus payloads ([`avro`], committed as `schemas/avro/*.avsc`), with the
 //!   codec every producer and consumer uses;
 //! - the Arrow schemas of the Parquet tables ([`arrow`]);
-//! - the ClickHouse DDL ([`clickhouse`]).
+//! - the ClickHouse DDL ([`clickhouse`]);
+//! - the table registry ([`tables`]): every stored table, its topic, type, identity and time.
 //!
 //! This crate imports no other trellis crate; all of them import it.
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ pub mod clickhouse;
 pub mod model;
 pub mod records;
 pub mod sample;
+pub mod tables;
 
 pub use model::*;
 

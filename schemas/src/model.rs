@@ -55,18 +55,6 @@ impl Kind {
             Kind::Notification => "notification",
         }
     }
-
-    /// The table (Parquet directory and ClickHouse table) that stores this kind.
-    pub fn table(self) -> &'static str {
-        match self {
-            Kind::Analytics => "events",
-            Kind::Error => "errors",
-            Kind::Performance => "perf",
-            Kind::Transaction => "transactions",
-            Kind::Session => "session_updates",
-            Kind::Notification => "notifications",
-        }
-    }
 }
 
 impl std::fmt::Display for Kind {

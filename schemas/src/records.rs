@@ -435,28 +435,38 @@ impl RecordCodec {
     }
 }
 
-macro_rules! record {
-    ($ty:ty, $name:literal) => {
-        impl Record for $ty {
+/// Declares the record types with a committed Avro schema: their [`Record`] implementations,
+/// and [`every_avsc`], from one entry each.
+macro_rules! records {
+    ($($ty:ty => $name:literal),+ $(,)?) => {
+        $(impl Record for $ty {
             const NAME: &'static str = $name;
             const AVSC: &'static str = include_str!(concat!("../avro/", $name, ".avsc"));
             fn codec() -> &'static RecordCodec {
                 static CODEC: OnceLock<RecordCodec> = OnceLock::new();
                 CODEC.get_or_init(|| RecordCodec::new($name, Self::AVSC))
             }
+        })+
+
+        /// Every record type's name and the `.avsc` text its Rust type implies, as `trellis
+        /// schema export` writes them.
+        pub fn every_avsc() -> Vec<(&'static str, String)> {
+            vec![$(($name, derived_avsc::<$ty>())),+]
         }
     };
 }
 
-record!(SessionRecord, "session_record");
-record!(HealthPartial, "health_partial");
-record!(IssueRecord, "issue_record");
-record!(IssueCommand, "issue_command");
-record!(GuardCommand, "guard_command");
-record!(SessionStart, "session_start");
-record!(Detection, "detection");
-record!(Alert, "alert");
-record!(AuditEntry, "audit_entry");
+records! {
+    SessionRecord => "session_record",
+    HealthPartial => "health_partial",
+    IssueRecord => "issue_record",
+    IssueCommand => "issue_command",
+    GuardCommand => "guard_command",
+    SessionStart => "session_start",
+    Detection => "detection",
+    Alert => "alert",
+    AuditEntry => "audit_entry",
+}
 
 /// The `.avsc` text a record type implies, as `trellis schema export` writes it.
 pub fn derived_avsc<T: Record>() -> String {

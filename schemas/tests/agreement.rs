@@ -169,7 +169,7 @@ fn clickhouse_columns_agree_with_avro() {
         expected_columns(&fields, "", &mut expected);
         expected.push(("event_date".into(), "Date".into()));
         assert_eq!(
-            clickhouse::physical_columns(kind),
+            clickhouse::physical_columns(kind.table()),
             expected,
             "{kind}: ClickHouse and Avro disagree"
         );
@@ -178,7 +178,7 @@ fn clickhouse_columns_agree_with_avro() {
 
 #[test]
 fn clickhouse_encodes_deep_lists_as_json_and_keeps_every_field() {
-    let columns = clickhouse::columns(Kind::Error);
+    let columns = clickhouse::columns(Kind::Error.table());
     let exceptions = columns.iter().find(|c| c.name == "exceptions").unwrap();
     assert_eq!(
         (exceptions.column_type.clone(), exceptions.encoding.clone()),

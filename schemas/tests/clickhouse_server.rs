@@ -34,12 +34,12 @@ fn every_table_is_created_with_the_promised_columns() {
     );
     query(&format!("CREATE DATABASE {database}"));
     for kind in Kind::ALL {
-        let ddl = clickhouse::create_table(&database, kind);
+        let ddl = clickhouse::create_table(&database, kind.table());
         query(&ddl);
         query(&ddl); // idempotent
         let described = query(&format!(
             "SELECT name, type FROM system.columns WHERE database = '{database}' AND table = '{}' FORMAT TabSeparated",
-            kind.table()
+            kind.table().name()
         ));
         let actual: Vec<(String, String)> = described
             .lines()
@@ -48,7 +48,7 @@ fn every_table_is_created_with_the_promised_columns() {
                 (n.to_string(), t.to_string())
             })
             .collect();
-        assert_eq!(actual, clickhouse::physical_columns(kind), "{kind}");
+        assert_eq!(actual, clickhouse::physical_columns(kind.table()), "{kind}");
     }
     // A row goes in through the mapping's column names and comes back.
     query(&format!(

@@ -7,7 +7,7 @@ use trellis_processors::sim::{Fleet, FleetSpec};
 use trellis_schemas::Event;
 use trellis_schemas::avro;
 use trellis_schemas::topics::Names;
-use trellis_sinks::clickhouse::encode::{Target, encode_record};
+use trellis_sinks::clickhouse::encode::{encode_record, plan};
 
 /// The allocator the `trellis` binary runs with.
 #[global_allocator]
@@ -47,10 +47,7 @@ fn encode(c: &mut Criterion) {
                     Event::Notification(e) => serde_json::to_value(e),
                 }
                 .unwrap();
-                Target::Kind(event.kind())
-                    .plan()
-                    .encode(&tree, &mut out)
-                    .unwrap();
+                plan(event.kind().table()).encode(&tree, &mut out).unwrap();
             }
             out.len()
         })

@@ -1,7 +1,7 @@
 //! trellis sinks: read the processed topics and write Parquet files and ClickHouse tables.
 //!
-//! [`parquet`]: a consumer group on `events`, `sessions`, `aggregates`, `issues`, `detections`,
-//! `alerts` and `audit` writes zstd Parquet
+//! [`parquet`]: a consumer group on the topics of every table of the registry
+//! ([`trellis_schemas::tables`]) writes zstd Parquet
 //! files under `ROOT/<table>/project=<p>/date=YYYY-MM-DD/hour=HH/`, each named by the input
 //! offset range it holds (`<topic>-<partition>-<first>-<last>.parquet`), written under a hidden
 //! temporary name and renamed, with the offsets committed only after the rename is durable; a

@@ -1,14 +1,15 @@
 //! SQL over the Parquet sink's files, with DataFusion.
 //!
-//! Every table directory under the root is registered as a listing table named after it
-//! (`events`, `errors`, `perf`, `transactions`, `session_updates`, `notifications`, `sessions`,
-//! `aggregates`, `issues`, `detections`), with the Arrow schema from `trellis_schemas` and
+//! Every table of the registry ([`trellis_schemas::tables`]) is registered as a listing table
+//! over its directory under the root (`events`, `errors`, `perf`, `transactions`,
+//! `session_updates`, `notifications`, `sessions`, `health_partials`, `issues`, `detections`,
+//! `alerts`, `audit`), with the Arrow schema from `trellis_schemas` and
 //! the hive partition columns `project` (text), `date` (a date) and `hour` (0-23), so filters on
 //! them skip directories. A table with no files yet still answers, with no rows. Only finished
 //! files are read: those being written are dot-prefixed `.parquet.inprogress` files, and a file
 //! appears under its final name by an atomic rename, so a query never sees a partial file.
 //!
-//! In `sessions` and `aggregates` the `project` column is the partition column (the files also
+//! In `sessions` and `health_partials` the `project` column is the partition column (the files also
 //! hold it, with the same value).
 
 use std::path::Path;
@@ -56,8 +57,10 @@ impl FromStr for OutputFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The SQL is invalid, names an unknown table or column, or failed while running.
-    #[error("query: {0}")]
-    DataFusion(#[from] DataFusionError),
+    /// DataFusion's message is the whole story (its own chain repeats it), so it is not also
+    /// a `source`: a user reads it once.
+    #[error("{}", .0.strip_backtrace())]
+    DataFusion(DataFusionError),
     /// The answer could not be printed in the chosen format (CSV cannot hold nested columns).
     #[error("printing the answer: {0}")]
     Print(#[from] datafusion::arrow::error::ArrowError),
@@ -73,6 +76,12 @@ pub enum QueryError {
     /// An unknown output format.
     #[error("unknown output format {0:?}: use table, csv or json")]
     Format(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> Self {
+        QueryError::DataFusion(error)
+    }
 }
 
 /// The hive partition columns every table directory has, in path order.
@@ -111,7 +120,7 @@ pub async fn register(ctx: &SessionContext, root: &Path) -> Result<(), QueryErro
             });
         }
     };
-    for table in Table::ALL {
+    for table in Table::all() {
         let dir = root
             .as_ref()
             .map(|r| r.join(table.name()))

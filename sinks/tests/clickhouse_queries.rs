@@ -16,7 +16,8 @@ use std::time::Duration;
 use clickhouse_support::*;
 use trellis_bus::Bus;
 use trellis_schemas::records::{IssueRecord, SessionRecord};
-use trellis_schemas::{Event, Kind, topics};
+use trellis_schemas::tables;
+use trellis_schemas::{Event, topics};
 use trellis_sinks::clickhouse::migrations::{ServerVersion, migrations};
 use trellis_sinks::clickhouse::{self, migrate, queries};
 
@@ -504,14 +505,7 @@ async fn every_analyst_query_answers_exactly_on_18_16_and_the_same_on_chdb() {
 
     // The same schema, rows and queries on ClickHouse 26.x (chDB).
     let mut tables = serde_json::Map::new();
-    for table in Kind::ALL.map(Kind::table).into_iter().chain([
-        "sessions",
-        "health_partials",
-        "issues",
-        "detections",
-        "alerts",
-        "audit",
-    ]) {
+    for table in tables::Table::all().map(tables::Table::name) {
         let path = dir.path().join(format!("{table}.jsonl"));
         std::fs::write(&path, export(&db, table)).unwrap();
         tables.insert(table.into(), path.display().to_string().into());

@@ -14,6 +14,7 @@ use trellis_bus::{Bus, DeadLetter, Message};
 use trellis_schemas::records::Detection;
 use trellis_schemas::{AnalyticsEvent, Common, Event, avro, topics};
 use trellis_sinks::clickhouse::batch::Batch;
+use trellis_sinks::clickhouse::encode::plan;
 use trellis_sinks::clickhouse::migrations::{ServerVersion, migrations};
 use trellis_sinks::clickhouse::{self, migrate};
 
@@ -361,7 +362,7 @@ async fn events_decades_apart_are_written_in_inserts_a_current_server_accepts() 
     let insert = |range: std::ops::Range<usize>, name: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, rows.bytes(range)).unwrap();
-        target.plan().insert_sql(&db, target.table()).replace(
+        plan(target).insert_sql(&db, target.name()).replace(
             " FORMAT RowBinary",
             &format!(" FROM INFILE '{}' FORMAT RowBinary", path.display()),
         )

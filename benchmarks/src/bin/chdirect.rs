@@ -22,6 +22,7 @@ use trellis_bus::config::KafkaConfig;
 use trellis_schemas::topics::Names;
 use trellis_sinks::clickhouse::ClickHouseConfig;
 use trellis_sinks::clickhouse::batch::Batch;
+use trellis_sinks::clickhouse::encode::plan;
 
 #[derive(Parser)]
 #[command(about = "Inserts a topic's rows straight into ClickHouse, as the sink would")]
@@ -140,7 +141,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
         refused += batch.refused().len();
         for (target, table_rows) in batch.tables() {
-            let sql = target.plan().insert_sql(&args.database, target.table());
+            let sql = plan(target).insert_sql(&args.database, target.name());
             let bytes = Bytes::copy_from_slice(table_rows.bytes(0..table_rows.len()));
             rows += table_rows.len();
             inserts.push((sql, bytes, table_rows.len()));

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use trellis_bus::{Offsets, Record};
 use trellis_schemas::topics::Names;
 
-use super::encode::{Target, encode_record};
+use super::encode::encode_record;
+use trellis_schemas::tables::Table;
 
 /// The span of time rows are counted in when an insert's partitions are bounded: 28 days.
 ///
@@ -90,7 +91,7 @@ impl Rows {
 #[derive(Debug, Default)]
 pub struct Batch {
     records: Vec<Record>,
-    tables: BTreeMap<Target, Rows>,
+    tables: BTreeMap<Table, Rows>,
     refused: Vec<(usize, String)>,
     ranges: BTreeMap<(String, u32), (u64, u64)>,
     bytes: usize,
@@ -148,7 +149,7 @@ impl Batch {
     }
 
     /// The tables with rows, and their rows.
-    pub fn tables(&self) -> impl Iterator<Item = (Target, &Rows)> {
+    pub fn tables(&self) -> impl Iterator<Item = (Table, &Rows)> {
         self.tables.iter().map(|(t, r)| (*t, r))
     }
 
@@ -165,8 +166,8 @@ impl Batch {
     /// The insert deduplication token of rows `rows` of `target`: the table, the offset range
     /// of every partition in the batch and the rows, so that re-sending the same batch (after a
     /// timeout that hid a success) is dropped by servers that support tokens.
-    pub fn token(&self, target: Target, rows: Range<usize>) -> String {
-        let mut token = format!("trellis:{}", target.table());
+    pub fn token(&self, target: Table, rows: Range<usize>) -> String {
+        let mut token = format!("trellis:{}", target.name());
         for ((topic, partition), (first, last)) in &self.ranges {
             token.push_str(&format!(":{topic}/{partition}/{first}-{last}"));
         }
@@ -219,7 +220,7 @@ mod tests {
             t0 + Duration::from_secs(1)
         ));
         let (target, rows) = batch.tables().next().unwrap();
-        assert_eq!(target.table(), "events");
+        assert_eq!(target.name(), "events");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows.bytes(0..2).len(), batch.bytes());
         assert_eq!(rows.bytes(1..2).len() * 2, batch.bytes());

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
+    /// Whether `trellis run` also runs this sink in its process, beside the Parquet sink (off
+    /// by default: a server is needed). `trellis sink clickhouse` runs it either way.
+    pub enabled: bool,
     /// The server's HTTP interface, for example `http://127.0.0.1:8123`. Plain HTTP only.
     pub url: String,
     /// The database trellis owns: created if missing, tables created and migrated at start-up.
@@ -43,6 +46,7 @@ pub struct ClickHouseConfig {
 impl Default for ClickHouseConfig {
     fn default() -> Self {
         ClickHouseConfig {
+            enabled: false,
             url: "http://127.0.0.1:8123".into(),
             database: "trellis".into(),
             user: None,

@@ -12,12 +12,13 @@
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding, RecordTable};
+use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding};
 use trellis_schemas::records::{
     self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
 };
+use trellis_schemas::tables::{Stored, Table};
 use trellis_schemas::topics::Names;
-use trellis_schemas::{Event, Kind, avro};
+use trellis_schemas::{Event, avro};
 
 /// Why a record cannot become a row. Never retryable: the record goes to the dead-letter topic.
 #[derive(Debug, thiserror::Error)]
@@ -38,79 +39,15 @@ pub enum EncodeError {
     Topic(String),
 }
 
-/// The tables the sink writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    /// An event kind's table.
-    Kind(Kind),
-    /// A derived record's table.
-    Record(RecordKey),
-}
-
-/// [`RecordTable`] with an order, for maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RecordKey {
-    /// `sessions`.
-    Sessions,
-    /// `health_partials`.
-    HealthPartials,
-    /// `issues`.
-    Issues,
-    /// `detections`.
-    Detections,
-    /// `alerts`.
-    Alerts,
-    /// `audit`.
-    Audit,
-}
-
-impl From<RecordKey> for RecordTable {
-    fn from(k: RecordKey) -> Self {
-        match k {
-            RecordKey::Sessions => RecordTable::Sessions,
-            RecordKey::HealthPartials => RecordTable::HealthPartials,
-            RecordKey::Issues => RecordTable::Issues,
-            RecordKey::Detections => RecordTable::Detections,
-            RecordKey::Alerts => RecordTable::Alerts,
-            RecordKey::Audit => RecordTable::Audit,
-        }
-    }
-}
-
-impl Target {
-    /// Every table, in a fixed order.
-    pub fn all() -> impl Iterator<Item = Target> {
-        Kind::ALL.into_iter().map(Target::Kind).chain(
-            [
-                RecordKey::Sessions,
-                RecordKey::HealthPartials,
-                RecordKey::Issues,
-                RecordKey::Detections,
-                RecordKey::Alerts,
-                RecordKey::Audit,
-            ]
-            .map(Target::Record),
-        )
-    }
-
-    /// The table's name.
-    pub fn table(self) -> &'static str {
-        match self {
-            Target::Kind(k) => k.table(),
-            Target::Record(r) => RecordTable::from(r).table(),
-        }
-    }
-
-    /// The table's insert plan.
-    pub fn plan(self) -> &'static Plan {
-        static PLANS: OnceLock<Vec<(Target, Plan)>> = OnceLock::new();
-        let plans = PLANS.get_or_init(|| Target::all().map(|t| (t, Plan::new(t))).collect());
-        plans
-            .iter()
-            .find(|(t, _)| *t == self)
-            .map(|(_, p)| p)
-            .expect("every target has a plan")
-    }
+/// The insert plan of `table`.
+pub fn plan(table: Table) -> &'static Plan {
+    static PLANS: OnceLock<Vec<(Table, Plan)>> = OnceLock::new();
+    let plans = PLANS.get_or_init(|| Table::all().map(|t| (t, Plan::new(t))).collect());
+    plans
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map(|(_, p)| p)
+        .expect("every table has a plan")
 }
 
 /// How to write one table's rows.
@@ -121,11 +58,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn new(target: Target) -> Plan {
-        let columns = match target {
-            Target::Kind(k) => ddl::columns(k),
-            Target::Record(r) => ddl::record_columns(r.into()),
-        };
+    fn new(table: Table) -> Plan {
+        let columns = ddl::columns(table);
         let mut names = Vec::new();
         for c in &columns {
             match &c.column_type {
@@ -310,7 +244,7 @@ fn tree<T: serde::Serialize>(value: &T) -> Result<Value, EncodeError> {
 
 /// Where an encoded row goes: its table, and the time (ms since the epoch) of the date column
 /// its table is partitioned by.
-pub type Placement = (Target, i64);
+pub type Placement = (Table, i64);
 
 /// Decodes a record of a topic the sink reads and appends its row to `out`; returns where it
 /// goes, or `None` for the guard's commands on `detections`, which are stored as what they
@@ -333,58 +267,42 @@ fn encode_row(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Placement, EncodeError> {
-    if topic == topics.events {
-        let event = avro::decode(payload)?;
-        let target = Target::Kind(event.kind());
-        let plan = target.plan();
-        match &event {
-            Event::Analytics(e) => plan.encode_model(e, out)?,
-            Event::Error(e) => plan.encode_model(e, out)?,
-            Event::Performance(e) => plan.encode_model(e, out)?,
-            Event::Transaction(e) => plan.encode_model(e, out)?,
-            Event::Session(e) => plan.encode_model(e, out)?,
-            Event::Notification(e) => plan.encode_model(e, out)?,
+    let table =
+        Table::of_topic(topics, topic).ok_or_else(|| EncodeError::Topic(topic.to_string()))?;
+    match table {
+        Table::Event(_) => {
+            let event = avro::decode(payload)?;
+            let table = event.kind().table();
+            let plan = plan(table);
+            match &event {
+                Event::Analytics(e) => plan.encode_model(e, out)?,
+                Event::Error(e) => plan.encode_model(e, out)?,
+                Event::Performance(e) => plan.encode_model(e, out)?,
+                Event::Transaction(e) => plan.encode_model(e, out)?,
+                Event::Session(e) => plan.encode_model(e, out)?,
+                Event::Notification(e) => plan.encode_model(e, out)?,
+            }
+            Ok((table, event.common().timestamp_ms))
         }
-        Ok((target, event.common().timestamp_ms))
-    } else if topic == topics.sessions {
-        let record = records::decode::<SessionRecord>(payload)?;
-        record_row(RecordKey::Sessions, &record, record.started_ms, out)
-    } else if topic == topics.aggregates {
-        let record = records::decode::<HealthPartial>(payload)?;
-        let at = record.window_start_ms;
-        record_row(RecordKey::HealthPartials, &record, at, out)
-    } else if topic == topics.issues {
-        let record = records::decode::<IssueRecord>(payload)?;
-        record_row(RecordKey::Issues, &record, record.first_seen_ms, out)
-    } else if topic == topics.detections {
-        let record = records::decode::<Detection>(payload)?;
-        record_row(RecordKey::Detections, &record, record.opened_ms, out)
-    } else if topic == topics.alerts {
-        let record = records::decode::<Alert>(payload)?;
-        record_row(RecordKey::Alerts, &record, record.fired_ms, out)
-    } else if topic == topics.audit {
-        let record = records::decode::<AuditEntry>(payload)?;
-        record_row(RecordKey::Audit, &record, record.at_ms, out)
-    } else {
-        Err(EncodeError::Topic(topic.to_string()))
+        Table::Sessions => record_row::<SessionRecord>(payload, out),
+        Table::HealthPartials => record_row::<HealthPartial>(payload, out),
+        Table::Issues => record_row::<IssueRecord>(payload, out),
+        Table::Detections => record_row::<Detection>(payload, out),
+        Table::Alerts => record_row::<Alert>(payload, out),
+        Table::Audit => record_row::<AuditEntry>(payload, out),
     }
 }
 
-fn record_row<T: serde::Serialize>(
-    key: RecordKey,
-    record: &T,
-    at_ms: i64,
-    out: &mut Vec<u8>,
-) -> Result<Placement, EncodeError> {
-    let target = Target::Record(key);
-    target.plan().encode_model(record, out)?;
-    Ok((target, at_ms))
+fn record_row<T: Stored>(payload: &[u8], out: &mut Vec<u8>) -> Result<Placement, EncodeError> {
+    let record = records::decode::<T>(payload)?;
+    plan(T::TABLE).encode_model(&record, out)?;
+    Ok((T::TABLE, record.time_ms()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_schemas::{Common, PerformanceSample, Tag};
+    use trellis_schemas::{Common, Kind, PerformanceSample, Tag};
 
     #[test]
     fn lengths_are_leb128() {
@@ -422,7 +340,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(target, Target::Kind(Kind::Performance));
+        assert_eq!(target, Table::Event(Kind::Performance));
         assert_eq!(at_ms, 5);
         // Starts with event_id, project, timestamp_ms, sent_at_ms (null) ...
         assert_eq!(&out[..4], &[1, b'e', 1, b'p']);
@@ -430,7 +348,7 @@ mod tests {
         assert_eq!(out[12], 1);
         // ... and ends with screen (null), attributes.key, attributes.value.
         assert!(out.ends_with(&[1, 1, 1, b'k', 1, 1, b'v']));
-        let sql = target.plan().insert_sql("db", target.table());
+        let sql = plan(target).insert_sql("db", target.name());
         assert!(
             sql.ends_with("`attributes.key`, `attributes.value`) FORMAT RowBinary"),
             "{sql}"
@@ -445,7 +363,7 @@ mod tests {
             encode_record(&names, &names.events, b"nope", &mut out),
             Err(EncodeError::Decode(_))
         ));
-        let plan = Target::Kind(Kind::Performance).plan();
+        let plan = plan(Table::Event(Kind::Performance));
         let mut v = tree(&PerformanceSample::default()).unwrap();
         v["value"] = Value::Null; // what NaN becomes
         let e = plan.encode(&v, &mut out).unwrap_err();
@@ -478,8 +396,8 @@ mod tests {
         assert!(encode_record(&names, &names.alerts, &command, &mut out).is_err());
     }
 
-    fn both_ways<T: serde::Serialize>(target: Target, value: &T) -> Vec<u8> {
-        let plan = target.plan();
+    fn both_ways<T: serde::Serialize>(target: Table, value: &T) -> Vec<u8> {
+        let plan = plan(target);
         let (mut walked, mut from_tree) = (Vec::new(), Vec::new());
         plan.encode_model(value, &mut walked).unwrap();
         plan.encode(&tree(value).unwrap(), &mut from_tree).unwrap();
@@ -487,7 +405,7 @@ mod tests {
             walked,
             from_tree,
             "{}: the two encoders disagree",
-            target.table()
+            target.name()
         );
         walked
     }
@@ -512,7 +430,7 @@ mod tests {
         events.extend((0..60).map(|n| trellis_schemas::sample::event("plants", n % 12, n)));
         let mut kinds = std::collections::BTreeSet::new();
         for e in &events {
-            let target = Target::Kind(e.kind());
+            let target = e.kind().table();
             kinds.insert(e.kind());
             match e {
                 Event::Analytics(e) => both_ways(target, e),
@@ -528,10 +446,10 @@ mod tests {
         let (sessions, partials) = pipeline.take_closed();
         assert!(!sessions.is_empty() && !partials.is_empty());
         for s in &sessions {
-            both_ways(Target::Record(RecordKey::Sessions), s);
+            both_ways(Table::Sessions, s);
         }
         for p in &partials {
-            both_ways(Target::Record(RecordKey::HealthPartials), p);
+            both_ways(Table::HealthPartials, p);
         }
         let errors = events.iter().filter_map(|e| match e {
             Event::Error(e) => Some(e),
@@ -540,13 +458,13 @@ mod tests {
         let issues = trellis_processors::issues::replay(errors);
         assert!(!issues.is_empty());
         for i in &issues {
-            both_ways(Target::Record(RecordKey::Issues), i);
+            both_ways(Table::Issues, i);
         }
     }
 
     #[test]
     fn a_value_that_does_not_fit_is_refused_by_name_without_a_partial_row() {
-        let plan = Target::Kind(Kind::Performance).plan();
+        let plan = plan(Table::Event(Kind::Performance));
         let sample = PerformanceSample {
             value: f64::NAN,
             ..Default::default()

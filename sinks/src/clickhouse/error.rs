@@ -50,6 +50,18 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the server could not be reached or was overloaded, so that waiting may fix it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::ClickHouse { source, .. } | Error::Migration { source, .. } => {
+                classify(source) == Class::Retryable
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What to do about a failed ClickHouse request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {

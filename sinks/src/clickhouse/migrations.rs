@@ -12,7 +12,8 @@
 
 use clickhouse::{Client, Compression};
 use trellis_schemas::Kind;
-use trellis_schemas::clickhouse::{RecordTable, create_record_table, create_table};
+use trellis_schemas::clickhouse::create_table;
+use trellis_schemas::tables::Table;
 
 use super::config::ClickHouseConfig;
 use super::error::Error;
@@ -71,24 +72,21 @@ fn dedup_window(db: &str, table: &str, server: ServerVersion) -> Option<String> 
 
 /// Every migration, in order, for `db` on `server`.
 pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
-    let mut events = Vec::new();
-    for kind in Kind::ALL {
-        events.push(create_table(db, kind));
-        events.extend(dedup_window(db, kind.table(), server));
-    }
-    let mut records = Vec::new();
-    for table in [RecordTable::Sessions, RecordTable::HealthPartials] {
-        records.push(create_record_table(db, table));
-        records.extend(dedup_window(db, table.table(), server));
-    }
-    let mut issues = vec![create_record_table(db, RecordTable::Issues)];
-    issues.extend(dedup_window(db, RecordTable::Issues.table(), server));
-    let mut detections = vec![create_record_table(db, RecordTable::Detections)];
-    detections.extend(dedup_window(db, RecordTable::Detections.table(), server));
-    let mut alerts = vec![create_record_table(db, RecordTable::Alerts)];
-    alerts.extend(dedup_window(db, RecordTable::Alerts.table(), server));
-    alerts.push(create_record_table(db, RecordTable::Audit));
-    alerts.extend(dedup_window(db, RecordTable::Audit.table(), server));
+    // Each migration creates its tables (and sets their insert deduplication window where the
+    // server has one); the grouping is history: applied versions are never changed.
+    let tables = |tables: &[Table]| -> Vec<String> {
+        let mut statements = Vec::new();
+        for &table in tables {
+            statements.push(create_table(db, table));
+            statements.extend(dedup_window(db, table.name(), server));
+        }
+        statements
+    };
+    let events = tables(&Kind::ALL.map(Table::Event));
+    let records = tables(&[Table::Sessions, Table::HealthPartials]);
+    let issues = tables(&[Table::Issues]);
+    let detections = tables(&[Table::Detections]);
+    let alerts = tables(&[Table::Alerts, Table::Audit]);
     vec![
         Migration {
             version: 1,

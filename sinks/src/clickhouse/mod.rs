@@ -1,5 +1,5 @@
-//! The ClickHouse sink: reads `events`, `sessions` and `aggregates` from the bus and writes one
-//! row per record into ClickHouse, exactly once after deduplication.
+//! The ClickHouse sink: reads every topic of the table registry ([`trellis_schemas::tables`])
+//! from the bus and writes one row per record into ClickHouse, exactly once after deduplication.
 //!
 //! Data enters through a consumer group on the bus ([`run`]). Each record is decoded and encoded
 //! as a `RowBinary` row of its table ([`encode`]: the event kinds' tables `events`, `errors`,

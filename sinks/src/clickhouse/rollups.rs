@@ -31,7 +31,7 @@ pub fn statements(db: &str) -> Vec<String> {
          ORDER BY (project, event_date, app_version, update_id, kind)"
     )];
     for kind in Kind::ALL {
-        let table = kind.table();
+        let table = kind.table().name();
         out.push(format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.events_daily_{table}_mv TO {db}.events_daily AS\n\
              SELECT project, toDate(toDateTime(intDiv(timestamp_ms, 1000))) AS event_date,\n\

@@ -15,9 +15,10 @@ use trellis_schemas::topics::Names;
 
 use super::batch::{Batch, Rows};
 use super::config::ClickHouseConfig;
-use super::encode::Target;
+use super::encode::plan;
 use super::error::{Class, Error, classify};
 use super::migrations::{client, migrate};
+use trellis_schemas::tables::Table;
 
 /// The stage name dead letters carry.
 pub const STAGE: &str = "sink.clickhouse";
@@ -65,14 +66,12 @@ struct Writer {
 impl Writer {
     async fn insert_once(
         &self,
-        target: Target,
+        target: Table,
         rows: &Rows,
         range: Range<usize>,
         token: String,
     ) -> Result<(), clickhouse::error::Error> {
-        let sql = target
-            .plan()
-            .insert_sql(&self.config.database, target.table());
+        let sql = plan(target).insert_sql(&self.config.database, target.name());
         let timeout = Some(self.config.request_timeout);
         let mut insert = self
             .client
@@ -91,7 +90,7 @@ impl Writer {
     async fn insert<F: Future<Output = ()>>(
         &self,
         batch: &Batch,
-        target: Target,
+        target: Table,
         rows: &Rows,
         range: Range<usize>,
         shutdown: &mut Shutdown<'_, F>,
@@ -110,14 +109,14 @@ impl Writer {
                 Class::BadData => return Ok(Outcome::Refused(e.to_string())),
                 Class::Fatal => {
                     return Err(Error::ClickHouse {
-                        what: format!("INSERT INTO {}", target.table()),
+                        what: format!("INSERT INTO {}", target.name()),
                         source: e,
                     });
                 }
                 Class::Retryable if shutdown.fired() => return Ok(Outcome::Stopped),
                 Class::Retryable => {
                     let wait = backoff.next_wait();
-                    tracing::warn!(table = target.table(), attempt, ?wait, error = %e, "Insert failed, retrying.");
+                    tracing::warn!(table = target.name(), attempt, ?wait, error = %e, "Insert failed, retrying.");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
@@ -131,7 +130,7 @@ impl Writer {
     async fn write<F: Future<Output = ()>>(
         &self,
         batch: &Batch,
-        target: Target,
+        target: Table,
         rows: &Rows,
         shutdown: &mut Shutdown<'_, F>,
     ) -> Result<Option<Vec<(usize, String)>>, Error> {
@@ -155,7 +154,7 @@ impl Writer {
         }
         if rows.len() > 1 && refused.len() == rows.len() {
             return Err(Error::SchemaMismatch {
-                table: target.table(),
+                table: target.name(),
                 rows: rows.len(),
                 reason: refused.pop().map(|(_, r)| r).unwrap_or_default(),
             });
@@ -212,10 +211,7 @@ async fn flush<F: Future<Output = ()>>(
         };
         written += rows.len() - refused.len();
         for (row, reason) in refused {
-            let reason = format!(
-                "clickhouse refused the row for {}: {reason}",
-                target.table()
-            );
+            let reason = format!("clickhouse refused the row for {}: {reason}", target.name());
             dead.push(letter(rows.source(row), &reason));
         }
     }
@@ -244,7 +240,7 @@ async fn flush<F: Future<Output = ()>>(
 }
 
 /// Runs the ClickHouse sink until `shutdown` completes: migrates the schema, then reads
-/// `events`, `sessions`, `aggregates` and `issues` in the configured consumer group and writes their
+/// the topics of every table of the registry in the configured consumer group and writes their
 /// rows. On shutdown the batch in hand is written (one attempt per insert) before returning.
 pub async fn run(
     bus: Arc<dyn Bus>,
@@ -252,7 +248,25 @@ pub async fn run(
     config: ClickHouseConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let migrated = migrate(&config).await?;
+    let mut shutdown = Shutdown {
+        future: pin!(shutdown),
+        fired: false,
+    };
+    // A server that is down or still starting is waited for: under `trellis run` the rest of
+    // the pipeline goes on meanwhile, and the sink catches up from its committed offsets.
+    let mut waits = backoff(&config);
+    let migrated = loop {
+        match migrate(&config).await {
+            Ok(migrated) => break migrated,
+            Err(e) if e.is_transient() && !shutdown.fired() => {
+                let wait = waits.next_wait();
+                tracing::warn!(retry_in = ?wait, error = %e, "ClickHouse not reachable; waiting for it.");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) if e.is_transient() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    };
     tracing::info!(server = %migrated.server, database = %config.database, applied = ?migrated.applied, "ClickHouse schema ready.");
     let writer = Writer {
         client: client(&config),
@@ -260,19 +274,7 @@ pub async fn run(
         config,
     };
     let config = &writer.config;
-    let mut shutdown = Shutdown {
-        future: pin!(shutdown),
-        fired: false,
-    };
-    let inputs = [
-        topics.events.as_str(),
-        topics.sessions.as_str(),
-        topics.aggregates.as_str(),
-        topics.issues.as_str(),
-        topics.detections.as_str(),
-        topics.alerts.as_str(),
-        topics.audit.as_str(),
-    ];
+    let inputs = trellis_schemas::tables::Table::topics(&topics);
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
     let consumer = bus_retry(config, &mut shutdown, || {
         bus.consumer(&config.group, &inputs)

@@ -5,100 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use arrow_schema::Schema;
-use trellis_schemas::Kind;
-use trellis_schemas::arrow as arrow_schemas;
-use trellis_schemas::records::{
-    Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
-};
 
 /// The extension of finished files.
 pub const EXTENSION: &str = "parquet";
 /// The suffix of files being written (they also start with a dot, so readers skip them).
 pub const TEMP_SUFFIX: &str = ".parquet.inprogress";
 
-/// A table: one directory under the root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
-    /// The table of an event kind, from the `events` topic.
-    Event(Kind),
-    /// Session records, from the `sessions` topic.
-    Sessions,
-    /// Release-health partials, from the `aggregates` topic.
-    Aggregates,
-    /// Issue records, from the `issues` topic: every version of every issue (the newest
-    /// `version` of an `issue_id` is its current state).
-    Issues,
-    /// Detections, from the `detections` topic: every version of every finding (the newest
-    /// `version` of a `detection_id` is its current state).
-    Detections,
-    /// Alerts, from the `alerts` topic: every version of every alert (the newest `version` of
-    /// an `alert_id` is its current state).
-    Alerts,
-    /// The audit trail, from the `audit` topic.
-    Audit,
-}
-
-impl Table {
-    /// Every table, in a fixed order.
-    pub const ALL: [Table; 12] = [
-        Table::Event(Kind::Analytics),
-        Table::Event(Kind::Error),
-        Table::Event(Kind::Performance),
-        Table::Event(Kind::Transaction),
-        Table::Event(Kind::Session),
-        Table::Event(Kind::Notification),
-        Table::Sessions,
-        Table::Aggregates,
-        Table::Issues,
-        Table::Detections,
-        Table::Alerts,
-        Table::Audit,
-    ];
-
-    /// The table's name, also its directory.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Event(kind) => kind.table(),
-            Table::Sessions => arrow_schemas::SESSIONS_TABLE,
-            Table::Aggregates => arrow_schemas::AGGREGATES_TABLE,
-            Table::Issues => "issues",
-            Table::Detections => "detections",
-            Table::Alerts => "alerts",
-            Table::Audit => "audit",
-        }
-    }
-
-    /// The columns that identify a row: a stage that replays its input writes the same values
-    /// again (at new offsets, so into other files), so rows equal in them, their project and
-    /// their partition hour are one row written twice. `trellis query` answers over one of each.
-    pub fn identity(self) -> &'static [&'static str] {
-        match self {
-            Table::Event(_) => &["common.event_id"],
-            Table::Sessions => &["session_id", "version"],
-            Table::Aggregates => &["partial_id"],
-            Table::Issues => &["issue_id", "version"],
-            Table::Detections => &["detection_id", "version"],
-            Table::Alerts => &["alert_id", "version"],
-            Table::Audit => &["audit_id"],
-        }
-    }
-
-    /// The Arrow schema of the table's files.
-    pub fn schema(self) -> Arc<Schema> {
-        match self {
-            Table::Event(kind) => arrow_schemas::schema(kind),
-            Table::Sessions => arrow_schemas::record_schema::<SessionRecord>(),
-            Table::Aggregates => arrow_schemas::record_schema::<HealthPartial>(),
-            Table::Issues => arrow_schemas::record_schema::<IssueRecord>(),
-            Table::Detections => arrow_schemas::record_schema::<Detection>(),
-            Table::Alerts => arrow_schemas::record_schema::<Alert>(),
-            Table::Audit => arrow_schemas::record_schema::<AuditEntry>(),
-        }
-    }
-}
+/// A table: one directory under the root, named by the registry.
+pub use trellis_schemas::tables::Table;
 
 /// The UTC date and hour of a time in ms since the epoch: `(year, month, day, hour)`.
 pub fn date_hour(ms: i64) -> (i64, u32, u32, u32) {
@@ -235,6 +149,49 @@ pub fn create_dir(dir: &Path, changed: &mut BTreeSet<PathBuf>) -> io::Result<()>
     Ok(())
 }
 
+/// Tables an earlier release stored under another name: `(old directory, table)`.
+const RENAMED: &[(&str, Table)] = &[("aggregates", Table::HealthPartials)];
+
+/// Moves the files of tables an earlier release stored under another name to the table's
+/// directory, keeping their partition paths, so a data directory from before a rename is read
+/// whole. Runs when the sink starts, before anything is written.
+pub fn migrate_renamed(root: &Path) -> io::Result<()> {
+    for &(old, table) in RENAMED {
+        let from = root.join(old);
+        if !from.is_dir() {
+            continue;
+        }
+        let to = root.join(table.name());
+        tracing::info!(from = %from.display(), to = %to.display(), "Moving a renamed table's files.");
+        if to.exists() {
+            move_into(&from, &to)?;
+        } else {
+            fs::rename(&from, &to)?;
+        }
+        sync_dir(root)?;
+    }
+    Ok(())
+}
+
+/// Moves every file under `from` to the same relative path under `to`, then removes `from`.
+/// A file already at its destination (the same segment, written again) is dropped.
+fn move_into(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            move_into(&entry.path(), &target)?;
+        } else if target.exists() {
+            fs::remove_file(entry.path())?;
+        } else {
+            fs::rename(entry.path(), &target)?;
+        }
+    }
+    sync_dir(to)?;
+    fs::remove_dir(from)
+}
+
 /// Makes a directory's entries (renames, new files) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
@@ -243,6 +200,50 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trellis_schemas::Kind;
+
+    #[test]
+    fn a_renamed_tables_files_move_to_its_new_name() {
+        let root = tempfile::tempdir().unwrap();
+        let old = |hour: &str| {
+            root.path()
+                .join("aggregates/project=p/date=2026-11-25")
+                .join(hour)
+        };
+        let new = |hour: &str| {
+            (root
+                .path()
+                .join("health_partials/project=p/date=2026-11-25"))
+            .join(hour)
+        };
+        // Only the old directory: it is renamed.
+        fs::create_dir_all(old("hour=10")).unwrap();
+        fs::write(old("hour=10").join("aggregates-0-0-9.parquet"), b"a").unwrap();
+        migrate_renamed(root.path()).unwrap();
+        assert!(!root.path().join("aggregates").exists());
+        assert_eq!(
+            fs::read(new("hour=10").join("aggregates-0-0-9.parquet")).unwrap(),
+            b"a"
+        );
+        // Both: the old files join the new ones, and a segment in both is kept once.
+        fs::create_dir_all(old("hour=10")).unwrap();
+        fs::create_dir_all(old("hour=11")).unwrap();
+        fs::write(old("hour=10").join("aggregates-0-0-9.parquet"), b"a").unwrap();
+        fs::write(old("hour=11").join("aggregates-0-10-19.parquet"), b"b").unwrap();
+        migrate_renamed(root.path()).unwrap();
+        assert!(!root.path().join("aggregates").exists());
+        assert_eq!(
+            fs::read(new("hour=10").join("aggregates-0-0-9.parquet")).unwrap(),
+            b"a"
+        );
+        assert_eq!(
+            fs::read(new("hour=11").join("aggregates-0-10-19.parquet")).unwrap(),
+            b"b"
+        );
+        // Nothing to move: nothing happens.
+        migrate_renamed(root.path()).unwrap();
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn dates_and_hours_are_utc() {

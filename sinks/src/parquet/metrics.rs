@@ -8,10 +8,13 @@
 //! - `trellis_sink_parquet_restarts_total{reason}`: times the sink dropped what it had open and
 //!   started again from the committed offsets after a fault it waits out (`io`: a file could not
 //!   be written, for example on a full disk; `bus`: the bus failed for a while).
+//! - `trellis_sink_parquet_lag`: input records not yet read (the end of each assigned input
+//!   partition minus the sink's position in it), measured every few seconds.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -23,6 +26,9 @@ pub struct Metrics {
     files: Family<Labels, Counter>,
     dead: Family<Labels, Counter>,
     restarts: Family<Labels, Counter>,
+    lag: Gauge,
+    /// Every table's rows, for the status line (the labelled `rows` are what is exported).
+    rows_total: Counter,
 }
 
 impl Metrics {
@@ -50,6 +56,7 @@ impl Metrics {
             "Restarts from the committed offsets after a fault",
             self.restarts.clone(),
         );
+        registry.register("lag", "Input records not yet read", self.lag.clone());
     }
 
     /// Counts one file of `table` with `rows` rows renamed into place.
@@ -57,6 +64,22 @@ impl Metrics {
         let labels = vec![("table", table.to_string())];
         self.rows.get_or_create(&labels).inc_by(rows);
         self.files.get_or_create(&labels).inc();
+        self.rows_total.inc_by(rows);
+    }
+
+    /// Rows written to every table so far.
+    pub fn rows_total(&self) -> u64 {
+        self.rows_total.get()
+    }
+
+    /// Sets how many input records the sink has not read yet.
+    pub fn set_lag(&self, records: u64) {
+        self.lag.set(i64::try_from(records).unwrap_or(i64::MAX));
+    }
+
+    /// How many input records the sink had not read at its last measurement.
+    pub fn lag(&self) -> u64 {
+        u64::try_from(self.lag.get()).unwrap_or_default()
     }
 
     /// Counts a restart after a fault of kind `reason`.

@@ -1,10 +1,11 @@
-//! The Parquet sink: reads `events`, `sessions`, `aggregates`, `issues` and `detections` from the
-//! bus and writes zstd Parquet files that DataFusion ([`crate::query`]) and any Parquet reader can scan.
+//! The Parquet sink: reads every topic of the table registry ([`trellis_schemas::tables`]) from
+//! the bus and writes zstd Parquet files that DataFusion ([`crate::query`]) and any Parquet reader can scan.
 //!
 //! Layout: `ROOT/<table>/project=<p>/date=YYYY-MM-DD/hour=HH/<topic>-<partition>-<first>-<last>.parquet`
 //! ([`layout`]). Events go to their kind's table (`events`, `errors`, `perf`, `transactions`,
 //! `session_updates`, `notifications`) by event time (`timestamp_ms`, UTC); session records to
-//! `sessions` by `started_ms`; health partials to `aggregates` by `window_start_ms`; issue
+//! `sessions` by `started_ms`; health partials (from the `aggregates` topic) to
+//! `health_partials` by `window_start_ms`; issue
 //! records (every version) to `issues` by `first_seen_ms`; detections (every version) to
 //! `detections` by `opened_ms`. The directories are hive-style, so a
 //! query filtering on `project`, `date` or `hour` skips the rest.

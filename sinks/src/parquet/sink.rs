@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 
@@ -17,12 +17,16 @@ use trellis_schemas::{avro, topics::Names};
 
 use super::Error;
 use super::config::ParquetConfig;
+use super::layout::Table;
 use super::metrics::Metrics;
 use super::segment::{Finished, Limits, PartitionWriter};
 use super::writer::Row;
 
 /// The stage name on dead letters.
 pub const STAGE: &str = "sink.parquet";
+
+/// How often the sink measures its lag.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the Parquet sink until `shutdown` resolves, then ends every open segment, commits and
 /// returns. Counters go to a private [`Metrics`]; use [`run_with_metrics`] to export them.
@@ -86,15 +90,8 @@ async fn run_once(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
-    let inputs = [
-        topics.events.as_str(),
-        topics.sessions.as_str(),
-        topics.aggregates.as_str(),
-        topics.issues.as_str(),
-        topics.detections.as_str(),
-        topics.alerts.as_str(),
-        topics.audit.as_str(),
-    ];
+    super::layout::migrate_renamed(&config.root).map_err(Error::io(&config.root))?;
+    let inputs = Table::topics(topics);
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
     let mut consumer = until_done("Joining the consumer group", || {
         bus.consumer(&config.group, &inputs)
@@ -116,6 +113,7 @@ async fn run_once(
     };
     tracing::info!(root = %config.root.display(), group = %config.group, "Parquet sink started.");
     tokio::pin!(shutdown);
+    let mut lag_measured = Instant::now();
     loop {
         let polled = tokio::select! {
             _ = &mut shutdown => break,
@@ -134,6 +132,10 @@ async fn run_once(
         let step;
         (state, step) = blocking(state, move |s| s.ingest(records, now_ms())).await?;
         deliver(&state.metrics, producer.as_ref(), consumer.as_mut(), step).await?;
+        if lag_measured.elapsed() >= LAG_EVERY {
+            state.measure_lag(consumer.as_mut()).await;
+            lag_measured = Instant::now();
+        }
     }
     let step;
     (state, step) = blocking(state, |s| s.finish_all()).await?;
@@ -219,6 +221,19 @@ impl State {
         Ok(step)
     }
 
+    /// Sets the lag gauge; an unknown lag (the bus down) leaves the last one.
+    async fn measure_lag(&mut self, consumer: &mut dyn Consumer) {
+        let positions: HashMap<(String, u32), u64> = (self.writers.iter())
+            .filter_map(|(key, writer)| Some((key.clone(), writer.next_offset()?)))
+            .collect();
+        let position = move |topic: &str, partition: u32| {
+            positions.get(&(topic.to_string(), partition)).copied()
+        };
+        if let Some(lag) = trellis_bus::lag(consumer, position).await {
+            self.metrics.set_lag(lag);
+        }
+    }
+
     /// Forgets partitions the group moved elsewhere; their open segments were never committed.
     fn drop_revoked(&mut self, assigned: &[(String, u32)]) {
         self.writers.retain(|(topic, partition), writer| {
@@ -238,25 +253,20 @@ fn decode(topics: &Names, record: &Record) -> Result<Option<Row>, String> {
     if record.topic == topics.detections && records::is::<GuardCommand>(payload) {
         return Ok(None);
     }
-    let result = if record.topic == topics.events {
-        avro::decode(payload).map(Row::Event)
-    } else if record.topic == topics.sessions {
-        records::decode::<SessionRecord>(payload).map(Row::Session)
-    } else if record.topic == topics.aggregates {
-        records::decode::<HealthPartial>(payload).map(Row::Aggregate)
-    } else if record.topic == topics.issues {
-        records::decode::<IssueRecord>(payload).map(Row::Issue)
-    } else if record.topic == topics.detections {
-        records::decode::<Detection>(payload).map(Row::Detection)
-    } else if record.topic == topics.alerts {
-        records::decode::<Alert>(payload).map(Row::Alert)
-    } else if record.topic == topics.audit {
-        records::decode::<AuditEntry>(payload).map(Row::Audit)
-    } else {
+    let Some(table) = Table::of_topic(topics, &record.topic) else {
         return Err(format!(
             "the Parquet sink does not read topic {:?}",
             record.topic
         ));
+    };
+    let result = match table {
+        Table::Event(_) => avro::decode(payload).map(Row::Event),
+        Table::Sessions => records::decode::<SessionRecord>(payload).map(Row::Session),
+        Table::HealthPartials => records::decode::<HealthPartial>(payload).map(Row::HealthPartial),
+        Table::Issues => records::decode::<IssueRecord>(payload).map(Row::Issue),
+        Table::Detections => records::decode::<Detection>(payload).map(Row::Detection),
+        Table::Alerts => records::decode::<Alert>(payload).map(Row::Alert),
+        Table::Audit => records::decode::<AuditEntry>(payload).map(Row::Audit),
     };
     result.map(Some).map_err(|e| e.to_string())
 }

@@ -57,8 +57,8 @@ pub enum Row {
     Event(Event),
     /// A session record, for `sessions`.
     Session(SessionRecord),
-    /// A health partial, for `aggregates`.
-    Aggregate(HealthPartial),
+    /// A health partial, for `health_partials`.
+    HealthPartial(HealthPartial),
     /// A version of an issue, for `issues`.
     Issue(IssueRecord),
     /// A version of a detection, for `detections`.
@@ -75,7 +75,7 @@ impl Row {
         match self {
             Row::Event(e) => Table::Event(e.kind()),
             Row::Session(_) => Table::Sessions,
-            Row::Aggregate(_) => Table::Aggregates,
+            Row::HealthPartial(_) => Table::HealthPartials,
             Row::Issue(_) => Table::Issues,
             Row::Detection(_) => Table::Detections,
             Row::Alert(_) => Table::Alerts,
@@ -88,7 +88,7 @@ impl Row {
         match self {
             Row::Event(e) => &e.common().project,
             Row::Session(s) => &s.project,
-            Row::Aggregate(a) => &a.project,
+            Row::HealthPartial(a) => &a.project,
             Row::Issue(i) => &i.project,
             Row::Detection(d) => &d.project,
             Row::Alert(a) => &a.project,
@@ -103,7 +103,7 @@ impl Row {
         match self {
             Row::Event(e) => e.common().timestamp_ms,
             Row::Session(s) => s.started_ms,
-            Row::Aggregate(a) => a.window_start_ms,
+            Row::HealthPartial(a) => a.window_start_ms,
             Row::Issue(i) => i.first_seen_ms,
             Row::Detection(d) => d.opened_ms,
             Row::Alert(a) => a.fired_ms,
@@ -129,8 +129,8 @@ pub enum Rows {
     Notification(Vec<Notification>),
     /// `sessions`.
     Sessions(Vec<SessionRecord>),
-    /// `aggregates`.
-    Aggregates(Vec<HealthPartial>),
+    /// `health_partials`.
+    HealthPartials(Vec<HealthPartial>),
     /// `issues`.
     Issues(Vec<IssueRecord>),
     /// `detections`.
@@ -151,7 +151,7 @@ macro_rules! each {
             Rows::Session($v) => $body,
             Rows::Notification($v) => $body,
             Rows::Sessions($v) => $body,
-            Rows::Aggregates($v) => $body,
+            Rows::HealthPartials($v) => $body,
             Rows::Issues($v) => $body,
             Rows::Detections($v) => $body,
             Rows::Alerts($v) => $body,
@@ -171,7 +171,7 @@ impl Rows {
             Table::Event(Kind::Session) => Rows::Session(Vec::new()),
             Table::Event(Kind::Notification) => Rows::Notification(Vec::new()),
             Table::Sessions => Rows::Sessions(Vec::new()),
-            Table::Aggregates => Rows::Aggregates(Vec::new()),
+            Table::HealthPartials => Rows::HealthPartials(Vec::new()),
             Table::Issues => Rows::Issues(Vec::new()),
             Table::Detections => Rows::Detections(Vec::new()),
             Table::Alerts => Rows::Alerts(Vec::new()),
@@ -189,7 +189,7 @@ impl Rows {
             Rows::Session(_) => Table::Event(Kind::Session),
             Rows::Notification(_) => Table::Event(Kind::Notification),
             Rows::Sessions(_) => Table::Sessions,
-            Rows::Aggregates(_) => Table::Aggregates,
+            Rows::HealthPartials(_) => Table::HealthPartials,
             Rows::Issues(_) => Table::Issues,
             Rows::Detections(_) => Table::Detections,
             Rows::Alerts(_) => Table::Alerts,
@@ -207,7 +207,7 @@ impl Rows {
             (Rows::Session(v), Row::Event(Event::Session(e))) => v.push(e),
             (Rows::Notification(v), Row::Event(Event::Notification(e))) => v.push(e),
             (Rows::Sessions(v), Row::Session(s)) => v.push(s),
-            (Rows::Aggregates(v), Row::Aggregate(a)) => v.push(a),
+            (Rows::HealthPartials(v), Row::HealthPartial(a)) => v.push(a),
             (Rows::Issues(v), Row::Issue(i)) => v.push(i),
             (Rows::Detections(v), Row::Detection(d)) => v.push(d),
             (Rows::Alerts(v), Row::Alert(a)) => v.push(a),
@@ -242,7 +242,7 @@ impl Rows {
             Rows::Session(v) => arrow_schemas::to_batch(Kind::Session, v)?,
             Rows::Notification(v) => arrow_schemas::to_batch(Kind::Notification, v)?,
             Rows::Sessions(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::Aggregates(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::HealthPartials(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Issues(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Detections(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Alerts(v) => arrow_schemas::records_to_batch(v)?,
@@ -286,7 +286,7 @@ pub fn properties(zstd_level: i32) -> Result<WriterProperties, EncodeError> {
         let path = ColumnPath::new(path.split('.').map(str::to_string).collect());
         builder = builder.set_column_dictionary_enabled(path, false);
     }
-    for table in Table::ALL {
+    for table in Table::all() {
         let schema = ArrowSchemaConverter::new().convert(&table.schema())?;
         for column in schema.columns().iter().filter(|c| c.max_rep_level() > 0) {
             builder = builder
@@ -468,7 +468,7 @@ mod tests {
     fn a_row_of_another_table_is_refused() {
         let mut rows = Rows::new(Table::Sessions);
         let err = rows
-            .push(Row::Aggregate(HealthPartial::default()))
+            .push(Row::HealthPartial(HealthPartial::default()))
             .unwrap_err();
         assert!(matches!(err, EncodeError::WrongTable { .. }), "{err}");
     }

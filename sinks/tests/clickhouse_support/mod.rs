@@ -193,7 +193,7 @@ impl Data {
     pub fn expected(&self) -> BTreeMap<&'static str, u64> {
         let mut out: BTreeMap<&'static str, BTreeSet<&str>> = BTreeMap::new();
         for e in &self.events {
-            out.entry(e.kind().table())
+            out.entry(e.kind().table().name())
                 .or_default()
                 .insert(&e.common().event_id);
         }

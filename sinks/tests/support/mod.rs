@@ -13,6 +13,7 @@ use trellis_processors::{Pipeline, ProcessorConfig};
 use trellis_schemas::records::{
     self, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
 };
+use trellis_schemas::tables::Table;
 use trellis_schemas::{Event, Kind, avro, topics};
 use trellis_sinks::parquet::layout;
 use trellis_sinks::query::{OutputFormat, query};
@@ -84,12 +85,12 @@ impl Outputs {
     /// Rows each table must hold, exactly.
     pub fn expected(&self) -> BTreeMap<&'static str, u64> {
         let mut counts: BTreeMap<&'static str, u64> =
-            Kind::ALL.iter().map(|k| (k.table(), 0)).collect();
+            Kind::ALL.iter().map(|k| (k.table().name(), 0)).collect();
         for e in &self.events {
-            *counts.entry(e.kind().table()).or_default() += 1;
+            *counts.entry(e.kind().table().name()).or_default() += 1;
         }
         counts.insert("sessions", self.sessions.len() as u64);
-        counts.insert("aggregates", self.partials.len() as u64);
+        counts.insert("health_partials", self.partials.len() as u64);
         counts.insert("issues", self.issues.len() as u64);
         counts.insert("detections", self.detections.len() as u64);
         counts.insert("alerts", self.alerts.len() as u64);
@@ -229,14 +230,7 @@ pub async fn stored_counts(root: &Path) -> BTreeMap<&'static str, u64> {
 /// The rows of every table, by `query`.
 pub async fn counts(root: &Path) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
-    for table in Kind::ALL.iter().map(|k| k.table()).chain([
-        "sessions",
-        "aggregates",
-        "issues",
-        "detections",
-        "alerts",
-        "audit",
-    ]) {
+    for table in Table::all().map(Table::name) {
         out.insert(
             table,
             number(root, &format!("SELECT count(*) FROM {table}")).await,
