@@ -314,6 +314,31 @@ pub async fn commit_until_done(
     }
 }
 
+/// Records `consumer`'s reader has not read yet over every partition assigned to it: each
+/// partition's end offset minus `position` (the reader's next offset; where it has none, the
+/// group's committed offset, or the start). `None` when an end offset could not be had, for
+/// example with the broker down: a lag is then unknown, not zero.
+pub async fn lag(
+    consumer: &mut dyn Consumer,
+    position: impl Fn(&str, u32) -> Option<u64>,
+) -> Option<u64> {
+    let mut lag = 0;
+    for (topic, partition) in consumer.assignment() {
+        let at = match position(&topic, partition) {
+            Some(at) => at,
+            None => consumer
+                .committed(&topic, partition)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        };
+        let end = consumer.end_offset(&topic, partition).await.ok()?;
+        lag += end.saturating_sub(at);
+    }
+    Some(lag)
+}
+
 /// A bus: creates topics, producers and consumers.
 #[async_trait]
 pub trait Bus: Send + Sync {

@@ -62,6 +62,9 @@ impl ClientLabels {
 pub struct Metrics {
     client_labels: ClientLabels,
     accepted: Family<Labels, Counter>,
+    /// Every project's and kind's accepted events, for `trellis run`'s status line (the
+    /// labelled `accepted` are what is exported).
+    accepted_total: Counter,
     dropped: Family<Labels, Counter>,
     trimmed: Family<Labels, Counter>,
     client_discarded: Family<Labels, Counter>,
@@ -85,6 +88,7 @@ impl Default for Metrics {
         Metrics {
             client_labels: ClientLabels::default(),
             accepted: Family::default(),
+            accepted_total: Counter::default(),
             dropped: Family::default(),
             trimmed: Family::default(),
             client_discarded: Family::default(),
@@ -162,6 +166,12 @@ impl Metrics {
                 ("kind", kind.to_string()),
             ])
             .inc_by(n);
+        self.accepted_total.inc_by(n);
+    }
+
+    /// Events accepted so far, over every project and kind.
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted_total.get()
     }
 
     /// Counts dropped events.

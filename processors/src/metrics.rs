@@ -25,12 +25,15 @@
 //!   good one, and the next is tried at the next interval), `publish_retried` (the bus refused
 //!   outputs for a while, for example the embedded log on a full disk, or a broker down),
 //!   `poll_retried` (reading the input failed for a while).
+//! - `trellis_processor_lag{stage}`: input records not yet processed (the end of each assigned
+//!   input partition minus the stage's position in it), measured at each checkpoint interval.
 //! - `trellis_processor_offset_gaps_total{stage}`: times a partition's input skipped offsets that
 //!   no checkpoint covered (records removed by retention before they were processed).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -43,6 +46,7 @@ pub struct Metrics {
     gaps: Family<Labels, Counter>,
     faults: Family<Labels, Counter>,
     checkpoint_bytes: Family<Labels, Counter>,
+    lag: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -71,6 +75,7 @@ impl Metrics {
             "Bytes of state checkpointed, and of it written",
             self.checkpoint_bytes.clone(),
         );
+        registry.register("lag", "Input records not yet processed", self.lag.clone());
     }
 
     /// Adds `n` to the records counter of `stage` and `outcome`.
@@ -109,6 +114,19 @@ impl Metrics {
                 ("fault", fault.to_string()),
             ])
             .inc();
+    }
+
+    /// Sets how many input records `stage` has not processed yet.
+    pub fn set_lag(&self, stage: &'static str, records: u64) {
+        self.lag
+            .get_or_create(&vec![("stage", stage.to_string())])
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+    }
+
+    /// How many input records `stage` had not processed at its last measurement.
+    pub fn lag_value(&self, stage: &'static str) -> u64 {
+        let lag = self.lag.get_or_create(&vec![("stage", stage.to_string())]);
+        u64::try_from(lag.get()).unwrap_or_default()
     }
 
     /// Counts an offset gap.
