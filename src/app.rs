@@ -21,24 +21,43 @@ pub async fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn trellis_bus::Bu
     Ok(bus)
 }
 
-/// Runs the ingest stage on `listener` until `shutdown` resolves.
-/// `other_metrics` are served on `/metrics` beside ingest's own.
-pub async fn run_ingest(
+/// The ingest stage's state on `bus`; `other_metrics` are served on `/metrics` beside ingest's
+/// own.
+pub fn ingest_state(
     config: &Config,
-    bus: Arc<dyn trellis_bus::Bus>,
-    listener: TcpListener,
+    bus: &dyn trellis_bus::Bus,
     other_metrics: Vec<trellis_ingest::MetricsSource>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let state = trellis_ingest::state_with(
+) -> anyhow::Result<trellis_ingest::AppState> {
+    Ok(trellis_ingest::state_with(
         config.ingest.clone(),
         bus.producer()?,
         config.topics.names(),
         other_metrics,
-    );
+    ))
+}
+
+/// Serves the ingest stage on `listener` until `shutdown` resolves.
+pub async fn run_ingest(
+    state: trellis_ingest::AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     trellis_ingest::run(listener, state, shutdown)
         .await
         .context("serving ingest")
+}
+
+/// The processor stages `trellis run` runs with `config`, in data-flow order.
+pub fn processor_stages(config: &Config) -> Vec<&'static str> {
+    use trellis_processors::{detect, issues, pipeline};
+    let mut stages = vec![pipeline::STAGE, issues::STAGE];
+    if config.processors.detect.enabled {
+        stages.extend([detect::STAGE, detect::PERF_STAGE]);
+    }
+    if config.alerts.enabled {
+        stages.push(trellis_alerts::STAGE);
+    }
+    stages
 }
 
 /// Runs the processors (the `process`, `issues` and, unless disabled, `detect` stages) until

@@ -141,15 +141,10 @@ pub async fn run(devices: u32, seed: u64, timeout: Duration) -> anyhow::Result<(
     let metrics = Arc::new(trellis_processors::Metrics::default());
     let pipeline = {
         let (config, bus, stopped) = (config.clone(), bus.clone(), stopped.clone());
+        let ingest = app::ingest_state(&config, bus.as_ref(), Vec::new())?;
         tokio::spawn(async move {
             tokio::try_join!(
-                app::run_ingest(
-                    &config,
-                    bus.clone(),
-                    listener,
-                    Vec::new(),
-                    on_stop(stopped.clone())
-                ),
+                app::run_ingest(ingest, listener, on_stop(stopped.clone())),
                 app::run_processors(
                     &config,
                     bus.clone(),

@@ -9,6 +9,7 @@ mod config;
 mod demo;
 mod guard;
 mod issues;
+mod status;
 
 /// Ingest allocates and frees small buffers per event; mimalloc does that in a fraction of the
 /// time glibc's allocator takes (profile in benchmarks/README.md).
@@ -20,7 +21,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use trellis_schemas::{Kind, avro, clickhouse};
+use trellis_schemas::tables::Table;
+use trellis_schemas::{Kind, avro, clickhouse, records};
 
 use crate::config::Config;
 
@@ -84,7 +86,8 @@ enum Command {
         sink: SinkKind,
     },
     /// Answers SQL over the Parquet files (tables: events, errors, perf, transactions,
-    /// session_updates, notifications, sessions, aggregates, issues, detections, alerts, audit), also
+    /// session_updates, notifications, sessions, health_partials, issues, detections, alerts, audit),
+    /// also
     /// while trellis runs.
     Query {
         /// The SQL.
@@ -149,9 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Schema(SchemaCommand::Export { dir }) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for kind in Kind::ALL {
-                let path = dir.join(format!("{kind}.avsc"));
-                std::fs::write(&path, avro::derived_avsc(kind))
+            let events = Kind::ALL.map(|kind| (kind.as_str(), avro::derived_avsc(kind)));
+            for (name, avsc) in events.into_iter().chain(records::every_avsc()) {
+                let path = dir.join(format!("{name}.avsc"));
+                std::fs::write(&path, avsc)
                     .with_context(|| format!("writing {}", path.display()))?;
                 println!("{}", path.display());
             }
@@ -159,10 +163,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Schema(SchemaCommand::Clickhouse { database }) => {
             println!("CREATE DATABASE IF NOT EXISTS {database};\n");
-            for kind in Kind::ALL {
+            for table in Table::all() {
                 println!(
                     "{};\n",
-                    clickhouse::create_table(&database, kind).trim_end()
+                    clickhouse::create_table(&database, table).trim_end()
                 );
             }
             Ok(())
@@ -225,7 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&config).await?;
             let listener = bind(&config).await?;
             tracing::info!(bus = ?config.bus, "trellis ingest started.");
-            app::run_ingest(&config, bus, listener, Vec::new(), app::shutdown_signal()).await
+            let state = app::ingest_state(&config, bus.as_ref(), Vec::new())?;
+            app::run_ingest(state, listener, app::shutdown_signal()).await
         }
         Command::Process | Command::Alert => {
             let config = Config::load(cli.config.as_deref())?;
@@ -276,15 +281,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     move |registry| metrics.register(registry)
                 }),
             ];
+            let ingest = app::ingest_state(&config, bus.as_ref(), sources)?;
+            if !config.status_interval.is_zero() {
+                let sources = status::Sources {
+                    ingest: ingest.clone(),
+                    processors: metrics.clone(),
+                    parquet: sink_metrics.clone(),
+                    stages: app::processor_stages(&config),
+                };
+                let every = config.status_interval;
+                tokio::spawn(status::report(sources, every, on_stop(stopped.clone())));
+            }
             tracing::info!(bus = ?config.bus, "trellis started.");
             tokio::try_join!(
-                app::run_ingest(
-                    &config,
-                    bus.clone(),
-                    listener,
-                    sources,
-                    on_stop(stopped.clone())
-                ),
+                app::run_ingest(ingest, listener, on_stop(stopped.clone())),
                 app::run_processors(
                     &config,
                     bus.clone(),
@@ -292,7 +302,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     on_stop(stopped.clone())
                 ),
                 app::run_alerts(&config, bus.clone(), metrics, on_stop(stopped.clone())),
-                app::run_parquet_sink(&config, bus, sink_metrics, on_stop(stopped)),
+                app::run_parquet_sink(&config, bus.clone(), sink_metrics, on_stop(stopped.clone())),
+                async {
+                    if !config.sinks.clickhouse.enabled {
+                        return Ok(());
+                    }
+                    app::run_clickhouse_sink(&config, bus, on_stop(stopped)).await
+                },
             )?;
             Ok(())
         }

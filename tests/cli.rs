@@ -122,6 +122,38 @@ fn a_bad_configuration_fails_at_start_up_naming_the_key() {
 }
 
 #[test]
+fn other_trellis_variables_in_the_environment_are_left_alone() {
+    let out = trellis()
+        .arg("config")
+        .env("TRELLIS_HOME", "/opt/trellis")
+        .env("TRELLIS_DATA_DIR", "/srv/trellis")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("data_dir = \"/srv/trellis\""), "{stdout}");
+}
+
+#[test]
+fn a_query_error_says_what_is_wrong_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = trellis()
+        .args(["query", "SELECT count(*) FROM evnets"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("evnets").count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: query: "), "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
+}
+
+#[test]
 fn a_bad_alert_rule_fails_at_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("trellis.toml");
@@ -190,21 +222,23 @@ fn schema_export_writes_the_committed_avsc_files() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    for kind in [
-        "analytics",
-        "error",
-        "performance",
-        "transaction",
-        "session",
-        "notification",
-    ] {
-        let exported = std::fs::read_to_string(dir.path().join(format!("{kind}.avsc"))).unwrap();
-        let committed = std::fs::read_to_string(format!(
-            "{}/schemas/avro/{kind}.avsc",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        assert_eq!(exported, committed, "{kind}.avsc");
+    // Every committed schema, the event kinds' and the records', and nothing else.
+    let committed_dir = format!("{}/schemas/avro", env!("CARGO_MANIFEST_DIR"));
+    let names = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let committed = names(std::path::Path::new(&committed_dir));
+    assert_eq!(names(dir.path()), committed);
+    assert_eq!(committed.len(), 15, "{committed:?}");
+    for name in committed {
+        let exported = std::fs::read_to_string(dir.path().join(&name)).unwrap();
+        let file = std::fs::read_to_string(format!("{committed_dir}/{name}")).unwrap();
+        assert_eq!(exported, file, "{name}");
     }
 }
 
@@ -285,20 +319,23 @@ fn docker_compose_file_is_valid() {
     }
 }
 
-/// One machine, end to end: events posted to `trellis run` are deduplicated, sessionized and
-/// written to Parquet, and `trellis query` answers over them while trellis keeps running.
-#[test]
-fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
-    let dir = tempfile::tempdir().unwrap();
+/// `trellis run` in `dir` on a free port, with quick segments and checkpoints and `env` on
+/// top, once it answers `/readyz`; its log goes to `stdout`. Returns it and its base URL.
+fn start_run(
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+    stdout: Stdio,
+) -> (std::process::Child, String) {
     let port = free_port();
-    let mut child = trellis()
+    let child = trellis()
         .arg("run")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("TRELLIS_INGEST__LISTEN", format!("127.0.0.1:{port}"))
         .env("TRELLIS_SINKS__PARQUET__MAX_AGE", "1s")
         .env("TRELLIS_PROCESSORS__CHECKPOINT_INTERVAL", "200ms")
         .env("TRELLIS_PROCESSORS__IDLE_TIMEOUT", "1s")
-        .stdout(Stdio::null())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -308,6 +345,11 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
         assert!(Instant::now() < deadline, "trellis run never became ready");
         std::thread::sleep(Duration::from_millis(100));
     }
+    (child, base)
+}
+
+/// Five analytics events, one of them sent twice, and two errors of one bug.
+fn five_events_a_duplicate_and_two_errors() -> Vec<serde_json::Value> {
     let event = |i: u32, kind: &str| {
         let mut e = serde_json::json!({
             "kind": kind,
@@ -323,10 +365,14 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
         }
         e
     };
-    // Five analytics events, one of them sent twice, and two errors.
     let mut events: Vec<_> = (0..5).map(|i| event(i, "analytics")).collect();
     events.push(event(3, "analytics"));
     events.extend((10..12).map(|i| event(i, "error")));
+    events
+}
+
+/// Posts `events` as one native batch with the development key; ingest's answer.
+fn post_batch(base: &str, events: &[serde_json::Value]) -> serde_json::Value {
     let mut response = ureq::post(&format!("{base}/v1/batch"))
         .header("Authorization", "Bearer trellis_dev_key")
         .header("Content-Type", "application/json")
@@ -336,10 +382,20 @@ fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
                 .as_bytes(),
         )
         .unwrap();
-    let accepted: serde_json::Value =
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// One machine, end to end: events posted to `trellis run` are deduplicated, sessionized and
+/// written to Parquet, and `trellis query` answers over them while trellis keeps running.
+#[test]
+fn run_stores_what_ingest_accepted_and_query_answers_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
     // Ingest accepts the duplicate too: the processors drop it.
-    assert_eq!(accepted["accepted"], 8);
+    assert_eq!(
+        post_batch(&base, &five_events_a_duplicate_and_two_errors())["accepted"],
+        8
+    );
 
     let query = |sql: &str| -> Option<serde_json::Value> {
         let out = trellis()
@@ -431,4 +487,100 @@ fn trellis_config_prints_no_credential() {
     );
     assert!(!text.contains("an-admin-token-0000001"), "{text}");
     assert!(text.contains("admin_tokens = [\"<redacted>\"]"), "{text}");
+}
+
+/// With `[sinks.clickhouse] enabled`, `trellis run` fills ClickHouse beside the Parquet files
+/// (on the embedded bus: no Kafka), and logs a status line while it has work.
+#[test]
+fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
+    let url = std::env::var("TEST_TRELLIS_CLICKHOUSE_URL").expect(
+        "TEST_TRELLIS_CLICKHOUSE_URL is not set: run the suite with scripts/test.sh, which starts ClickHouse",
+    );
+    let database = format!("trellis_run_{}", std::process::id());
+    let clickhouse = |sql: &str| -> Option<String> {
+        let mut response = ureq::post(&url).send(sql.as_bytes()).ok()?;
+        response.body_mut().read_to_string().ok()
+    };
+    clickhouse(&format!("DROP DATABASE IF EXISTS {database}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("trellis.log");
+    let (mut child, base) = start_run(
+        dir.path(),
+        &[
+            ("TRELLIS_SINKS__CLICKHOUSE__ENABLED", "true".into()),
+            ("TRELLIS_SINKS__CLICKHOUSE__URL", url.clone()),
+            ("TRELLIS_SINKS__CLICKHOUSE__DATABASE", database.clone()),
+            ("TRELLIS_SINKS__CLICKHOUSE__BATCH_AGE", "200ms".into()),
+            ("TRELLIS_STATUS_INTERVAL", "1s".into()),
+            ("NO_COLOR", "1".into()),
+        ],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    assert_eq!(
+        post_batch(&base, &five_events_a_duplicate_and_two_errors())["accepted"],
+        8
+    );
+    let count = |table: &str| {
+        clickhouse(&format!("SELECT count() FROM {database}.{table} FINAL"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (count("events"), count("errors")) != (Some(5), Some(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "ClickHouse never held the 5 events and 2 errors: {:?} {:?}",
+            count("events"),
+            count("errors")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The issue both errors make reaches ClickHouse too.
+    while count("issues").unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "no issue reached ClickHouse");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A status line (every second here) reports the batch of 8 as accepted, as a rate over
+    // about a second, and names each stage's lag.
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let rest = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    let status = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let status: Vec<String> = (text.lines())
+            .filter(|l| l.contains("Status."))
+            .map(str::to_string)
+            .collect();
+        if status
+            .iter()
+            .any(|l| field(l, "accepted_per_s").is_some_and(|r| r > 0.0))
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status line with the batch in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // SIGTERM stops it cleanly.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+    clickhouse(&format!("DROP DATABASE IF EXISTS {database}")).unwrap();
+    // `lag=process:0 issues:0 … parquet:0`
+    for stage in ["process", "issues", "detect", "alert", "parquet"] {
+        let named = |line: &String| {
+            (line.split([' ', '=']))
+                .filter_map(|token| token.strip_prefix(stage)?.strip_prefix(':'))
+                .any(|lag| lag.parse::<u64>().is_ok())
+        };
+        assert!(status.iter().all(named), "{stage} in {status:#?}");
+    }
 }
