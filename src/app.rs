@@ -66,7 +66,7 @@ pub async fn run_processors(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
     metrics: Arc<trellis_processors::Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
     let p = &config.processors;
@@ -82,14 +82,6 @@ pub async fn run_processors(
     };
     let groupers = trellis_processors::issues::Groupers::new(&p.grouping, &p.project_grouping)
         .map_err(|reason| anyhow::anyhow!("configuration: {reason}"))?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
     let process = runtime::run(
         bus.clone(),
         trellis_processors::PipelineFactory::new(p, names.clone())
@@ -97,7 +89,7 @@ pub async fn run_processors(
         Checkpoints::new(&p.checkpoint_dir, trellis_processors::pipeline::STAGE),
         runner(&p.group, &names.raw),
         metrics.clone(),
-        on_stop(stopped.clone()),
+        shutdown.clone().cancelled_owned(),
     );
     let issues = runtime::run(
         bus.clone(),
@@ -114,7 +106,7 @@ pub async fn run_processors(
         Checkpoints::new(&p.checkpoint_dir, trellis_processors::issues::STAGE),
         runner(&p.issues_group, &names.grouped),
         metrics.clone(),
-        on_stop(stopped.clone()),
+        shutdown.clone().cancelled_owned(),
     );
     use trellis_processors::detect::{self, DetectFactory, PerfDetector, ReleaseDetector};
     let detect = async {
@@ -127,7 +119,7 @@ pub async fn run_processors(
             Checkpoints::new(&p.checkpoint_dir, detect::STAGE),
             runner(&p.detect.group, &names.sessions),
             metrics.clone(),
-            on_stop(stopped.clone()),
+            shutdown.clone().cancelled_owned(),
         );
         let perf = runtime::run(
             bus,
@@ -135,7 +127,7 @@ pub async fn run_processors(
             Checkpoints::new(&p.checkpoint_dir, detect::PERF_STAGE),
             runner(&p.detect.perf_group, &names.aggregates),
             metrics,
-            on_stop(stopped),
+            shutdown.clone().cancelled_owned(),
         );
         tokio::try_join!(releases, perf).map(|_| ())
     };
@@ -154,23 +146,15 @@ pub async fn run_alerts(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
     metrics: Arc<trellis_processors::Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
     if !config.alerts.enabled {
-        shutdown.await;
+        shutdown.cancelled().await;
         return Ok(());
     }
     let p = &config.processors;
     let names = config.topics.names();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
     let decide = runtime::run(
         bus.clone(),
         trellis_alerts::AlertFactory::new(config.alerts.clone(), names.clone()),
@@ -185,7 +169,7 @@ pub async fn run_alerts(
             idle_timeout: p.idle_timeout,
         },
         metrics.clone(),
-        on_stop(stopped.clone()),
+        shutdown.clone().cancelled_owned(),
     );
     let state_dir = p.checkpoint_dir.join(trellis_alerts::deliver::STAGE);
     let deliver = trellis_alerts::deliver::run(
@@ -194,7 +178,7 @@ pub async fn run_alerts(
         names,
         metrics,
         &state_dir,
-        on_stop(stopped),
+        shutdown.clone().cancelled_owned(),
     );
     tokio::try_join!(
         async { decide.await.context("running the alert stage") },
@@ -264,8 +248,26 @@ pub async fn serve_metrics(
         .context("serving processor metrics")
 }
 
+/// The one shutdown of a process: every stage it runs is handed a clone
+/// (`shutdown.clone().cancelled_owned()` where a stage takes a future), and cancelling it once
+/// stops them all.
+pub type Shutdown = tokio_util::sync::CancellationToken;
+
+/// A [`Shutdown`] cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> Shutdown {
+    let shutdown = Shutdown::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    shutdown
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

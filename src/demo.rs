@@ -134,24 +134,16 @@ pub async fn run(devices: u32, seed: u64, timeout: Duration) -> anyhow::Result<(
         .await
         .context("binding the demo ingest")?;
     let ingest = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let shutdown = app::Shutdown::new();
     let metrics = Arc::new(trellis_processors::Metrics::default());
     let pipeline = {
-        let (config, bus, stopped) = (config.clone(), bus.clone(), stopped.clone());
+        let (config, bus, shutdown) = (config.clone(), bus.clone(), shutdown.clone());
         let ingest = app::ingest_state(&config, bus.as_ref(), Vec::new())?;
         tokio::spawn(async move {
             tokio::try_join!(
-                app::run_ingest(ingest, listener, on_stop(stopped.clone())),
-                app::run_processors(
-                    &config,
-                    bus.clone(),
-                    metrics.clone(),
-                    on_stop(stopped.clone())
-                ),
-                app::run_alerts(&config, bus, metrics, on_stop(stopped)),
+                app::run_ingest(ingest, listener, shutdown.clone().cancelled_owned()),
+                app::run_processors(&config, bus.clone(), metrics.clone(), &shutdown),
+                app::run_alerts(&config, bus, metrics, &shutdown),
             )
             .map(|_| ())
         })
@@ -188,7 +180,7 @@ pub async fn run(devices: u32, seed: u64, timeout: Duration) -> anyhow::Result<(
         let call = tokio::select! {
             call = calls.recv() => call.context("the demo receiver stopped")?,
             _ = tokio::time::sleep_until(deadline) => {
-                let _ = stop.send(true);
+                shutdown.cancel();
                 anyhow::bail!("no rollout.halt within {timeout:?}");
             }
         };
@@ -218,7 +210,7 @@ pub async fn run(devices: u32, seed: u64, timeout: Duration) -> anyhow::Result<(
         bad.update_id.as_deref().unwrap_or("-"),
         started.elapsed().as_secs_f64()
     );
-    let _ = stop.send(true);
+    shutdown.cancel();
     pipeline
         .await
         .context("the demo pipeline")?

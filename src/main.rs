@@ -206,10 +206,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match sink {
                 SinkKind::Parquet => {
                     let metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
-                    app::run_parquet_sink(&config, bus, metrics, app::shutdown_signal()).await
+                    app::run_parquet_sink(
+                        &config,
+                        bus,
+                        metrics,
+                        app::shutdown_on_signal().cancelled_owned(),
+                    )
+                    .await
                 }
                 SinkKind::Clickhouse => {
-                    app::run_clickhouse_sink(&config, bus, app::shutdown_signal()).await
+                    app::run_clickhouse_sink(
+                        &config,
+                        bus,
+                        app::shutdown_on_signal().cancelled_owned(),
+                    )
+                    .await
                 }
             }
         }
@@ -230,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind(&config).await?;
             tracing::info!(bus = ?config.bus, "trellis ingest started.");
             let state = app::ingest_state(&config, bus.as_ref(), Vec::new())?;
-            app::run_ingest(state, listener, app::shutdown_signal()).await
+            app::run_ingest(state, listener, app::shutdown_on_signal().cancelled_owned()).await
         }
         Command::Process | Command::Alert => {
             let config = Config::load(cli.config.as_deref())?;
@@ -251,24 +262,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if matches!(cli.command, Command::Alert) {
                 tracing::info!(bus = ?config.bus, "trellis alert started.");
-                return app::run_alerts(&config, bus, metrics, app::shutdown_signal()).await;
+                return app::run_alerts(&config, bus, metrics, &app::shutdown_on_signal()).await;
             }
             tracing::info!(bus = ?config.bus, "trellis processors started.");
-            app::run_processors(&config, bus, metrics, app::shutdown_signal()).await
+            app::run_processors(&config, bus, metrics, &app::shutdown_on_signal()).await
         }
         Command::Run => {
             let config = Config::load(cli.config.as_deref())?;
             init_tracing(&config.log);
             let bus = app::open_bus(&config).await?;
             let listener = bind(&config).await?;
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                app::shutdown_signal().await;
-                let _ = stop.send(true);
-            });
-            let on_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            };
+            let shutdown = app::shutdown_on_signal();
             let metrics = Arc::new(trellis_processors::Metrics::default());
             let sink_metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
             let sources: Vec<trellis_ingest::MetricsSource> = vec![
@@ -290,24 +294,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     stages: app::processor_stages(&config),
                 };
                 let every = config.status_interval;
-                tokio::spawn(status::report(sources, every, on_stop(stopped.clone())));
+                tokio::spawn(status::report(
+                    sources,
+                    every,
+                    shutdown.clone().cancelled_owned(),
+                ));
             }
             tracing::info!(bus = ?config.bus, "trellis started.");
             tokio::try_join!(
-                app::run_ingest(ingest, listener, on_stop(stopped.clone())),
-                app::run_processors(
+                app::run_ingest(ingest, listener, shutdown.clone().cancelled_owned()),
+                app::run_processors(&config, bus.clone(), metrics.clone(), &shutdown),
+                app::run_alerts(&config, bus.clone(), metrics, &shutdown),
+                app::run_parquet_sink(
                     &config,
                     bus.clone(),
-                    metrics.clone(),
-                    on_stop(stopped.clone())
+                    sink_metrics,
+                    shutdown.clone().cancelled_owned()
                 ),
-                app::run_alerts(&config, bus.clone(), metrics, on_stop(stopped.clone())),
-                app::run_parquet_sink(&config, bus.clone(), sink_metrics, on_stop(stopped.clone())),
                 async {
                     if !config.sinks.clickhouse.enabled {
                         return Ok(());
                     }
-                    app::run_clickhouse_sink(&config, bus, on_stop(stopped)).await
+                    app::run_clickhouse_sink(&config, bus, shutdown.clone().cancelled_owned()).await
                 },
             )?;
             Ok(())

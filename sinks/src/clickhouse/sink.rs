@@ -2,13 +2,13 @@
 
 use std::future::Future;
 use std::ops::Range;
-use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clickhouse::Client;
+use futures::FutureExt;
+use futures::future::Shared;
 use trellis_bus::retry::Backoff;
 use trellis_bus::{Bus, BusError, Consumer, Message, Producer, dead_letter};
 use trellis_schemas::topics::Names;
@@ -26,20 +26,13 @@ pub const STAGE: &str = "sink.clickhouse";
 /// The most records asked of the bus in one poll.
 const POLL_MAX: usize = 5_000;
 
-/// The shutdown future, polled without blocking between steps.
-struct Shutdown<'a, F: Future<Output = ()>> {
-    future: Pin<&'a mut F>,
-    fired: bool,
-}
+/// The shutdown future, shared so that it can be looked at between steps without waiting
+/// (the same way the Parquet sink shares its own).
+type Shutdown<F> = Shared<F>;
 
-impl<F: Future<Output = ()>> Shutdown<'_, F> {
-    fn fired(&mut self) -> bool {
-        if !self.fired {
-            let mut cx = Context::from_waker(Waker::noop());
-            self.fired = self.future.as_mut().poll(&mut cx) == Poll::Ready(());
-        }
-        self.fired
-    }
+/// Whether `shutdown` has completed.
+fn fired<F: Future<Output = ()>>(shutdown: &Shutdown<F>) -> bool {
+    shutdown.clone().now_or_never().is_some()
 }
 
 /// The waits between retries: from `retry_initial_backoff`, doubling, with jitter, never longer
@@ -93,7 +86,7 @@ impl Writer {
         target: Table,
         rows: &Rows,
         range: Range<usize>,
-        shutdown: &mut Shutdown<'_, F>,
+        shutdown: &Shutdown<F>,
     ) -> Result<Outcome, Error> {
         let token = batch.token(target, range.clone());
         let mut backoff = backoff(&self.config);
@@ -113,7 +106,7 @@ impl Writer {
                         source: e,
                     });
                 }
-                Class::Retryable if shutdown.fired() => return Ok(Outcome::Stopped),
+                Class::Retryable if fired(shutdown) => return Ok(Outcome::Stopped),
                 Class::Retryable => {
                     let wait = backoff.next_wait();
                     tracing::warn!(table = target.name(), attempt, ?wait, error = %e, "Insert failed, retrying.");
@@ -132,7 +125,7 @@ impl Writer {
         batch: &Batch,
         target: Table,
         rows: &Rows,
-        shutdown: &mut Shutdown<'_, F>,
+        shutdown: &Shutdown<F>,
     ) -> Result<Option<Vec<(usize, String)>>, Error> {
         let mut pending = rows.inserts();
         pending.reverse();
@@ -166,7 +159,7 @@ impl Writer {
 /// Retries a bus operation while it fails for a retryable reason and the sink is not stopping.
 async fn bus_retry<T, Fut, F>(
     config: &ClickHouseConfig,
-    shutdown: &mut Shutdown<'_, F>,
+    shutdown: &Shutdown<F>,
     mut op: impl FnMut() -> Fut,
 ) -> Result<Option<T>, Error>
 where
@@ -177,7 +170,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(Some(v)),
-            Err(e) if e.is_retryable() && !shutdown.fired() => {
+            Err(e) if e.is_retryable() && !fired(shutdown) => {
                 let wait = backoff.next_wait();
                 tracing::warn!(retry_in = ?wait, error = %e, "Bus operation failed, retrying.");
                 tokio::time::sleep(wait).await;
@@ -196,7 +189,7 @@ async fn flush<F: Future<Output = ()>>(
     topics: &Names,
     producer: &Arc<dyn Producer>,
     consumer: &mut Box<dyn Consumer>,
-    shutdown: &mut Shutdown<'_, F>,
+    shutdown: &Shutdown<F>,
 ) -> Result<bool, Error> {
     let started = Instant::now();
     let letter = |index: usize, reason: &str| Message {
@@ -228,7 +221,7 @@ async fn flush<F: Future<Output = ()>>(
         if !e.is_retryable() {
             return Err(e.into());
         }
-        if shutdown.fired() {
+        if fired(shutdown) {
             return Ok(false);
         }
         let wait = backoff.next_wait();
@@ -248,17 +241,14 @@ pub async fn run(
     config: ClickHouseConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let mut shutdown = Shutdown {
-        future: pin!(shutdown),
-        fired: false,
-    };
+    let shutdown = &shutdown.shared();
     // A server that is down or still starting is waited for: under `trellis run` the rest of
     // the pipeline goes on meanwhile, and the sink catches up from its committed offsets.
     let mut waits = backoff(&config);
     let migrated = loop {
         match migrate(&config).await {
             Ok(migrated) => break migrated,
-            Err(e) if e.is_transient() && !shutdown.fired() => {
+            Err(e) if e.is_transient() && !fired(shutdown) => {
                 let wait = waits.next_wait();
                 tracing::warn!(retry_in = ?wait, error = %e, "ClickHouse not reachable; waiting for it.");
                 tokio::time::sleep(wait).await;
@@ -276,16 +266,13 @@ pub async fn run(
     let config = &writer.config;
     let inputs = trellis_schemas::tables::Table::topics(&topics);
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
-    let consumer = bus_retry(config, &mut shutdown, || {
-        bus.consumer(&config.group, &inputs)
-    })
-    .await?;
+    let consumer = bus_retry(config, shutdown, || bus.consumer(&config.group, &inputs)).await?;
     let Some(mut consumer) = consumer else {
         return Ok(());
     };
     let producer = bus.producer()?;
     let mut batch = Batch::default();
-    while !shutdown.fired() {
+    while !fired(shutdown) {
         let room = config
             .batch_rows
             .saturating_sub(batch.len())
@@ -305,31 +292,14 @@ pub async fn run(
         }
         let ready = batch.is_ready(config.batch_rows, config.batch_bytes, config.batch_age, now);
         if !batch.is_empty() && ready {
-            if !flush(
-                &writer,
-                &batch,
-                &topics,
-                &producer,
-                &mut consumer,
-                &mut shutdown,
-            )
-            .await?
-            {
+            if !flush(&writer, &batch, &topics, &producer, &mut consumer, shutdown).await? {
                 return Ok(());
             }
             batch = Batch::default();
         }
     }
     if !batch.is_empty() {
-        flush(
-            &writer,
-            &batch,
-            &topics,
-            &producer,
-            &mut consumer,
-            &mut shutdown,
-        )
-        .await?;
+        flush(&writer, &batch, &topics, &producer, &mut consumer, shutdown).await?;
     }
     Ok(())
 }
