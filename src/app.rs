@@ -65,7 +65,7 @@ pub fn processor_stages(config: &Config) -> Vec<&'static str> {
 pub async fn run_processors(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
-    metrics: Arc<trellis_processors::Metrics>,
+    metrics: Arc<trellis_processors::ProcessorMetrics>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
@@ -145,7 +145,7 @@ pub async fn run_processors(
 pub async fn run_alerts(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
-    metrics: Arc<trellis_processors::Metrics>,
+    metrics: Arc<trellis_processors::ProcessorMetrics>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
@@ -191,7 +191,7 @@ pub async fn run_alerts(
 pub async fn run_parquet_sink(
     config: &Config,
     bus: Arc<dyn trellis_bus::Bus>,
-    metrics: Arc<trellis_sinks::parquet::Metrics>,
+    metrics: Arc<trellis_sinks::parquet::ParquetMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     trellis_sinks::parquet::run_with_metrics(
@@ -224,7 +224,7 @@ pub async fn run_clickhouse_sink(
 /// Serves `metrics` on `GET /metrics` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: TcpListener,
-    metrics: Arc<trellis_processors::Metrics>,
+    metrics: Arc<trellis_processors::ProcessorMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new().route(

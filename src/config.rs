@@ -107,9 +107,9 @@ pub enum ConfigError {
     /// key and where it came from; it is the whole story, so it is not also a `source`).
     #[error("configuration: {0}")]
     Parse(Box<figment::Error>),
-    /// A sink's setting is not allowed (the message names the key).
+    /// A sink's setting is not allowed.
     #[error("configuration: {0}")]
-    Sink(String),
+    Sink(#[from] trellis_sinks::ConfigError),
     /// A value parsed but is not allowed.
     #[error("configuration: {key}: {reason}")]
     Invalid {
@@ -282,14 +282,8 @@ impl Config {
             let key = "alerts";
             return Err(ConfigError::Invalid { key, reason });
         }
-        self.sinks
-            .parquet
-            .validate()
-            .map_err(|e| ConfigError::Sink(e.to_string()))?;
-        self.sinks
-            .clickhouse
-            .validate()
-            .map_err(|e| ConfigError::Sink(e.to_string()))?;
+        self.sinks.parquet.validate()?;
+        self.sinks.clickhouse.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(ConfigError::Invalid {
                 key: "log",

@@ -135,7 +135,7 @@ pub async fn run(devices: u32, seed: u64, timeout: Duration) -> anyhow::Result<(
         .context("binding the demo ingest")?;
     let ingest = format!("http://{}", listener.local_addr()?);
     let shutdown = app::Shutdown::new();
-    let metrics = Arc::new(trellis_processors::Metrics::default());
+    let metrics = Arc::new(trellis_processors::ProcessorMetrics::default());
     let pipeline = {
         let (config, bus, shutdown) = (config.clone(), bus.clone(), shutdown.clone());
         let ingest = app::ingest_state(&config, bus.as_ref(), Vec::new())?;

@@ -205,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&config).await?;
             match sink {
                 SinkKind::Parquet => {
-                    let metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
+                    let metrics = Arc::new(trellis_sinks::parquet::ParquetMetrics::default());
                     app::run_parquet_sink(
                         &config,
                         bus,
@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref())?;
             init_tracing(&config.log);
             let bus = app::open_bus(&config).await?;
-            let metrics = Arc::new(trellis_processors::Metrics::default());
+            let metrics = Arc::new(trellis_processors::ProcessorMetrics::default());
             if let Some(addr) = config.processors.metrics_listen {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -273,8 +273,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&config).await?;
             let listener = bind(&config).await?;
             let shutdown = app::shutdown_on_signal();
-            let metrics = Arc::new(trellis_processors::Metrics::default());
-            let sink_metrics = Arc::new(trellis_sinks::parquet::Metrics::default());
+            let metrics = Arc::new(trellis_processors::ProcessorMetrics::default());
+            let sink_metrics = Arc::new(trellis_sinks::parquet::ParquetMetrics::default());
             let sources: Vec<trellis_ingest::MetricsSource> = vec![
                 Box::new({
                     let metrics = metrics.clone();

@@ -12,9 +12,9 @@ pub struct Sources {
     /// Ingest's state, with its counters.
     pub ingest: trellis_ingest::AppState,
     /// The processor stages' counters.
-    pub processors: Arc<trellis_processors::Metrics>,
+    pub processors: Arc<trellis_processors::ProcessorMetrics>,
     /// The Parquet sink's counters.
-    pub parquet: Arc<trellis_sinks::parquet::Metrics>,
+    pub parquet: Arc<trellis_sinks::parquet::ParquetMetrics>,
     /// The processor stages that run, in data-flow order.
     pub stages: Vec<&'static str>,
 }

@@ -16,7 +16,7 @@ use trellis_bus::{Bus, Message};
 use trellis_processors::pipeline::{Handled, Rules};
 use trellis_processors::runtime::{self, Checkpoints, RunnerConfig};
 use trellis_processors::sim::{Fleet, FleetSpec};
-use trellis_processors::{Metrics, Pipeline, PipelineFactory, ProcessorConfig};
+use trellis_processors::{Pipeline, PipelineFactory, ProcessorConfig, ProcessorMetrics};
 use trellis_schemas::records::IssueRecord;
 use trellis_schemas::{Event, avro, records, topics};
 
@@ -158,7 +158,7 @@ fn start_processors(
                 PipelineFactory::new(&config, names.clone()).unwrap(),
                 Checkpoints::new(checkpoint_dir, "process"),
                 runner,
-                Arc::new(Metrics::default()),
+                Arc::new(ProcessorMetrics::default()),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },

@@ -8,7 +8,7 @@ use serde_json::json;
 use trellis_benchmarks::fleet::{Fleet, Mix};
 use trellis_ingest::accept::Item;
 use trellis_ingest::config::LimitsConfig;
-use trellis_ingest::metrics::Metrics;
+use trellis_ingest::metrics::IngestMetrics;
 use trellis_ingest::{native, posthog, sentry};
 
 /// The allocator the `trellis` binary runs with.
@@ -126,7 +126,7 @@ fn parse(c: &mut Criterion) {
     });
 
     let envelopes: Vec<Vec<u8>> = (0..500).map(sentry_envelope).collect();
-    let metrics = Metrics::default();
+    let metrics = IngestMetrics::default();
     let first = sentry::parse_envelope(&envelopes[0], &limits, &metrics, "plants").unwrap();
     assert_eq!(first.items.len(), 1);
     all_events(&first.items, "Sentry");

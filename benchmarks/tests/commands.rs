@@ -299,7 +299,7 @@ async fn freshness_times_events_into_parquet_and_clickhouse() {
             checkpoint_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
         },
-        Arc::new(trellis_processors::Metrics::default()),
+        Arc::new(trellis_processors::ProcessorMetrics::default()),
         on_stop(stopped.clone()),
     ));
     let root = dir.path().join("parquet");

@@ -14,7 +14,7 @@ use trellis_bus::{Message, Producer, Refusal};
 use trellis_schemas::{Event, avro, topics};
 
 use crate::config::{IngestConfig, ProjectConfig};
-use crate::metrics::Metrics;
+use crate::metrics::IngestMetrics;
 use crate::time::now_ms;
 use crate::{normalize, trim};
 
@@ -159,8 +159,8 @@ pub struct Ingest {
     pub config: IngestConfig,
     /// Where events go.
     pub producer: Arc<dyn Producer>,
-    /// Metrics.
-    pub metrics: Metrics,
+    /// IngestMetrics.
+    pub metrics: IngestMetrics,
     /// The topics events and dead letters go to.
     pub topics: topics::Names,
     /// What `/metrics` serves: ingest's metrics, and those of the other stages in this process.
@@ -187,7 +187,7 @@ impl Ingest {
             }
         }
         let r = &config.rate_limit;
-        let metrics = Metrics::default();
+        let metrics = IngestMetrics::default();
         let mut exported = prometheus_client::registry::Registry::default();
         metrics.register(&mut exported);
         Ingest {

@@ -59,7 +59,7 @@ impl ClientLabels {
 }
 
 /// Every ingest metric.
-pub struct Metrics {
+pub struct IngestMetrics {
     client_labels: ClientLabels,
     accepted: Family<Labels, Counter>,
     /// Every project's and kind's accepted events, for `trellis run`'s status line (the
@@ -83,9 +83,9 @@ impl Drop for OpenConnection {
     }
 }
 
-impl Default for Metrics {
+impl Default for IngestMetrics {
     fn default() -> Self {
-        Metrics {
+        IngestMetrics {
             client_labels: ClientLabels::default(),
             accepted: Family::default(),
             accepted_total: Counter::default(),
@@ -100,9 +100,9 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
+impl IngestMetrics {
     /// Registers every ingest metric in `registry`, under `trellis_ingest`: the one list of
-    /// them, for [`Metrics::render`] and for the one `/metrics` of `trellis run`.
+    /// them, for [`IngestMetrics::render`] and for the one `/metrics` of `trellis run`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("trellis_ingest");
         registry.register(
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn labels_from_requests_cannot_grow_without_bound() {
-        let m = Metrics::default();
+        let m = IngestMetrics::default();
         for i in 0..1000 {
             m.skipped(&format!("type_{i}"));
         }

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use trellis_ingest::accept::Item;
 use trellis_ingest::config::LimitsConfig;
-use trellis_ingest::metrics::Metrics;
+use trellis_ingest::metrics::IngestMetrics;
 use trellis_ingest::sentry::envelope;
 use trellis_ingest::{native, posthog, sentry};
 // ---------------------------------------------------------------------------------------------
@@ -217,8 +217,13 @@ fn templates_are_accepted() {
         })
         .collect();
     let body = serialize(&json!({}), &items, true);
-    let parsed =
-        sentry::parse_envelope(&body, &LimitsConfig::default(), &Metrics::default(), "p").unwrap();
+    let parsed = sentry::parse_envelope(
+        &body,
+        &LimitsConfig::default(),
+        &IngestMetrics::default(),
+        "p",
+    )
+    .unwrap();
     // event, transaction, session, and the aggregate's 3 sessions.
     assert_eq!(parsed.items.len(), 6);
     assert!(
@@ -251,7 +256,7 @@ fn sessions_counts_do_not_amplify() {
     let e = sentry::parse_envelope(
         body.as_bytes(),
         &LimitsConfig::default(),
-        &Metrics::default(),
+        &IngestMetrics::default(),
         "p",
     )
     .err()
@@ -290,7 +295,7 @@ proptest! {
         let body = serialize(&json!({}), &items, true);
         let limits = LimitsConfig { max_events_per_request: max_events, ..LimitsConfig::default() };
         let per_item: u64 = buckets.iter().flatten().map(|&c| c.min(100_000)).sum();
-        match sentry::parse_envelope(&body, &limits, &Metrics::default(), "p") {
+        match sentry::parse_envelope(&body, &limits, &IngestMetrics::default(), "p") {
             Ok(p) => {
                 prop_assert!(p.items.len() <= max_events);
                 prop_assert_eq!(p.items.len() as u64, per_item * n_items as u64);

@@ -18,5 +18,5 @@ pub mod pipeline;
 pub mod runtime;
 pub mod sim;
 
-pub use metrics::Metrics;
+pub use metrics::ProcessorMetrics;
 pub use pipeline::{Pipeline, PipelineFactory, ProcessorConfig};

@@ -40,7 +40,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// The processors' metrics.
 #[derive(Default)]
-pub struct Metrics {
+pub struct ProcessorMetrics {
     records: Family<Labels, Counter>,
     checkpoints: Family<Labels, Counter>,
     gaps: Family<Labels, Counter>,
@@ -49,9 +49,9 @@ pub struct Metrics {
     lag: Family<Labels, Gauge>,
 }
 
-impl Metrics {
+impl ProcessorMetrics {
     /// Registers every processor metric in `registry`, under `trellis_processor`: the one list
-    /// of them, for [`Metrics::encode`] and for the one `/metrics` of `trellis run`.
+    /// of them, for [`ProcessorMetrics::encode`] and for the one `/metrics` of `trellis run`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("trellis_processor");
         registry.register(

@@ -13,3 +13,15 @@
 pub mod clickhouse;
 pub mod parquet;
 pub mod query;
+
+/// A sink setting that cannot work, named by its key (`sinks.parquet.max_rows`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sinks.{sink}.{key}: {reason}")]
+pub struct ConfigError {
+    /// The sink's section: `parquet` or `clickhouse`.
+    pub sink: &'static str,
+    /// The key in it.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}

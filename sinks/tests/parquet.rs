@@ -10,7 +10,7 @@ use support::{Outputs, counts, files, number, publish, stored_counts, unique};
 use trellis_bus::embedded::EmbeddedBus;
 use trellis_bus::{Bus, Message, config::EmbeddedConfig};
 use trellis_schemas::{avro, topics};
-use trellis_sinks::parquet::{self, Metrics, ParquetConfig};
+use trellis_sinks::parquet::{self, ParquetConfig, ParquetMetrics};
 use trellis_sinks::query::{OutputFormat, query};
 
 fn embedded(dir: &std::path::Path) -> Arc<dyn Bus> {
@@ -39,7 +39,7 @@ fn start(
     bus: &Arc<dyn Bus>,
     names: &topics::Names,
     config: ParquetConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ParquetMetrics>,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), parquet::Error>>,
@@ -72,7 +72,7 @@ async fn records_a_replaying_stage_wrote_twice_are_counted_once() {
     publish(&bus, &names, twice).await;
 
     let config = quick(&root);
-    let (stop, task) = start(&bus, &names, config, Arc::new(Metrics::default()));
+    let (stop, task) = start(&bus, &names, config, Arc::new(ParquetMetrics::default()));
     let doubled: std::collections::BTreeMap<_, _> =
         expected.iter().map(|(t, n)| (*t, 2 * n)).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -139,7 +139,7 @@ async fn a_fleet_lands_in_parquet_with_exact_counts() {
     let garbage = 7;
     publish(&bus, &names, outputs.messages(&names, garbage)).await;
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ParquetMetrics::default());
     let config = ParquetConfig {
         max_rows: 3000,
         ..quick(&root)
@@ -303,7 +303,7 @@ async fn files_roll_by_size_with_contiguous_offset_ranges() {
         .collect();
     bus.producer().unwrap().publish(messages).await.unwrap();
 
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ParquetMetrics::default());
     let config = ParquetConfig {
         root: root.clone(),
         group: unique("sink"),
@@ -438,7 +438,7 @@ async fn a_full_disk_holds_the_sink_until_space_returns_and_then_every_row_lands
     let expected = outputs.expected();
     publish(&bus, &names, outputs.messages(&names, 0)).await;
     let config = quick(&root);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ParquetMetrics::default());
     let (stop, task) = start(&bus, &names, config, metrics.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     while metrics.restarts("io") < 2 {

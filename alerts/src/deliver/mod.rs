@@ -28,7 +28,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use trellis_bus::retry::{Backoff, until_done};
 use trellis_bus::{Bus, BusError, Message, Offsets, Producer, Record, dead_letter};
-use trellis_processors::Metrics;
+use trellis_processors::ProcessorMetrics;
 use trellis_schemas::records::{self, Alert, AuditEntry};
 use trellis_schemas::topics;
 use xxhash_rust::xxh3::xxh3_128;
@@ -146,7 +146,7 @@ impl Notice<'_> {
 pub struct Deliverer {
     config: Arc<AlertConfig>,
     client: reqwest::Client,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProcessorMetrics>,
     producer: Arc<dyn Producer>,
     topics: topics::Names,
     state_dir: PathBuf,
@@ -167,7 +167,7 @@ impl Deliverer {
     /// `producer`, keeping its files in `state_dir`.
     pub fn new(
         config: AlertConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ProcessorMetrics>,
         producer: Arc<dyn Producer>,
         topics: topics::Names,
         state_dir: &Path,
@@ -600,7 +600,7 @@ pub async fn run(
     bus: Arc<dyn Bus>,
     config: AlertConfig,
     topics: topics::Names,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProcessorMetrics>,
     state_dir: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DeliverError> {

@@ -473,7 +473,7 @@ impl Writer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<Reply> = Vec::with_capacity(batch.len());
         let result = self.write(batch, &mut next, now_ms, &mut outcomes);
         match result {
             Ok(appended_any) => {
@@ -508,7 +508,7 @@ impl Writer {
         batch: Vec<Request>,
         next: &mut HashMap<String, Vec<u64>>,
         now_ms: i64,
-        outcomes: &mut Vec<Outcome>,
+        outcomes: &mut Vec<Reply>,
     ) -> Result<bool, BusError> {
         let mut pending = batch.into_iter();
         let result = (|| -> Result<bool, BusError> {
@@ -529,10 +529,10 @@ impl Writer {
                 for request in pending.by_ref() {
                     match request {
                         Request::Append { messages, reply } => {
-                            outcomes.push(Outcome::Appended(reply, Err(BusError::Closed)));
+                            outcomes.push(Reply::Appended(reply, Err(BusError::Closed)));
                             let result = append(&mut records, next, &messages, now_ms, &mut buf)?;
                             appended_any |= result.is_ok();
-                            if let Some(Outcome::Appended(_, r)) = outcomes.last_mut() {
+                            if let Some(Reply::Appended(_, r)) = outcomes.last_mut() {
                                 *r = result;
                             }
                         }
@@ -541,7 +541,7 @@ impl Writer {
                             offsets: list,
                             reply,
                         } => {
-                            outcomes.push(Outcome::Done(reply, Ok(())));
+                            outcomes.push(Reply::Done(reply, Ok(())));
                             for (topic, partition, offset) in &list {
                                 offsets
                                     .insert((group.as_str(), topic.as_str(), *partition), offset)
@@ -560,7 +560,7 @@ impl Writer {
                                     existing.len()
                                 ))),
                                 None => {
-                                    outcomes.push(Outcome::Done(reply, Ok(())));
+                                    outcomes.push(Reply::Done(reply, Ok(())));
                                     names
                                         .insert(name.as_str(), partitions)
                                         .map_err(storage("creating a topic"))?;
@@ -568,7 +568,7 @@ impl Writer {
                                     continue;
                                 }
                             };
-                            outcomes.push(Outcome::Done(reply, result));
+                            outcomes.push(Reply::Done(reply, result));
                         }
                     }
                 }
@@ -579,9 +579,9 @@ impl Writer {
         // Requests the failure cut off still need an answer.
         for request in pending {
             outcomes.push(match request {
-                Request::Append { reply, .. } => Outcome::Appended(reply, Err(BusError::Closed)),
+                Request::Append { reply, .. } => Reply::Appended(reply, Err(BusError::Closed)),
                 Request::Commit { reply, .. } | Request::CreateTopic { reply, .. } => {
-                    Outcome::Done(reply, Ok(()))
+                    Reply::Done(reply, Ok(()))
                 }
             });
         }
@@ -603,7 +603,7 @@ impl Request {
 }
 
 /// A request's answer, sent once the transaction's fate is known.
-enum Outcome {
+enum Reply {
     Appended(
         oneshot::Sender<Result<Vec<Delivery>, BusError>>,
         Result<Vec<Delivery>, BusError>,
@@ -611,7 +611,7 @@ enum Outcome {
     Done(oneshot::Sender<Result<(), BusError>>, Result<(), BusError>),
 }
 
-impl Outcome {
+impl Reply {
     /// Answers with the request's own result, or with the transaction's failure.
     fn answer(self, failure: Option<&BusError>) {
         let failed = || match failure {
@@ -619,10 +619,10 @@ impl Outcome {
             other => BusError::Storage(other.map(|e| e.to_string()).unwrap_or_default()),
         };
         match self {
-            Outcome::Appended(reply, r) => {
+            Reply::Appended(reply, r) => {
                 drop(reply.send(if failure.is_some() { Err(failed()) } else { r }))
             }
-            Outcome::Done(reply, r) => {
+            Reply::Done(reply, r) => {
                 drop(reply.send(if failure.is_some() { Err(failed()) } else { r }))
             }
         }

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use trellis_ingest::accept::{IngestError, Item};
 use trellis_ingest::config::LimitsConfig;
-use trellis_ingest::metrics::Metrics;
+use trellis_ingest::metrics::IngestMetrics;
 use trellis_ingest::sentry::{self, envelope};
 
 fn check_err(e: &IngestError) {
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = LimitsConfig::default();
     // A fresh registry each run: metric labels come from the input (item types, client report
     // reasons), and a shared one would grow for the whole run.
-    let metrics = Metrics::default();
+    let metrics = IngestMetrics::default();
     match sentry::parse_envelope(data, &limits, &metrics, "fuzz") {
         Ok(p) => {
             assert!(framing.is_ok(), "parse_envelope read what the framing refused");

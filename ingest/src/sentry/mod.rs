@@ -12,7 +12,7 @@ pub mod envelope;
 use serde_json::Value;
 
 use crate::accept::{IngestError, Item};
-use crate::metrics::Metrics;
+use crate::metrics::IngestMetrics;
 use crate::time::sentry_ms;
 
 /// What a Sentry request yields.
@@ -73,7 +73,7 @@ fn event_item(
 pub fn parse_envelope(
     body: &[u8],
     limits: &crate::config::LimitsConfig,
-    metrics: &Metrics,
+    metrics: &IngestMetrics,
     project: &str,
 ) -> Result<Parsed, IngestError> {
     let env = envelope::parse(body, limits.max_events_per_request).map_err(|e| match e {
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn sessions_of_different_envelopes_never_share_ids() {
-        let metrics = Metrics::default();
+        let metrics = IngestMetrics::default();
         let limits = crate::config::LimitsConfig::default();
         let body = |n: u8| {
             format!(
@@ -271,7 +271,7 @@ mod tests {
     /// copied into each of them.
     #[test]
     fn a_sessions_item_cannot_multiply_large_attributes() {
-        let metrics = Metrics::default();
+        let metrics = IngestMetrics::default();
         let limits = crate::config::LimitsConfig::default();
         let envelope = |attrs: serde_json::Value, did: &str| {
             let item = serde_json::json!({

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use trellis_ingest::accept::{IngestError, Item};
 use trellis_ingest::config::LimitsConfig;
-use trellis_ingest::metrics::Metrics;
+use trellis_ingest::metrics::IngestMetrics;
 use trellis_ingest::sentry::envelope;
 use trellis_ingest::{native, posthog, sentry};
 
@@ -53,7 +53,7 @@ pub fn sentry_all(body: &[u8], max_event_bytes: usize) -> Option<Vec<Item>> {
     if let Err(e) = &framing {
         assert!(!e.to_string().is_empty(), "envelope error without text");
     }
-    let parsed = match sentry::parse_envelope(body, &limits, &Metrics::default(), "p") {
+    let parsed = match sentry::parse_envelope(body, &limits, &IngestMetrics::default(), "p") {
         Ok(p) => {
             check_items("envelope", &p.items);
             Some(p.items)

@@ -104,7 +104,7 @@ pub struct FingerprintRule {
 
 /// A config that cannot be used; the message names the rule and the field.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum GroupingConfigError {
     /// An in-app rule without exactly one of `glob` and `regex`.
     #[error("grouping.in_app[{index}]: give exactly one of `glob` and `regex`")]
     InAppPatternCount {
@@ -178,9 +178,9 @@ pub(crate) struct CompiledRules {
 
 impl CompiledRules {
     /// Validates `config` and compiles its patterns.
-    pub(crate) fn compile(config: &GroupingConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn compile(config: &GroupingConfig) -> Result<Self, GroupingConfigError> {
         if !(0.0..=1.0).contains(&config.merge_threshold) {
-            return Err(ConfigError::MergeThreshold(config.merge_threshold));
+            return Err(GroupingConfigError::MergeThreshold(config.merge_threshold));
         }
         let in_app = config
             .in_app
@@ -190,7 +190,7 @@ impl CompiledRules {
             .collect::<Result<_, _>>()?;
         let mut fingerprints: Vec<CompiledFingerprintRule> = Vec::new();
         for (index, rule) in config.fingerprints.iter().enumerate() {
-            let problem = |problem| ConfigError::FingerprintRule {
+            let problem = |problem| GroupingConfigError::FingerprintRule {
                 index,
                 name: rule.name.clone(),
                 problem,
@@ -260,13 +260,16 @@ impl CompiledFingerprintRule {
     }
 }
 
-fn compile_in_app(index: usize, rule: &InAppRule) -> Result<CompiledInAppRule, ConfigError> {
+fn compile_in_app(
+    index: usize,
+    rule: &InAppRule,
+) -> Result<CompiledInAppRule, GroupingConfigError> {
     let (pattern, source) = match (&rule.glob, &rule.regex) {
         (Some(glob), None) => (glob, glob_to_regex(glob, true)),
         (None, Some(regex)) => (regex, regex.clone()),
-        _ => return Err(ConfigError::InAppPatternCount { index }),
+        _ => return Err(GroupingConfigError::InAppPatternCount { index }),
     };
-    let pattern = build(&source).map_err(|source| ConfigError::InAppPattern {
+    let pattern = build(&source).map_err(|source| GroupingConfigError::InAppPattern {
         index,
         pattern: pattern.clone(),
         source: Box::new(source),
@@ -280,13 +283,13 @@ fn compile_in_app(index: usize, rule: &InAppRule) -> Result<CompiledInAppRule, C
 fn compile_fingerprint(
     index: usize,
     rule: &FingerprintRule,
-) -> Result<CompiledFingerprintRule, ConfigError> {
-    let problem = |problem| ConfigError::FingerprintRule {
+) -> Result<CompiledFingerprintRule, GroupingConfigError> {
+    let problem = |problem| GroupingConfigError::FingerprintRule {
         index,
         name: rule.name.clone(),
         problem,
     };
-    let bad_pattern = |field, pattern: &str, source| ConfigError::FingerprintPattern {
+    let bad_pattern = |field, pattern: &str, source| GroupingConfigError::FingerprintPattern {
         index,
         name: rule.name.clone(),
         field,
@@ -489,7 +492,7 @@ mod tests {
         };
         assert!(matches!(
             CompiledRules::compile(&threshold),
-            Err(ConfigError::MergeThreshold(_))
+            Err(GroupingConfigError::MergeThreshold(_))
         ));
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use trellis_schemas::ErrorEvent;
 use xxhash_rust::xxh3::Xxh3Default;
 
-use super::config::{CompiledRules, ConfigError, GroupingConfig};
+use super::config::{CompiledRules, GroupingConfig, GroupingConfigError};
 use super::lifecycle::LifecyclePolicy;
 use super::normalize::{frame_key, normalize_message, normalize_type};
 
@@ -130,7 +130,7 @@ impl Default for Grouper {
 
 impl Grouper {
     /// Validates and compiles `config`; the error names the bad rule.
-    pub fn new(config: &GroupingConfig) -> Result<Self, ConfigError> {
+    pub fn new(config: &GroupingConfig) -> Result<Self, GroupingConfigError> {
         Ok(Self {
             rules: CompiledRules::compile(config)?,
             policy: config.lifecycle_policy(),

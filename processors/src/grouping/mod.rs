@@ -35,7 +35,7 @@ mod normalize;
 mod release;
 mod similar;
 
-pub use config::{ConfigError, FingerprintRule, GroupingConfig, InAppRule};
+pub use config::{FingerprintRule, GroupingConfig, GroupingConfigError, InAppRule};
 pub use fingerprint::{Fingerprint, FingerprintHash, Grouper, GroupingRule, ParseHashError};
 pub use issue::{
     Issue, IssueId, MAX_ISSUE_RELEASES, MAX_ISSUE_USERS, ReleaseSeen, title, user_hash,

@@ -9,7 +9,7 @@ use trellis_bus::retry::{self, Backoff};
 use trellis_bus::{Bus, BusError, Consumer, Message, Offsets, Producer, Record};
 
 use super::{Checkpoint, CheckpointError, Checkpoints, Factory, Output, Processor, StateError};
-use crate::metrics::Metrics;
+use crate::metrics::ProcessorMetrics;
 
 /// How the loop reads, checkpoints and idles.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ struct Loop<F: Factory> {
     factory: F,
     config: RunnerConfig,
     checkpoints: Checkpoints,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProcessorMetrics>,
     slots: HashMap<u32, Slot<F::Processor>>,
 }
 
@@ -76,7 +76,7 @@ pub async fn run<F: Factory>(
     factory: F,
     checkpoints: Checkpoints,
     config: RunnerConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProcessorMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
@@ -176,7 +176,7 @@ async fn publish(
     mut messages: Vec<Message>,
     dlq: &str,
     stage: &'static str,
-    metrics: &Metrics,
+    metrics: &ProcessorMetrics,
 ) -> Result<(), RunError> {
     let mut backoff = Backoff::bus();
     let mut letters = false;

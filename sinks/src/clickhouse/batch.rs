@@ -25,7 +25,7 @@ pub const WINDOWS_PER_INSERT: usize = 25;
 
 /// One table's rows in `RowBinary`, back to back.
 #[derive(Debug, Default)]
-pub struct Rows {
+pub struct EncodedRows {
     data: Vec<u8>,
     /// End of each row in `data`.
     ends: Vec<usize>,
@@ -35,7 +35,7 @@ pub struct Rows {
     windows: Vec<i64>,
 }
 
-impl Rows {
+impl EncodedRows {
     /// Rows held.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -91,7 +91,7 @@ impl Rows {
 #[derive(Debug, Default)]
 pub struct Batch {
     records: Vec<Record>,
-    tables: BTreeMap<Table, Rows>,
+    tables: BTreeMap<Table, EncodedRows>,
     refused: Vec<(usize, String)>,
     ranges: BTreeMap<(String, u32), (u64, u64)>,
     bytes: usize,
@@ -149,7 +149,7 @@ impl Batch {
     }
 
     /// The tables with rows, and their rows.
-    pub fn tables(&self) -> impl Iterator<Item = (Table, &Rows)> {
+    pub fn tables(&self) -> impl Iterator<Item = (Table, &EncodedRows)> {
         self.tables.iter().map(|(t, r)| (*t, r))
     }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ConfigError;
+
 /// Settings of the ClickHouse sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,18 +65,9 @@ impl Default for ClickHouseConfig {
     }
 }
 
-/// A setting that cannot be used, named by its full key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("sinks.clickhouse.{key}: {reason}")]
-pub struct ConfigError {
-    /// The key under `sinks.clickhouse`.
-    pub key: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
 fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
     Err(ConfigError {
+        sink: "clickhouse",
         key,
         reason: reason.into(),
     })

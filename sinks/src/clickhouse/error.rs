@@ -2,7 +2,7 @@
 
 use trellis_bus::BusError;
 
-use super::config::ConfigError;
+use crate::ConfigError;
 
 /// Why the ClickHouse sink stopped. Offsets of unwritten batches are never committed, so a
 /// restart after any of these resumes without loss.

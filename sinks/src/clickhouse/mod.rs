@@ -33,7 +33,8 @@ pub mod rollups;
 mod rowbinary;
 mod sink;
 
-pub use config::{ClickHouseConfig, ConfigError};
+pub use crate::ConfigError;
+pub use config::ClickHouseConfig;
 pub use error::Error;
 pub use migrations::{Migrated, ServerVersion, migrate};
 pub use sink::{STAGE, run};

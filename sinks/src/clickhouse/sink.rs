@@ -13,7 +13,7 @@ use trellis_bus::retry::Backoff;
 use trellis_bus::{Bus, BusError, Consumer, Message, Producer, dead_letter};
 use trellis_schemas::topics::Names;
 
-use super::batch::{Batch, Rows};
+use super::batch::{Batch, EncodedRows};
 use super::config::ClickHouseConfig;
 use super::encode::plan;
 use super::error::{Class, Error, classify};
@@ -42,7 +42,7 @@ fn backoff(config: &ClickHouseConfig) -> Backoff {
 }
 
 /// What became of one insert.
-enum Outcome {
+enum Inserted {
     Written,
     /// The server refused the data, with its reason.
     Refused(String),
@@ -60,7 +60,7 @@ impl Writer {
     async fn insert_once(
         &self,
         target: Table,
-        rows: &Rows,
+        rows: &EncodedRows,
         range: Range<usize>,
         token: String,
     ) -> Result<(), clickhouse::error::Error> {
@@ -84,10 +84,10 @@ impl Writer {
         &self,
         batch: &Batch,
         target: Table,
-        rows: &Rows,
+        rows: &EncodedRows,
         range: Range<usize>,
         shutdown: &Shutdown<F>,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Inserted, Error> {
         let token = batch.token(target, range.clone());
         let mut backoff = backoff(&self.config);
         let mut attempt = 0;
@@ -96,17 +96,17 @@ impl Writer {
                 .insert_once(target, rows, range.clone(), token.clone())
                 .await
             else {
-                return Ok(Outcome::Written);
+                return Ok(Inserted::Written);
             };
             match classify(&e) {
-                Class::BadData => return Ok(Outcome::Refused(e.to_string())),
+                Class::BadData => return Ok(Inserted::Refused(e.to_string())),
                 Class::Fatal => {
                     return Err(Error::ClickHouse {
                         what: format!("INSERT INTO {}", target.name()),
                         source: e,
                     });
                 }
-                Class::Retryable if fired(shutdown) => return Ok(Outcome::Stopped),
+                Class::Retryable if fired(shutdown) => return Ok(Inserted::Stopped),
                 Class::Retryable => {
                     let wait = backoff.next_wait();
                     tracing::warn!(table = target.name(), attempt, ?wait, error = %e, "Insert failed, retrying.");
@@ -117,14 +117,14 @@ impl Writer {
         }
     }
 
-    /// Writes a table's rows, in inserts of a bounded number of partitions ([`Rows::inserts`]).
+    /// Writes a table's rows, in inserts of a bounded number of partitions ([`EncodedRows::inserts`]).
     /// When the server refuses the data, halves an insert until the refused rows are found;
     /// returns them (row index, reason), or `None` if shut down first.
     async fn write<F: Future<Output = ()>>(
         &self,
         batch: &Batch,
         target: Table,
-        rows: &Rows,
+        rows: &EncodedRows,
         shutdown: &Shutdown<F>,
     ) -> Result<Option<Vec<(usize, String)>>, Error> {
         let mut pending = rows.inserts();
@@ -135,10 +135,12 @@ impl Writer {
                 .insert(batch, target, rows, range.clone(), shutdown)
                 .await?
             {
-                Outcome::Written => {}
-                Outcome::Stopped => return Ok(None),
-                Outcome::Refused(reason) if range.len() == 1 => refused.push((range.start, reason)),
-                Outcome::Refused(_) => {
+                Inserted::Written => {}
+                Inserted::Stopped => return Ok(None),
+                Inserted::Refused(reason) if range.len() == 1 => {
+                    refused.push((range.start, reason))
+                }
+                Inserted::Refused(_) => {
                     let mid = range.start + range.len() / 2;
                     pending.push(mid..range.end);
                     pending.push(range.start..mid);

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ConfigError;
+
 /// Settings of the Parquet sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,23 +54,14 @@ impl Default for ParquetConfig {
     }
 }
 
-/// A setting that cannot work, named by its key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("sinks.parquet.{key}: {message}")]
-pub struct ConfigError {
-    /// The key under `sinks.parquet`.
-    pub key: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
 impl ParquetConfig {
     /// Checks every setting; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key, message: &str| {
+        let fail = |key, reason: &str| {
             Err(ConfigError {
+                sink: "parquet",
                 key,
-                message: message.to_string(),
+                reason: reason.to_string(),
             })
         };
         if self.root.as_os_str().is_empty() {

@@ -21,7 +21,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// The Parquet sink's counters.
 #[derive(Default)]
-pub struct Metrics {
+pub struct ParquetMetrics {
     rows: Family<Labels, Counter>,
     files: Family<Labels, Counter>,
     dead: Family<Labels, Counter>,
@@ -31,9 +31,9 @@ pub struct Metrics {
     rows_total: Counter,
 }
 
-impl Metrics {
+impl ParquetMetrics {
     /// Registers every Parquet sink metric in `registry`, under `trellis_sink_parquet`: the one
-    /// list of them, for [`Metrics::encode`] and for the one `/metrics` of `trellis run`.
+    /// list of them, for [`ParquetMetrics::encode`] and for the one `/metrics` of `trellis run`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("trellis_sink_parquet");
         registry.register(

@@ -24,7 +24,7 @@
 //! partition are deleted at that point.
 //!
 //! Payloads that do not decode are dead-lettered (`dlq`, stage `sink.parquet`) and counted
-//! ([`Metrics`]); the consumer loop is [`run`].
+//! ([`ParquetMetrics`]); the consumer loop is [`run`].
 
 pub mod config;
 pub mod layout;
@@ -33,9 +33,10 @@ pub mod segment;
 mod sink;
 pub mod writer;
 
-pub use config::{ConfigError, ParquetConfig};
+pub use crate::ConfigError;
+pub use config::ParquetConfig;
 pub use layout::Table;
-pub use metrics::Metrics;
+pub use metrics::ParquetMetrics;
 pub use sink::{STAGE, run, run_with_metrics};
 
 use std::path::PathBuf;

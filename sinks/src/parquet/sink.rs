@@ -18,7 +18,7 @@ use trellis_schemas::{avro, topics::Names};
 use super::Error;
 use super::config::ParquetConfig;
 use super::layout::Table;
-use super::metrics::Metrics;
+use super::metrics::ParquetMetrics;
 use super::segment::{Finished, Limits, PartitionWriter};
 use super::writer::Row;
 
@@ -29,14 +29,21 @@ pub const STAGE: &str = "sink.parquet";
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the Parquet sink until `shutdown` resolves, then ends every open segment, commits and
-/// returns. Counters go to a private [`Metrics`]; use [`run_with_metrics`] to export them.
+/// returns. Counters go to a private [`ParquetMetrics`]; use [`run_with_metrics`] to export them.
 pub async fn run(
     bus: Arc<dyn Bus>,
     topics: Names,
     config: ParquetConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    run_with_metrics(bus, topics, config, Arc::new(Metrics::default()), shutdown).await
+    run_with_metrics(
+        bus,
+        topics,
+        config,
+        Arc::new(ParquetMetrics::default()),
+        shutdown,
+    )
+    .await
 }
 
 /// [`run`], counting into `metrics`.
@@ -49,7 +56,7 @@ pub async fn run_with_metrics(
     bus: Arc<dyn Bus>,
     topics: Names,
     config: ParquetConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ParquetMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     config.validate()?;
@@ -86,7 +93,7 @@ async fn run_once(
     bus: Arc<dyn Bus>,
     topics: &Names,
     config: &ParquetConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ParquetMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.root).map_err(Error::io(&config.root))?;
@@ -156,7 +163,7 @@ struct State {
     limits: Limits,
     topics: Names,
     writers: HashMap<(String, u32), PartitionWriter>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ParquetMetrics>,
 }
 
 impl State {
@@ -287,7 +294,7 @@ async fn blocking(
 
 /// Publishes the dead letters, counts the files, then commits the finished segments' offsets.
 async fn deliver(
-    metrics: &Metrics,
+    metrics: &ParquetMetrics,
     producer: &dyn Producer,
     consumer: &mut dyn Consumer,
     step: Step,
