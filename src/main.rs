@@ -292,6 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     processors: metrics.clone(),
                     parquet: sink_metrics.clone(),
                     stages: app::processor_stages(&config),
+                    lags_known: matches!(config.bus, trellis_bus::BusConfig::Embedded(_)),
                 };
                 let every = config.status_interval;
                 tokio::spawn(status::report(

@@ -17,6 +17,9 @@ pub struct Sources {
     pub parquet: Arc<trellis_sinks::parquet::ParquetMetrics>,
     /// The processor stages that run, in data-flow order.
     pub stages: Vec<&'static str>,
+    /// Whether the bus tells the stages their lag (the embedded log does; on Kafka the
+    /// broker's tools show a consumer group's lag).
+    pub lags_known: bool,
 }
 
 /// The counters at one moment.
@@ -40,6 +43,9 @@ impl Sources {
 
     /// `process:0 issues:12 … parquet:0`: each stage's lag, in records.
     fn lags(&self) -> (String, u64) {
+        if !self.lags_known {
+            return ("unknown on Kafka".into(), 0);
+        }
         let mut text = String::new();
         let mut most = 0;
         let lags = (self.stages.iter())

@@ -419,7 +419,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if total("") as usize == straight.events.len()
-            && number("SELECT count(*) FROM aggregates") as usize == straight.partials.len()
+            && number("SELECT count(*) FROM health_partials") as usize == straight.partials.len()
         {
             break;
         }
@@ -428,7 +428,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
             "Parquet: {} events of {}, {} partials of {}",
             total(""),
             straight.events.len(),
-            number("SELECT count(*) FROM aggregates"),
+            number("SELECT count(*) FROM health_partials"),
             straight.partials.len()
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -436,12 +436,12 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     // Whether the replay re-emitted anything depends on where the kill fell between
     // checkpoints; the sinks' own test writes every record twice for certain.
     // Read once everything is there: a count taken before the last files landed is short.
-    let stored = total("stored_") + number("SELECT count(*) FROM stored_aggregates");
+    let stored = total("stored_") + number("SELECT count(*) FROM stored_health_partials");
     let once = (straight.events.len() + straight.partials.len()) as u64;
     let by_table = || {
         event_tables
             .iter()
-            .chain(&["aggregates"])
+            .chain(&["health_partials"])
             .map(|t| {
                 let stored = number(&format!("SELECT count(*) FROM stored_{t}"));
                 let once = number(&format!("SELECT count(*) FROM {t}"));

@@ -291,6 +291,14 @@ pub trait Consumer: Send {
     /// The offset the next record stored on a partition will get (Kafka's high watermark): a
     /// consumer whose position is there has read everything.
     async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError>;
+
+    /// Records in the assigned partitions not read yet, where the bus knows it without asking
+    /// anyone: the embedded log does; on Kafka it is `None` (the broker's tools show a
+    /// group's lag, and asking the broker for every partition's end on a stage's loop would
+    /// slow the loop down).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Commits `offsets`, waiting out a bus that is down (retryable errors, with
@@ -312,31 +320,6 @@ pub async fn commit_until_done(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Records `consumer`'s reader has not read yet over every partition assigned to it: each
-/// partition's end offset minus `position` (the reader's next offset; where it has none, the
-/// group's committed offset, or the start). `None` when an end offset could not be had, for
-/// example with the broker down: a lag is then unknown, not zero.
-pub async fn lag(
-    consumer: &mut dyn Consumer,
-    position: impl Fn(&str, u32) -> Option<u64>,
-) -> Option<u64> {
-    let mut lag = 0;
-    for (topic, partition) in consumer.assignment() {
-        let at = match position(&topic, partition) {
-            Some(at) => at,
-            None => consumer
-                .committed(&topic, partition)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(0),
-        };
-        let end = consumer.end_offset(&topic, partition).await.ok()?;
-        lag += end.saturating_sub(at);
-    }
-    Some(lag)
 }
 
 /// A bus: creates topics, producers and consumers.

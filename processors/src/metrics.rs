@@ -25,8 +25,9 @@
 //!   good one, and the next is tried at the next interval), `publish_retried` (the bus refused
 //!   outputs for a while, for example the embedded log on a full disk, or a broker down),
 //!   `poll_retried` (reading the input failed for a while).
-//! - `trellis_processor_lag{stage}`: input records not yet processed (the end of each assigned
-//!   input partition minus the stage's position in it), measured at each checkpoint interval.
+//! - `trellis_processor_lag{stage}`: input records not yet read (the end of each assigned input
+//!   partition minus the stage's position in it), measured at each checkpoint interval, on the
+//!   embedded log (on Kafka the broker's tools show a consumer group's lag).
 //! - `trellis_processor_offset_gaps_total{stage}`: times a partition's input skipped offsets that
 //!   no checkpoint covered (records removed by retention before they were processed).
 

@@ -252,4 +252,13 @@ impl Consumer for EmbeddedConsumer {
     async fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
         self.inner.store.end_offset(topic, partition)
     }
+
+    fn lag(&self) -> Option<u64> {
+        let mut lag = 0;
+        for ((topic, partition), position) in &self.positions {
+            let end = self.inner.store.end_offset(topic, *partition).ok()?;
+            lag += end.saturating_sub(*position);
+        }
+        Some(lag)
+    }
 }

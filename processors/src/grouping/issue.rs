@@ -47,6 +47,15 @@ impl IssueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An id as [`IssueId::derive`] writes it (32 lowercase hex digits), or `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let well_formed = text.len() == 32
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        well_formed.then(|| Self(text.to_string()))
+    }
 }
 
 impl fmt::Display for IssueId {

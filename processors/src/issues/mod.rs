@@ -1,7 +1,8 @@
 //! The `issues` stage: error events become issues, and admins move issues through their
 //! lifecycle.
 //!
-//! The `process` stage fingerprints every error event it passes on and also publishes it on
+//! The `process` stage fingerprints every error event it passes on (naming its issue in
+//! `issue_id`, which this stage reuses rather than fingerprinting again) and also publishes it on
 //! `errors.grouped`, keyed by project, so one instance owns all of a project's issues: their
 //! release clock (the order of OTA updates by first sight), their merges and their merge
 //! candidates are then local. The admin API publishes [`IssueCommand`]s on the same topic with the
@@ -290,9 +291,24 @@ impl IssueProcessor {
     fn on_error(&mut self, event: &trellis_schemas::ErrorEvent, offset: u64, out: &mut Output) {
         let project = event.common.project.clone();
         let grouper = self.groupers.for_project(&project);
-        let fingerprint = grouper.fingerprint(event);
-        let derived = IssueId::derive(&project, fingerprint.hash);
-        let id = self.state.aliases.resolve(&derived).clone();
+        // The process stage fingerprinted the event with the same rules and named its issue
+        // (`issue_id`); an issue this stage already holds is found by that name. Only opening
+        // an issue fingerprints again, for the components it keeps.
+        let known = (event.issue_id.as_deref())
+            .and_then(IssueId::parse)
+            .map(|named| self.state.aliases.resolve(&named).clone())
+            .filter(|id| self.state.issues.contains_key(id.as_str()));
+        let (id, fingerprint) = match known {
+            Some(id) => (id, None),
+            None => {
+                let fingerprint = grouper.fingerprint(event);
+                let derived = IssueId::derive(&project, fingerprint.hash);
+                (
+                    self.state.aliases.resolve(&derived).clone(),
+                    Some(fingerprint),
+                )
+            }
+        };
         let clock = self.state.clocks.entry(project.clone()).or_default();
         match self.state.issues.get_mut(id.as_str()) {
             Some(issue) => {
@@ -306,6 +322,7 @@ impl IssueProcessor {
                 self.counters.releases_forgotten += issue.releases_forgotten - forgotten;
             }
             None => {
+                let fingerprint = fingerprint.unwrap_or_else(|| grouper.fingerprint(event));
                 let (issue, _) = Issue::open(grouper, &fingerprint, event, clock);
                 if let Some(signature) = Signature::of_components(&issue.components) {
                     self.similar

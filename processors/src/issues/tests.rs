@@ -366,3 +366,29 @@ fn a_release_announced_by_one_device_does_not_move_the_release_clock() {
     let newest: Vec<String> = clock.newest().map(ToString::to_string).collect();
     assert_eq!(newest, ["ios 2.15.0 (1410)"]);
 }
+
+#[test]
+fn an_error_named_by_the_process_stage_counts_to_that_issue_without_fingerprinting_again() {
+    let mut h = Harness::new();
+    let first = h.error(error("a", "waterPlant", "2.14.0", "1402", 1_000));
+    // The process stage names each error's issue in `issue_id`. An error it named with an
+    // issue this stage holds counts to that issue, whatever its frames say...
+    let mut named = error("b", "postComment", "2.14.0", "1402", 2_000);
+    named.issue_id = Some(first.issue_id.clone());
+    let counted = h.error(named);
+    assert_eq!(counted.issue_id, first.issue_id);
+    assert_eq!(counted.event_count, 2);
+    // ... and one named with an issue it does not hold, or not named, is fingerprinted here:
+    // these open the issue of their own frames.
+    let mut unknown = error("c", "postComment", "2.14.0", "1402", 3_000);
+    unknown.issue_id = Some("0123456789abcdef0123456789abcdef".into());
+    let opened = h.error(unknown);
+    assert_ne!(opened.issue_id, first.issue_id);
+    assert_eq!(opened.event_count, 1);
+    let again = h.error(error("d", "postComment", "2.14.0", "1402", 4_000));
+    assert_eq!((again.issue_id, again.event_count), (opened.issue_id, 2));
+    // A name that is not an issue id is not trusted either.
+    let mut garbled = error("e", "waterPlant", "2.14.0", "1402", 5_000);
+    garbled.issue_id = Some("not an id".into());
+    assert_eq!(h.error(garbled).issue_id, first.issue_id);
+}

@@ -146,7 +146,9 @@ pub async fn run<F: Factory>(
                 Err(e) => return Err(e),
             }
             last_checkpoint = Instant::now();
-            state.measure_lag(consumer.as_mut()).await;
+            if let Some(lag) = consumer.lag() {
+                state.metrics.set_lag(state.factory.stage(), lag);
+            }
         }
     }
     state.checkpoint(consumer.as_mut()).await?;
@@ -353,19 +355,6 @@ impl<F: Factory> Loop<F> {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(partition, error = %e, "End offset unknown; not idle."),
             }
-        }
-    }
-
-    /// Sets the stage's lag gauge; an unknown lag (the bus down) leaves the last one.
-    async fn measure_lag(&mut self, consumer: &mut dyn Consumer) {
-        let topic = self.config.topic.clone();
-        let positions: HashMap<u32, u64> = (self.slots.iter())
-            .map(|(&partition, slot)| (partition, slot.next_offset))
-            .collect();
-        let position =
-            move |t: &str, p: u32| (t == topic).then(|| positions.get(&p).copied()).flatten();
-        if let Some(lag) = trellis_bus::lag(consumer, position).await {
-            self.metrics.set_lag(self.factory.stage(), lag);
         }
     }
 

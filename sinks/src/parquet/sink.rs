@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 
@@ -24,9 +24,6 @@ use super::writer::Row;
 
 /// The stage name on dead letters.
 pub const STAGE: &str = "sink.parquet";
-
-/// How often the sink measures its lag.
-const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the Parquet sink until `shutdown` resolves, then ends every open segment, commits and
 /// returns. Counters go to a private [`ParquetMetrics`]; use [`run_with_metrics`] to export them.
@@ -120,7 +117,6 @@ async fn run_once(
     };
     tracing::info!(root = %config.root.display(), group = %config.group, "Parquet sink started.");
     tokio::pin!(shutdown);
-    let mut lag_measured = Instant::now();
     loop {
         let polled = tokio::select! {
             _ = &mut shutdown => break,
@@ -139,9 +135,8 @@ async fn run_once(
         let step;
         (state, step) = blocking(state, move |s| s.ingest(records, now_ms())).await?;
         deliver(&state.metrics, producer.as_ref(), consumer.as_mut(), step).await?;
-        if lag_measured.elapsed() >= LAG_EVERY {
-            state.measure_lag(consumer.as_mut()).await;
-            lag_measured = Instant::now();
+        if let Some(lag) = consumer.lag() {
+            state.metrics.set_lag(lag);
         }
     }
     let step;
@@ -226,19 +221,6 @@ impl State {
             writer.finish(&mut step.finished)?;
         }
         Ok(step)
-    }
-
-    /// Sets the lag gauge; an unknown lag (the bus down) leaves the last one.
-    async fn measure_lag(&mut self, consumer: &mut dyn Consumer) {
-        let positions: HashMap<(String, u32), u64> = (self.writers.iter())
-            .filter_map(|(key, writer)| Some((key.clone(), writer.next_offset()?)))
-            .collect();
-        let position = move |topic: &str, partition: u32| {
-            positions.get(&(topic.to_string(), partition)).copied()
-        };
-        if let Some(lag) = trellis_bus::lag(consumer, position).await {
-            self.metrics.set_lag(lag);
-        }
     }
 
     /// Forgets partitions the group moved elsewhere; their open segments were never committed.
