@@ -9,7 +9,7 @@
 //!   started again from the committed offsets after a fault it waits out (`io`: a file could not
 //!   be written, for example on a full disk; `bus`: the bus failed for a while).
 //! - `trellis_sink_parquet_lag`: input records not yet read (the end of each assigned input
-//!   partition minus the sink's position in it), on the embedded log.
+//!   partition minus the sink's position in it), read every second on the embedded log.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

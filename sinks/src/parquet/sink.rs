@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 
@@ -117,6 +117,7 @@ async fn run_once(
     };
     tracing::info!(root = %config.root.display(), group = %config.group, "Parquet sink started.");
     tokio::pin!(shutdown);
+    let mut lag_read = Instant::now();
     loop {
         let polled = tokio::select! {
             _ = &mut shutdown => break,
@@ -135,8 +136,11 @@ async fn run_once(
         let step;
         (state, step) = blocking(state, move |s| s.ingest(records, now_ms())).await?;
         deliver(&state.metrics, producer.as_ref(), consumer.as_mut(), step).await?;
-        if let Some(lag) = consumer.lag() {
-            state.metrics.set_lag(lag);
+        if lag_read.elapsed() >= Duration::from_secs(1) {
+            lag_read = Instant::now();
+            if let Some(lag) = consumer.lag() {
+                state.metrics.set_lag(lag);
+            }
         }
     }
     let step;
