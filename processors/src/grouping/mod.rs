@@ -32,6 +32,7 @@ mod fingerprint;
 mod issue;
 mod lifecycle;
 mod normalize;
+mod projects;
 mod release;
 mod similar;
 
@@ -43,6 +44,7 @@ pub use issue::{
 pub use lifecycle::{
     Command, IgnoreUntil, LifecycleError, LifecyclePolicy, Outcome, Resolution, Status,
 };
+pub use projects::Groupers;
 pub use release::{ReleaseClock, ReleaseKey, compare_versions, natural_cmp};
 pub use similar::{
     Alias, AliasTable, MergeCandidate, MergeError, SIGNATURE_LEN, Signature, SimilarityIndex,

@@ -25,74 +25,21 @@ use trellis_schemas::{ErrorEvent, Event, avro, topics};
 use crate::detect::DetectConfig;
 use crate::detect::spike::{SpikeDetector, SpikeState};
 use crate::detect::velocity::{VelocityDetector, VelocityState};
-use crate::grouping::GroupingConfig;
 use crate::grouping::{
-    AliasTable, Command, Grouper, IgnoreUntil, Issue, IssueId, Outcome, ReleaseClock, ReleaseKey,
-    Signature, SimilarityIndex, Status, merge_issues,
+    AliasTable, Command, IgnoreUntil, Issue, IssueId, Outcome, ReleaseClock, ReleaseKey, Signature,
+    SimilarityIndex, Status, merge_issues,
 };
 use crate::pipeline::health::user_hash;
 use crate::runtime::{Factory, Output, Processor, StateError};
 
-/// Every project's grouping rules, compiled once.
-pub struct Groupers {
-    default: Grouper,
-    projects: HashMap<String, Grouper>,
-}
+pub use crate::grouping::Groupers;
+use wire::parse_source;
+pub use wire::{SOURCE_HEADER, grouped_key, source_header};
 
-impl Groupers {
-    /// Compiles the default rules and each project's; the error names the bad rule.
-    pub fn new(
-        default: &GroupingConfig,
-        projects: &BTreeMap<String, GroupingConfig>,
-    ) -> Result<Self, String> {
-        let default = Grouper::new(default).map_err(|e| format!("processors.grouping: {e}"))?;
-        let projects = projects
-            .iter()
-            .map(|(name, config)| {
-                Grouper::new(config)
-                    .map(|g| (name.clone(), g))
-                    .map_err(|e| format!("processors.project_grouping.{name}: {e}"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Groupers { default, projects })
-    }
-
-    /// The default rules for every project.
-    pub fn default_rules() -> Self {
-        Groupers::new(&GroupingConfig::default(), &BTreeMap::new())
-            .expect("the default grouping rules compile")
-    }
-
-    /// The rules of `project`.
-    pub fn for_project(&self, project: &str) -> &Grouper {
-        self.projects.get(project).unwrap_or(&self.default)
-    }
-}
+mod wire;
 
 /// The stage name.
 pub const STAGE: &str = "issues";
-
-/// The key of a project's messages on `errors.grouped`.
-pub fn grouped_key(project: &str) -> Vec<u8> {
-    project.as_bytes().to_vec()
-}
-
-/// The header on `errors.grouped` naming the `events.raw` record an error came from, as
-/// `partition:offset`.
-pub const SOURCE_HEADER: &str = "trellis-source";
-
-/// The [`SOURCE_HEADER`] value for a record of `events.raw`.
-pub fn source_header(partition: u32, offset: u64) -> trellis_bus::Header {
-    trellis_bus::Header {
-        name: SOURCE_HEADER.into(),
-        value: format!("{partition}:{offset}").into_bytes(),
-    }
-}
-
-fn parse_source(value: &[u8]) -> Option<(u32, u64)> {
-    let (partition, offset) = std::str::from_utf8(value).ok()?.split_once(':')?;
-    Some((partition.parse().ok()?, offset.parse().ok()?))
-}
 
 #[derive(Default, Serialize, Deserialize)]
 struct State {

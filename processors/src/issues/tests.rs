@@ -4,6 +4,7 @@
 use trellis_schemas::{Common, ErrorEvent, Exception, Frame, Level, Release};
 
 use super::*;
+use crate::grouping::GroupingConfig;
 
 fn error(id: &str, function: &str, version: &str, build: &str, t: i64) -> ErrorEvent {
     ErrorEvent {
