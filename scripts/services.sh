@@ -59,15 +59,16 @@ ensure_tools() {
 # They go into target/ (a venv and a node_modules of their own), never into the system.
 SENTRY_PY_VERSION=2.75.0
 POSTHOG_PY_VERSION=7.91.1
+ZSTANDARD_VERSION=0.25.0 # posthog[zstd]: the v1 capture API's zstd bodies
 CHDB_CORE_VERSION=26.9.0 # ClickHouse 26.x in-process: the ClickHouse sink's modern-server check
 SENTRY_NODE_VERSION=10.78.0
 POSTHOG_NODE_VERSION=5.70.0
 ensure_sdks() {
   local venv=$PWD/target/sdk-venv node=$PWD/target/sdk-node
-  if ! "$venv/bin/python" -c "import sentry_sdk, posthog, chdb; assert sentry_sdk.VERSION == '$SENTRY_PY_VERSION'" 2>/dev/null; then
-    log "installing sentry-sdk $SENTRY_PY_VERSION, posthog $POSTHOG_PY_VERSION and chdb-core $CHDB_CORE_VERSION into $venv"
+  if ! "$venv/bin/python" -c "import sentry_sdk, posthog, chdb, zstandard; assert sentry_sdk.VERSION == '$SENTRY_PY_VERSION'" 2>/dev/null; then
+    log "installing sentry-sdk $SENTRY_PY_VERSION, posthog $POSTHOG_PY_VERSION, zstandard $ZSTANDARD_VERSION and chdb-core $CHDB_CORE_VERSION into $venv"
     python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q "sentry-sdk==$SENTRY_PY_VERSION" "posthog==$POSTHOG_PY_VERSION" "chdb-core==$CHDB_CORE_VERSION" >&2
+    "$venv/bin/pip" install -q "sentry-sdk==$SENTRY_PY_VERSION" "posthog==$POSTHOG_PY_VERSION" "zstandard==$ZSTANDARD_VERSION" "chdb-core==$CHDB_CORE_VERSION" >&2
   fi
   command -v npm >/dev/null || apt_install nodejs npm
   if [ ! -f "$node/.installed-$SENTRY_NODE_VERSION-$POSTHOG_NODE_VERSION" ]; then

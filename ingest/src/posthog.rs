@@ -1,4 +1,5 @@
-//! The PostHog endpoints: `POST /batch/`, `/e/`, `/capture/` and `/i/v0/e/`.
+//! The PostHog endpoints: `POST /batch/`, `/e/`, `/capture/` and `/i/v0/e/`, and the v1 capture
+//! API `POST /i/v1/analytics/events`.
 //!
 //! Bodies are `{api_key, batch: [...]}`, a single event `{api_key, event, properties, ...}`, or a
 //! list of events; the key may also be `token` or `properties.token` (posthog-js). Events map by
@@ -10,6 +11,11 @@
 //! updates `$expo_update_id` / `$update_id`, `$expo_channel` / `$update_channel`,
 //! `$expo_runtime_version` / `$runtime_version`; `$environment` names the environment.
 //! `$consent: false` refuses consent.
+//!
+//! The v1 capture API (posthog-python's `capture_mode="v1"`) sends the key as a bearer token, the
+//! SDK's name and version in the `PostHog-Sdk-Info` header instead of `$lib`, the session id as
+//! a top-level `session_id`, and `{created_at, batch}` bodies; it is answered event by event, by
+//! uuid (see [`V1Results`]), so the SDK resends only what may succeed later.
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -42,6 +48,8 @@ pub struct Body<'a> {
     pub api_key: Option<String>,
     sent_at_ms: Option<i64>,
     events: Vec<std::borrow::Cow<'a, RawValue>>,
+    /// The SDK the request names outside its events (v1), for events without `$lib`.
+    sdk: Option<Sdk>,
 }
 
 /// Reads a PostHog body's shape: a batch, a list or one event. More than `max_events` events is
@@ -145,7 +153,80 @@ pub fn read(body: &[u8], max_events: usize) -> Result<Body<'_>, IngestError> {
         api_key,
         sent_at_ms: sent_at,
         events,
+        sdk: None,
     })
+}
+
+/// Reads a v1 capture request (`POST /i/v1/analytics/events`): the body as [`read`] does, with
+/// what v1 says in headers instead: the bearer `key`, the `PostHog-Sdk-Info` (`name/version`) and
+/// the time the request was sent (`PostHog-Request-Timestamp`, RFC 3339).
+pub fn read_v1<'a>(
+    body: &'a [u8],
+    max_events: usize,
+    key: Option<&str>,
+    sdk_info: Option<&str>,
+    sent_at: Option<&str>,
+) -> Result<Body<'a>, IngestError> {
+    let mut read = read(body, max_events)?;
+    read.api_key = key.map(str::to_string);
+    if let Some(at) = sent_at {
+        read.sent_at_ms = native_ms(&Value::String(at.to_string()));
+    }
+    read.sdk = sdk_info.map(|info| {
+        let (name, version) = info.split_once('/').unwrap_or((info, ""));
+        Sdk {
+            name: name.to_string(),
+            version: version.to_string(),
+        }
+    });
+    Ok(read)
+}
+
+/// What a v1 request's events became, keyed by the uuid each was sent with: `ok`, or `drop` with
+/// the reason. PostHog's SDKs resend the events answered `retry`; trellis never answers it per
+/// event, because a request the bus cannot take now is refused whole (503 with `Retry-After`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct V1Results {
+    /// Event uuid → its result.
+    pub results: std::collections::BTreeMap<String, V1Result>,
+}
+
+/// One event's result in a v1 answer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct V1Result {
+    /// `ok` or `drop`.
+    pub result: &'static str,
+    /// Why it was dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+}
+
+impl V1Results {
+    /// The results of a request whose events had these `uuids` (in request order; `None` for an
+    /// event sent without one, which cannot be named in the answer) and were refused as
+    /// `rejected` says.
+    pub fn new(uuids: Vec<Option<String>>, rejected: &[crate::accept::Rejection]) -> Self {
+        let mut results = std::collections::BTreeMap::new();
+        let mut refusals = rejected.iter().peekable();
+        for (index, uuid) in uuids.into_iter().enumerate() {
+            let mut result = V1Result {
+                result: "ok",
+                details: None,
+            };
+            while let Some(r) = refusals.next_if(|r| r.index <= index) {
+                if r.index == index {
+                    result = V1Result {
+                        result: "drop",
+                        details: Some(r.reason.clone()),
+                    };
+                }
+            }
+            if let Some(uuid) = uuid {
+                results.insert(uuid, result);
+            }
+        }
+        V1Results { results }
+    }
 }
 
 /// The key an event carries itself (`api_key`, `token` or `properties.token`), if any.
@@ -159,6 +240,24 @@ impl Body<'_> {
     /// When the SDK sent the request.
     pub fn sent_at_ms(&self) -> Option<i64> {
         self.sent_at_ms
+    }
+
+    /// Each event's `uuid` as sent, in request order (`None` where it has none).
+    pub fn uuids(&self) -> Vec<Option<String>> {
+        #[derive(serde::Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            uuid: Option<std::borrow::Cow<'a, str>>,
+        }
+        self.events
+            .iter()
+            .map(|raw| {
+                serde_json::from_str::<Id>(raw.get())
+                    .ok()
+                    .and_then(|id| id.uuid)
+                    .map(|u| u.into_owned())
+            })
+            .collect()
     }
 
     /// Converts the events. One that carries a key other than the request's is refused: a key
@@ -192,7 +291,7 @@ impl Body<'_> {
                         too_large: false,
                     };
                 }
-                item(event, max_event_bytes, default_time)
+                item(event, max_event_bytes, default_time, self.sdk.as_ref())
             })
             .collect()
     }
@@ -213,12 +312,12 @@ pub fn parse(
     })
 }
 
-fn item(event: Value, max_event_bytes: usize, default_time: i64) -> Item {
+fn item(event: Value, max_event_bytes: usize, default_time: i64, sdk: Option<&Sdk>) -> Item {
     let raw = event.to_string();
     if raw.len() > max_event_bytes {
         return Item::too_large(raw.as_bytes(), "event", max_event_bytes);
     }
-    match convert(&event, &raw, default_time) {
+    match convert(&event, &raw, default_time, sdk) {
         Ok((e, consent)) => Item::Event {
             event: Box::new(e),
             consent,
@@ -231,7 +330,12 @@ fn item(event: Value, max_event_bytes: usize, default_time: i64) -> Item {
     }
 }
 
-fn convert(event: &Value, raw: &str, default_time: i64) -> Result<(Event, Option<bool>), String> {
+fn convert(
+    event: &Value,
+    raw: &str,
+    default_time: i64,
+    sdk: Option<&Sdk>,
+) -> Result<(Event, Option<bool>), String> {
     let obj = event.as_object().ok_or("event is not an object")?;
     let name = text(obj.get("event")).ok_or("event has no name")?;
     let mut props: Map<String, Value> = match obj.get("properties") {
@@ -265,7 +369,9 @@ fn convert(event: &Value, raw: &str, default_time: i64) -> Result<(Event, Option
         Some("ios" | "ipados") => "ios".to_string(),
         Some("android") => "android".to_string(),
         Some(other) => other.to_string(),
-        None => p("$lib").unwrap_or_else(|| "unknown".into()),
+        None => p("$lib")
+            .or(sdk.map(|s| s.name.clone()))
+            .unwrap_or_else(|| "unknown".into()),
     };
     let distinct_id = text(obj.get("distinct_id")).or(p("distinct_id"));
     let consent = props.get("$consent").and_then(Value::as_bool);
@@ -277,7 +383,8 @@ fn convert(event: &Value, raw: &str, default_time: i64) -> Result<(Event, Option
         received_at_ms: 0,
         device_id: p("$device_id").or(distinct_id.clone()),
         user_id: distinct_id,
-        session_id: p("$session_id"),
+        // v1 moves the session id out of the properties.
+        session_id: p("$session_id").or(text(obj.get("session_id"))),
         release: Release {
             platform,
             app_version: p("$app_version").unwrap_or_default(),
@@ -294,9 +401,12 @@ fn convert(event: &Value, raw: &str, default_time: i64) -> Result<(Event, Option
             locale: p("$locale"),
             timezone: p("$timezone"),
         },
-        sdk: Sdk {
-            name: p("$lib").unwrap_or_else(|| "posthog".into()),
-            version: p("$lib_version").unwrap_or_default(),
+        sdk: match (p("$lib"), sdk) {
+            (None, Some(sdk)) => sdk.clone(),
+            (lib, _) => Sdk {
+                name: lib.unwrap_or_else(|| "posthog".into()),
+                version: p("$lib_version").unwrap_or_default(),
+            },
         },
     };
     let event = match name.as_str() {

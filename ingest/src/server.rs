@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/capture", post(posthog_capture))
         .route("/i/v0/e/", post(posthog_capture))
         .route("/i/v0/e", post(posthog_capture))
+        .route("/i/v1/analytics/events", post(posthog_capture_v1))
         .layer(RequestDecompressionLayer::new())
         // Inside the permit: a request waiting for its turn is not timed out yet.
         .layer(TimeoutLayer::with_status_code(
@@ -346,6 +347,38 @@ async fn posthog_capture(
     }
     .await;
     finish(&state, "posthog", started, result)
+}
+
+/// PostHog's v1 capture API: bearer key, SDK and send time in headers, and an answer per event.
+async fn posthog_capture_v1(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let (parts, body) = request.into_parts();
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let key = header(header::AUTHORIZATION.as_str())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        // The key before the body: an unknown one costs nothing more.
+        let (key, project) = state.project(key)?;
+        let body = read_body(&state, body).await?;
+        let limits = &state.config.limits;
+        let read = posthog::read_v1(
+            &body,
+            limits.max_events_per_request,
+            Some(key),
+            header("posthog-sdk-info"),
+            header("posthog-request-timestamp"),
+        )?;
+        let uuids = read.uuids();
+        let items = read.items(limits.max_event_bytes);
+        let outcome = state
+            .accept(key, &project, read.sent_at_ms(), items)
+            .await?;
+        let results = posthog::V1Results::new(uuids, &outcome.rejected);
+        Ok((StatusCode::OK, axum::Json(results)).into_response())
+    }
+    .await;
+    finish(&state, "posthog_v1", started, result)
 }
 
 /// How long in-flight requests have to finish once shutdown began.

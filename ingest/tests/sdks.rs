@@ -166,6 +166,71 @@ async fn posthog_python_sdk() {
     }
 }
 
+/// posthog-python in its v1 capture mode, with each compression it offers: the events reach the
+/// bus, and the one trellis refuses is the only one the SDK is told to drop.
+#[tokio::test]
+async fn posthog_python_sdk_v1_capture() {
+    for compression in ["zstd", "gzip", "none"] {
+        let (config, project, key) = config();
+        let h = Harness::kafka(config).await;
+        let mut c = python();
+        c.arg(script("posthog_python_v1.py"))
+            .arg(&h.url)
+            .arg(&key)
+            .arg(compression);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let told: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(told["errors"], serde_json::json!([]), "{compression}");
+        let drops = told["drops"].as_array().unwrap();
+        assert_eq!(drops.len(), 1, "{compression}: {told}");
+        assert_eq!(drops[0]["uuid"], told["refused"]);
+        assert!(
+            drops[0]["details"]
+                .as_str()
+                .unwrap()
+                .contains("$exception has no $exception_list"),
+            "{told}"
+        );
+        let events = h.events(&project, 4, Duration::from_secs(20)).await;
+        assert_eq!(
+            names(&events),
+            [
+                "analytics:$screen",
+                "analytics:$set",
+                "analytics:plant_watered",
+                "error:ValueError"
+            ],
+            "{compression}"
+        );
+        for e in &events {
+            assert_eq!(e.common().user_id.as_deref(), Some("user-9"));
+            // v1 events carry no $lib: the SDK is named by the PostHog-Sdk-Info header.
+            assert_eq!(e.common().sdk.name, "posthog-python");
+            assert_eq!(e.common().sdk.version, "7.91.1");
+            if let Event::Analytics(a) = e
+                && a.name == "plant_watered"
+            {
+                assert_eq!(a.common.session_id.as_deref(), Some("s-7"));
+                assert_eq!(a.common.release.update_id.as_deref(), Some("u-42"));
+            }
+        }
+        assert_eq!(
+            h.dead_letters(&project, 1, Duration::from_secs(10))
+                .await
+                .len(),
+            1
+        );
+    }
+}
+
 #[tokio::test]
 async fn sentry_node_sdk() {
     let (config, project, key) = config();
