@@ -9,7 +9,8 @@
 //! - `trellis_ingest_client_discarded_total{project, reason, category}`: events SDKs reported
 //!   dropping on the device (Sentry client reports).
 //! - `trellis_ingest_items_skipped_total{item_type}`: Sentry envelope items ingest does not
-//!   store (unknown types, attachments).
+//!   store (unknown types, attachments), and `performance_sample`: samples of a transaction
+//!   beyond the request's `max_events_per_request` (the transaction itself is stored whole).
 //! - `trellis_ingest_requests_total{endpoint, status}`: requests answered.
 //! - `trellis_ingest_request_seconds{endpoint}`: time to answer, bus acknowledgement included.
 //! - `trellis_ingest_connections_open`: HTTP connections open now (at most
@@ -211,9 +212,14 @@ impl IngestMetrics {
 
     /// Counts a skipped envelope item.
     pub fn skipped(&self, item_type: &str) {
+        self.skipped_n(item_type, 1);
+    }
+
+    /// Counts `n` skipped items of one type.
+    pub fn skipped_n(&self, item_type: &str, n: u64) {
         self.skipped
             .get_or_create(&vec![("item_type", self.client_labels.bound(item_type))])
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts an answered request and its latency.

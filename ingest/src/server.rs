@@ -276,7 +276,7 @@ async fn sentry_endpoint(
             &project.config.name,
         )?
     } else {
-        sentry::parse_store(&body, &state.config.limits)?
+        sentry::parse_store(&body, &state.config.limits, &state.metrics)?
     };
     state
         .accept(key, &project, parsed.sent_at_ms, parsed.items)

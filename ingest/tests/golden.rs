@@ -36,7 +36,10 @@ fn summary(event: &Event) -> Value {
         Event::Session(s) => {
             json!({"status": s.status, "init": s.init, "errors": s.errors, "user_id": c.user_id})
         }
-        Event::Performance(p) => json!({"metric": p.metric, "value": p.value}),
+        Event::Performance(p) => json!({
+            "metric": p.metric, "value": p.value, "unit": p.unit, "screen": p.screen,
+            "attributes": p.attributes.iter().map(|t| format!("{}={}", t.key, t.value)).collect::<Vec<_>>(),
+        }),
         Event::Notification(n) => json!({"stage": n.stage}),
     };
     // Times are left out: replaying a capture later looks like device clock drift (its sent_at is

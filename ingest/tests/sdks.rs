@@ -61,11 +61,40 @@ fn names(events: &[Event]) -> Vec<String> {
             ),
             Event::Transaction(t) => format!("transaction:{}:{}", t.name, t.spans.len()),
             Event::Session(s) => format!("session:{:?}:{}", s.status, s.errors),
+            // Durations vary; measurements are what the SDK was given.
+            Event::Performance(p) => {
+                let value = if p.metric.ends_with("_request") || p.metric.ends_with("_query") {
+                    String::new()
+                } else {
+                    format!("{}:", p.value)
+                };
+                let attributes: Vec<String> = p
+                    .attributes
+                    .iter()
+                    .map(|t| format!("{}={}", t.key, t.value))
+                    .collect();
+                let attributes = attributes.join(",");
+                // The test server's port differs from run to run.
+                let attributes = without_port(&attributes);
+                let screen = p.screen.as_deref().unwrap_or("-");
+                format!("performance:{}:{value}{screen}:{attributes}", p.metric)
+            }
             other => format!("{:?}", other.kind()),
         })
         .collect();
     out.sort();
     out
+}
+
+/// `[ip]:PORT` as `[ip]:{port}` (ingest scrubs the IP address out of URLs; the port stays).
+fn without_port(text: &str) -> String {
+    match text.split_once("[ip]:") {
+        Some((before, after)) => {
+            let rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{before}[ip]:{{port}}{rest}")
+        }
+        None => text.to_string(),
+    }
 }
 
 #[tokio::test]
@@ -77,15 +106,20 @@ async fn sentry_python_sdk() {
     let mut c = python();
     c.arg(script("sentry_python.py")).arg(&dsn);
     tokio::task::spawn_blocking(move || run(c)).await.unwrap();
-    let events = h.events(&project, 5, Duration::from_secs(20)).await;
+    let events = h.events(&project, 10, Duration::from_secs(20)).await;
     assert_eq!(
         names(&events),
         [
             "error:KeyError",
             "error:Watering reminder could not be scheduled",
             "error:ZeroDivisionError",
+            "performance:app_start_cold:812:-:transaction_op=ui.load",
+            "performance:db_query:PlantDetail:operation=SELECT,op=db.query,transaction_op=ui.load",
+            "performance:http_request:PlantDetail:method=GET,url=/plants/{id},transaction_op=ui.load",
+            "performance:http_request:PlantDetail:method=GET,url=http://[ip]:{port}/plants/{id}/photos,status_code=200,transaction_op=ui.load",
+            "performance:time_to_initial_display:245.5:PlantDetail:transaction_op=ui.load",
             "session:Exited:2",
-            "transaction:PlantDetail:2",
+            "transaction:PlantDetail:3",
         ]
     );
     for e in &events {
@@ -240,12 +274,13 @@ async fn sentry_node_sdk() {
     let mut c = node();
     c.arg(script("sentry_node.js")).arg(&dsn);
     tokio::task::spawn_blocking(move || run(c)).await.unwrap();
-    let events = h.events(&project, 3, Duration::from_secs(20)).await;
+    let events = h.events(&project, 4, Duration::from_secs(20)).await;
     assert_eq!(
         names(&events),
         [
             "error:Reminder sync slow",
             "error:TypeError",
+            "performance:http_request:CalendarScreen:method=GET,url=/reminders,transaction_op=ui.load",
             "transaction:CalendarScreen:1"
         ]
     );

@@ -1,15 +1,18 @@
 //! The Sentry endpoints: `POST /api/{project}/envelope/` and the legacy `/api/{project}/store/`.
 //!
-//! Items become trellis events: `event` → error, `transaction` → transaction, `session` →
-//! session update, `sessions` (aggregates) → one session update per counted session.
+//! Items become trellis events: `event` → error, `transaction` → transaction and the performance
+//! samples its measurements and spans carry ([`perf`]), `session` → session update, `sessions`
+//! (aggregates) → one session update per counted session.
 //! `client_report` items are counted as client-side drops; `attachment` items are checked
 //! against the attachment size limit and counted, not stored; other item types (`log`,
 //! `trace_metric`, `profile`, ...) are skipped and counted.
 
 pub mod convert;
 pub mod envelope;
+pub mod perf;
 
 use serde_json::Value;
+use trellis_schemas::Event;
 
 use crate::accept::{IngestError, Item};
 use crate::metrics::IngestMetrics;
@@ -33,40 +36,64 @@ fn invalid(raw: &[u8], reason: String) -> Item {
     }
 }
 
-fn event_item(
+/// Converts one event or transaction item and pushes it onto `items`, with the performance
+/// samples a transaction carries while the request has room for them (`max_events`); samples
+/// without room are counted as skipped (`performance_sample`). Answers the event's id.
+fn event_items(
     payload: &[u8],
     header_id: Option<&str>,
     transaction: bool,
-    max_event_bytes: usize,
-) -> (Item, Option<String>) {
-    if payload.len() > max_event_bytes {
-        return (Item::too_large(payload, "event", max_event_bytes), None);
+    limits: &crate::config::LimitsConfig,
+    metrics: &IngestMetrics,
+    items: &mut Vec<Item>,
+) -> Option<String> {
+    if payload.len() > limits.max_event_bytes {
+        items.push(Item::too_large(payload, "event", limits.max_event_bytes));
+        return None;
     }
     let value: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
-        Err(e) => return (invalid(payload, format!("event is not JSON: {e}")), None),
+        Err(e) => {
+            items.push(invalid(payload, format!("event is not JSON: {e}")));
+            return None;
+        }
     };
     let id = convert::event_id(
         value.get("event_id").and_then(Value::as_str).or(header_id),
         payload,
     );
     let consent = convert::consent(&value);
+    let mut samples = Vec::new();
     let result = if transaction || value.get("type").and_then(Value::as_str) == Some("transaction")
     {
-        convert::transaction(&value, id.clone()).map(trellis_schemas::Event::Transaction)
+        convert::transaction(&value, id.clone()).map(|t| {
+            samples = perf::samples(&value, &t);
+            Event::Transaction(t)
+        })
     } else {
-        convert::error(&value, id.clone()).map(trellis_schemas::Event::Error)
+        convert::error(&value, id.clone()).map(Event::Error)
     };
-    match result {
-        Ok(event) => (
-            Item::Event {
-                event: Box::new(event),
-                consent,
-            },
-            Some(id.replace('-', "")),
-        ),
-        Err(reason) => (invalid(payload, reason), None),
+    let event = match result {
+        Ok(event) => event,
+        Err(reason) => {
+            items.push(invalid(payload, reason));
+            return None;
+        }
+    };
+    items.push(Item::Event {
+        event: Box::new(event),
+        consent,
+    });
+    let room = limits.max_events_per_request.saturating_sub(items.len());
+    if samples.len() > room {
+        metrics.skipped_n("performance_sample", (samples.len() - room) as u64);
+        samples.truncate(room);
     }
+    items.extend(samples.into_iter().map(|sample| Item::Event {
+        event: Box::new(Event::Performance(sample)),
+        consent,
+    }));
+    Some(id.replace('-', ""))
 }
 
 /// Parses an envelope body.
@@ -111,14 +138,15 @@ pub fn parse_envelope(
         let payload = item.payload;
         match item.header.item_type.as_str() {
             t @ ("event" | "transaction") => {
-                let (parsed, event_id) = event_item(
+                let event_id = event_items(
                     payload,
                     header_id.as_deref(),
                     t == "transaction",
-                    limits.max_event_bytes,
+                    limits,
+                    metrics,
+                    &mut items,
                 );
                 id = id.or(event_id);
-                items.push(parsed);
             }
             "session" => {
                 if payload.len() > limits.max_event_bytes {
@@ -130,7 +158,7 @@ pub fn parse_envelope(
                     .and_then(|v| convert::session(&v, &sdk));
                 items.push(match parsed {
                     Ok(s) => Item::Event {
-                        event: Box::new(trellis_schemas::Event::Session(s)),
+                        event: Box::new(Event::Session(s)),
                         consent: None,
                     },
                     Err(reason) => invalid(payload, reason),
@@ -153,7 +181,7 @@ pub fn parse_envelope(
                     .and_then(|v| convert::sessions(&v, &sdk, &envelope_key));
                 match parsed {
                     Ok(list) => items.extend(list.into_iter().map(|s| Item::Event {
-                        event: Box::new(trellis_schemas::Event::Session(s)),
+                        event: Box::new(Event::Session(s)),
                         consent: None,
                     })),
                     Err(reason) => items.push(invalid(payload, reason)),
@@ -192,6 +220,7 @@ pub fn parse_envelope(
 pub fn parse_store(
     body: &[u8],
     limits: &crate::config::LimitsConfig,
+    metrics: &IngestMetrics,
 ) -> Result<Parsed, IngestError> {
     if body.len() > limits.max_event_bytes {
         return Err(IngestError::TooLarge(format!(
@@ -200,13 +229,14 @@ pub fn parse_store(
             limits.max_event_bytes
         )));
     }
-    let (item, id) = event_item(body, None, false, limits.max_event_bytes);
-    if let Item::Invalid { reason, .. } = &item {
+    let mut items = Vec::new();
+    let id = event_items(body, None, false, limits, metrics, &mut items);
+    if let Some(Item::Invalid { reason, .. }) = items.first() {
         return Err(IngestError::BadRequest(reason.clone()));
     }
     Ok(Parsed {
         sent_at_ms: None,
-        items: vec![item],
+        items,
         id,
     })
 }

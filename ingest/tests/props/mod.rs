@@ -70,7 +70,7 @@ pub fn sentry_all(body: &[u8], max_event_bytes: usize) -> Option<Vec<Item>> {
             "parse_envelope took a body the framing refused"
         );
     }
-    match sentry::parse_store(body, &limits) {
+    match sentry::parse_store(body, &limits, &IngestMetrics::default()) {
         Ok(p) => check_items("store", &p.items),
         Err(e) => check_err("store", &e),
     }
