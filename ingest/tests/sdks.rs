@@ -267,12 +267,23 @@ async fn posthog_python_sdk_v1_capture() {
 
 #[tokio::test]
 async fn sentry_node_sdk() {
+    sentry_node(None).await
+}
+
+/// Span streaming: the same screen load arrives as `span` items (the v2 container) and is stored
+/// as the same transaction and sample.
+#[tokio::test]
+async fn sentry_node_sdk_streaming_spans() {
+    sentry_node(Some("stream")).await
+}
+
+async fn sentry_node(mode: Option<&str>) {
     let (config, project, key) = config();
     let id = config.projects[0].sentry_id.unwrap();
     let h = Harness::kafka(config).await;
     let dsn = format!("http://{key}@{}/{id}", h.url.trim_start_matches("http://"));
     let mut c = node();
-    c.arg(script("sentry_node.js")).arg(&dsn);
+    c.arg(script("sentry_node.js")).arg(&dsn).args(mode);
     tokio::task::spawn_blocking(move || run(c)).await.unwrap();
     let events = h.events(&project, 4, Duration::from_secs(20)).await;
     assert_eq!(
@@ -282,10 +293,17 @@ async fn sentry_node_sdk() {
             "error:TypeError",
             "performance:http_request:CalendarScreen:method=GET,url=/reminders,transaction_op=ui.load",
             "transaction:CalendarScreen:1"
-        ]
+        ],
+        "{mode:?}"
     );
     for e in &events {
         assert_eq!(e.common().release.app_version, "2.14.0");
+        assert_eq!(e.common().release.build.as_deref(), Some("1402"));
+        assert_eq!(
+            e.common().release.environment.as_deref(),
+            Some("production")
+        );
+        assert_eq!(e.common().user_id.as_deref(), Some("user-11"));
         assert!(
             e.common().sdk.name.contains("node"),
             "{}",

@@ -1,7 +1,8 @@
 //! The Sentry endpoints: `POST /api/{project}/envelope/` and the legacy `/api/{project}/store/`.
 //!
 //! Items become trellis events: `event` → error, `transaction` → transaction and the performance
-//! samples its measurements and spans carry ([`perf`]), `session` → session update, `sessions`
+//! samples its measurements and spans carry ([`perf`]), `span` (span streaming) → a transaction
+//! per segment, read the same way ([`spans`]), `session` → session update, `sessions`
 //! (aggregates) → one session update per counted session.
 //! `client_report` items are counted as client-side drops; `attachment` items are checked
 //! against the attachment size limit and counted, not stored; other item types (`log`,
@@ -10,6 +11,7 @@
 pub mod convert;
 pub mod envelope;
 pub mod perf;
+pub mod spans;
 
 use serde_json::Value;
 use trellis_schemas::Event;
@@ -51,13 +53,34 @@ fn event_items(
         items.push(Item::too_large(payload, "event", limits.max_event_bytes));
         return None;
     }
-    let value: Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
+    match serde_json::from_slice(payload) {
+        Ok(value) => value_items(
+            value,
+            payload,
+            header_id,
+            transaction,
+            limits,
+            metrics,
+            items,
+        ),
         Err(e) => {
             items.push(invalid(payload, format!("event is not JSON: {e}")));
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// [`event_items`] for an event already read: `payload` is what it was read from (for its
+/// derived id and the dead letter).
+fn value_items(
+    value: Value,
+    payload: &[u8],
+    header_id: Option<&str>,
+    transaction: bool,
+    limits: &crate::config::LimitsConfig,
+    metrics: &IngestMetrics,
+    items: &mut Vec<Item>,
+) -> Option<String> {
     let id = convert::event_id(
         value.get("event_id").and_then(Value::as_str).or(header_id),
         payload,
@@ -147,6 +170,25 @@ pub fn parse_envelope(
                     &mut items,
                 );
                 id = id.or(event_id);
+            }
+            "span" => {
+                if payload.len() > limits.max_event_bytes {
+                    items.push(Item::too_large(
+                        payload,
+                        "span item",
+                        limits.max_event_bytes,
+                    ));
+                    continue;
+                }
+                match spans::transactions(payload) {
+                    Ok(transactions) => {
+                        for t in transactions {
+                            let raw = t.to_string();
+                            value_items(t, raw.as_bytes(), None, true, limits, metrics, &mut items);
+                        }
+                    }
+                    Err(reason) => items.push(invalid(payload, reason)),
+                }
             }
             "session" => {
                 if payload.len() > limits.max_event_bytes {

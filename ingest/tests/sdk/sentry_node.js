@@ -1,5 +1,6 @@
 // Sends a known set of events with the real @sentry/node: an error, a message and a transaction
-// with one span. Usage: node sentry_node.js DSN
+// with one HTTP span. Usage: node sentry_node.js DSN [stream]; with `stream` the SDK streams spans
+// (`traceLifecycle: "stream"`: `span` items in the v2 container) instead of sending a transaction.
 const Sentry = require("@sentry/node");
 
 Sentry.init({
@@ -8,6 +9,7 @@ Sentry.init({
   environment: "production",
   tracesSampleRate: 1.0,
   defaultIntegrations: false,
+  ...(process.argv[3] === "stream" && { traceLifecycle: "stream" }),
 });
 Sentry.setUser({ id: "user-11" });
 Sentry.captureException(new TypeError("undefined is not an object (evaluating 'plant.name')"));
