@@ -383,3 +383,156 @@ async fn an_address_that_keeps_guessing_is_locked_out_even_with_a_good_token() {
     assert!((1..=60).contains(&wait), "{wait}");
     assert!(commands(&h, 0).await.is_empty());
 }
+
+/// The deploy markers on `deploys`, once `want` arrived (watching a while when none is).
+async fn deploys(h: &Harness, want: usize) -> Vec<records::Deploy> {
+    let mut consumer = h
+        .bus
+        .consumer(&unique("reader"), &[topics::DEPLOYS])
+        .await
+        .unwrap();
+    let window = if want == 0 { 2 } else { 10 };
+    let deadline = Instant::now() + Duration::from_secs(window);
+    let mut out = Vec::new();
+    while (want == 0 || out.len() < want) && Instant::now() < deadline {
+        for r in consumer
+            .poll(100, Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
+            out.push(
+                records::decode::<records::Deploy>(&r.payload).expect("deploys holds deploys"),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn deploys_are_marked_once_with_clear_refusals() {
+    let (h, project, second) = harness().await;
+    h.bus.create_topic(topics::DEPLOYS, 2).await.unwrap();
+    let path = format!("/v1/projects/{project}/deploys");
+    let update = json!({
+        "action": "update_published", "deploy_id": "eas-update-group-1", "at": "2026-12-01T10:00:00Z",
+        "platform": "ios", "app_version": "2.14.0", "runtime_version": "2.14",
+        "update_id": "7d3e9a10-0000-4000-8000-000000000001", "channel": "production",
+        "who": "eas-workflow", "link": "https://expo.dev/accounts/plants/updates/1", "message": "fix the crash on PlantDetail",
+    });
+    // The OpenAPI document's example is this deploy.
+    let doc = h.get("/openapi.json").await.json();
+    assert_eq!(
+        doc["paths"]["/v1/projects/{project}/deploys"]["post"]["requestBody"]["content"]["application/json"]
+            ["example"],
+        update
+    );
+    let r = send(&h, "POST", PIPELINE, &path, update.clone()).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["deploy_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    // Sent again with the same deploy_id: the same deploy.
+    let r = send(&h, "POST", ANY, &path, update).await;
+    assert_eq!(r.json()["deploy_id"], id.as_str());
+    let rollback = json!({"action": "rolled_back", "app_version": "2.14.0", "update_id": "7d3e9a10-0000-4000-8000-000000000001", "at": 1796205600000i64});
+    let r = send(&h, "POST", PIPELINE, &path, rollback).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    let seen = deploys(&h, 3).await;
+    assert_eq!(seen.len(), 3);
+    let d = &seen[0];
+    assert_eq!(
+        (d.deploy_id.as_str(), d.project.as_str(), d.action.as_str()),
+        (id.as_str(), project.as_str(), "update_published")
+    );
+    assert_eq!(d.deployed_ms, 1796119200000); // 2026-12-01T10:00:00Z
+    assert_eq!(
+        d.release.update_id.as_deref(),
+        Some("7d3e9a10-0000-4000-8000-000000000001")
+    );
+    assert_eq!(d.release.channel.as_deref(), Some("production"));
+    assert_eq!(d.actor.as_deref(), Some("eas-workflow (release-pipeline)"));
+    assert_eq!(
+        d.link.as_deref(),
+        Some("https://expo.dev/accounts/plants/updates/1")
+    );
+    assert_eq!(seen[1].deploy_id, id);
+    assert_eq!(
+        (seen[2].action.as_str(), seen[2].deployed_ms),
+        ("rolled_back", 1_796_205_600_000)
+    );
+    assert_ne!(seen[2].deploy_id, id);
+
+    // What a bad deploy gets; none reaches the bus.
+    let good = json!({"action": "promoted", "app_version": "2.14.0"});
+    let with = |key: &str, value: serde_json::Value| {
+        let mut body = good.clone();
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (
+            PIPELINE,
+            path.clone(),
+            with("action", json!("shipped")),
+            400,
+            "action must be one of",
+        ),
+        (
+            PIPELINE,
+            path.clone(),
+            json!({"action": "promoted"}),
+            400,
+            "app_version, its update_id",
+        ),
+        (
+            PIPELINE,
+            path.clone(),
+            with("at", json!("yesterday")),
+            400,
+            "at must be",
+        ),
+        (
+            PIPELINE,
+            path.clone(),
+            with("link", json!("javascript:alert(1)")),
+            400,
+            "link must be",
+        ),
+        (
+            PIPELINE,
+            path.clone(),
+            with("build", json!("x".repeat(129))),
+            400,
+            "build must be",
+        ),
+        (
+            PIPELINE,
+            path.clone(),
+            with("colour", json!("blue")),
+            400,
+            "unknown field",
+        ),
+        (
+            "not-a-token-at-all",
+            path.clone(),
+            good.clone(),
+            403,
+            "not an admin token",
+        ),
+        (
+            PIPELINE,
+            format!("/v1/projects/{second}/deploys"),
+            good.clone(),
+            403,
+            "may not change",
+        ),
+    ];
+    for (token, path, body, status, reason) in cases {
+        let r = send(&h, "POST", token, &path, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert!(r.body.contains(reason), "{body}: {}", r.body);
+    }
+    let r = h.post(&path, &[], good.to_string().into_bytes()).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(deploys(&h, 0).await.len(), 3);
+}

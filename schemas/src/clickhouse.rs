@@ -190,6 +190,7 @@ fn layout(table: Table) -> (&'static str, bool, &'static str) {
         Table::Detections => ("opened_date", false, "project, detection_id"),
         Table::Alerts => ("fired_date", false, "project, alert_id"),
         Table::Audit => ("at_date", true, "project, at_ms, audit_id"),
+        Table::Deploys => ("deployed_date", true, "project, deployed_ms, deploy_id"),
     }
 }
 

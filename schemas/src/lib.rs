@@ -38,14 +38,17 @@ pub mod topics {
     pub const ALERTS: &str = "alerts";
     /// The audit trail: guard decisions, overrides, on-call changes, keyed by project.
     pub const AUDIT: &str = "audit";
+    /// Deploy markers (builds and OTA updates published, promoted, rolled back), from ingest,
+    /// keyed by project.
+    pub const DEPLOYS: &str = "deploys";
     /// Dead letters: what a stage could not use, with the reason.
     pub const DLQ: &str = "dlq";
     /// Error events and issue commands keyed by project and issue id, from the processors (and
     /// the admin API) to the issues stage, so one instance owns each issue.
     pub const GROUPED: &str = "errors.grouped";
     /// Every topic trellis creates at start-up.
-    pub const ALL: [&str; 10] = [
-        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, AUDIT, DLQ, GROUPED,
+    pub const ALL: [&str; 11] = [
+        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, AUDIT, DEPLOYS, DLQ, GROUPED,
     ];
 
     /// The topic names of one deployment: the names above behind an optional prefix, so that
@@ -70,6 +73,8 @@ pub mod topics {
         pub alerts: String,
         /// [`AUDIT`] with the prefix.
         pub audit: String,
+        /// [`DEPLOYS`] with the prefix.
+        pub deploys: String,
         /// [`DLQ`] with the prefix.
         pub dlq: String,
         /// [`GROUPED`] with the prefix.
@@ -90,13 +95,14 @@ pub mod topics {
                 detections: p(DETECTIONS),
                 alerts: p(ALERTS),
                 audit: p(AUDIT),
+                deploys: p(DEPLOYS),
                 dlq: p(DLQ),
                 grouped: p(GROUPED),
             }
         }
 
         /// Every topic, prefixed.
-        pub fn all(&self) -> [&str; 10] {
+        pub fn all(&self) -> [&str; 11] {
             [
                 &self.raw,
                 &self.events,
@@ -106,6 +112,7 @@ pub mod topics {
                 &self.detections,
                 &self.alerts,
                 &self.audit,
+                &self.deploys,
                 &self.dlq,
                 &self.grouped,
             ]

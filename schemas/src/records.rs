@@ -401,6 +401,32 @@ pub struct AuditEntry {
     pub evidence: String,
 }
 
+/// A deploy marker: a build or OTA update published, promoted or rolled back, as the release
+/// pipeline (EAS, CI) reported it to `POST /v1/projects/{project}/deploys`. Analysts compare
+/// release health before and after each one.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct Deploy {
+    /// 32 hex digits: derived from the project and the caller's `deploy_id` when it gave one,
+    /// else from the project, action, release and time, so a resent request is one deploy.
+    pub deploy_id: String,
+    /// The project.
+    pub project: String,
+    /// `build_published`, `update_published`, `promoted` or `rolled_back`.
+    pub action: String,
+    /// The release deployed (or rolled back): app version, build, runtime version, OTA update id,
+    /// channel, environment.
+    pub release: Release,
+    /// When it happened, ms since the epoch (the time ingest received it, when not given).
+    pub deployed_ms: i64,
+    /// Who did it.
+    pub actor: Option<String>,
+    /// A link to the build, update or pipeline run.
+    pub link: Option<String>,
+    /// What the pipeline said of it.
+    pub message: Option<String>,
+}
+
 /// A record type with a committed Avro schema.
 pub trait Record: AvroSchema + Serialize + DeserializeOwned {
     /// Its name, as used for its `.avsc` file.
@@ -466,6 +492,7 @@ records! {
     Detection => "detection",
     Alert => "alert",
     AuditEntry => "audit_entry",
+    Deploy => "deploy",
 }
 
 /// The `.avsc` text a record type implies, as `trellis schema export` writes it.
@@ -555,6 +582,7 @@ mod tests {
         check_committed::<Detection>();
         check_committed::<Alert>();
         check_committed::<AuditEntry>();
+        check_committed::<Deploy>();
     }
 
     #[test]

@@ -13,7 +13,7 @@ use arrow_schema::Schema;
 
 use crate::Kind;
 use crate::records::{
-    Alert, AuditEntry, Detection, HealthPartial, IssueRecord, Record, SessionRecord,
+    Alert, AuditEntry, Deploy, Detection, HealthPartial, IssueRecord, Record, SessionRecord,
 };
 use crate::topics::Names;
 
@@ -34,7 +34,7 @@ pub struct Spec {
     pub version: Option<&'static str>,
     /// The column (ms since the epoch) that places a row in a date and hour: event time, a
     /// session's start, a window's start, an issue's first event (so every version of an issue
-    /// lands in the same partition), the time a detection opened or an alert fired.
+    /// lands in the same partition), the time a detection opened or an alert fired, a deploy's time.
     pub time: &'static str,
 }
 
@@ -157,6 +157,14 @@ derived_tables! {
         identity: ["audit_id"],
         version: None,
         time: at_ms,
+    },
+    /// [`Deploy`]s, from the `deploys` topic: the deploy markers ingest took.
+    Deploys => Deploy {
+        name: "deploys",
+        topic: deploys,
+        identity: ["deploy_id"],
+        version: None,
+        time: deployed_ms,
     },
 }
 

@@ -413,6 +413,44 @@ fn oracle(data: &Data) -> BTreeMap<&'static str, Table> {
             })
             .collect(),
     );
+    // One row per deploy (a resent one counts once): the sessions of its project that started in
+    // the 24 hours around it, before and after.
+    let mut deploys: BTreeMap<(i64, &str), &trellis_schemas::records::Deploy> = BTreeMap::new();
+    for d in &data.deploys {
+        deploys.insert((d.deployed_ms, &d.deploy_id), d);
+    }
+    let day = 86_400_000;
+    out.insert(
+        "crash_free_around_deploys",
+        deploys
+            .into_values()
+            .map(|d| {
+                let near = |before: bool| {
+                    sessions
+                        .iter()
+                        .filter(|s| s.project == d.project)
+                        .filter(|s| s.started_ms >= d.deployed_ms - day)
+                        .filter(|s| s.started_ms < d.deployed_ms + day)
+                        .filter(|s| (s.started_ms < d.deployed_ms) == before)
+                        .map(|s| s.crashed)
+                        .collect::<Vec<bool>>()
+                };
+                let (before, after) = (near(true), near(false));
+                let crashed = |v: &[bool]| v.iter().filter(|c| **c).count();
+                row(&[
+                    &d.deploy_id,
+                    &d.action,
+                    &d.release.app_version,
+                    &update(&d.release),
+                    &d.deployed_ms,
+                    &before.len(),
+                    &pct(crashed(&before), before.len()),
+                    &after.len(),
+                    &pct(crashed(&after), after.len()),
+                ])
+            })
+            .collect(),
+    );
     out
 }
 

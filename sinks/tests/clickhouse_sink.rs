@@ -59,7 +59,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
     let db = unique("ch_normal");
     let config = config(&db);
     let first = migrate(&config).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7]);
     let (stop, task) = start(&bus, &names, config.clone());
     wait_for(&db, &expected, Duration::from_secs(120)).await;
     stop.send(()).unwrap();
@@ -76,6 +76,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
                 "detections",
                 "alerts",
                 "audit",
+                "deploys",
             ]
             .contains(t)
         })
@@ -98,7 +99,7 @@ async fn a_normal_run_writes_every_row_once_and_the_rollups_agree() {
             &db,
             "SELECT version FROM schema_migrations ORDER BY version"
         ),
-        "1\n2\n3\n4\n5\n6\n"
+        "1\n2\n3\n4\n5\n6\n7\n"
     );
     // Each detection's newest version wins: its status is the last one the stage emitted.
     let mut last: BTreeMap<&str, &Detection> = BTreeMap::new();

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding};
 use trellis_schemas::records::{
-    self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
+    self, Alert, AuditEntry, Deploy, Detection, GuardCommand, HealthPartial, IssueRecord,
+    SessionRecord,
 };
 use trellis_schemas::tables::{Stored, Table};
 use trellis_schemas::topics::Names;
@@ -290,6 +291,7 @@ fn encode_row(
         Table::Detections => record_row::<Detection>(payload, out),
         Table::Alerts => record_row::<Alert>(payload, out),
         Table::Audit => record_row::<AuditEntry>(payload, out),
+        Table::Deploys => record_row::<Deploy>(payload, out),
     }
 }
 

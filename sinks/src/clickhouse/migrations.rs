@@ -87,6 +87,7 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
     let issues = tables(&[Table::Issues]);
     let detections = tables(&[Table::Detections]);
     let alerts = tables(&[Table::Alerts, Table::Audit]);
+    let deploys = tables(&[Table::Deploys]);
     vec![
         Migration {
             version: 1,
@@ -117,6 +118,11 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
             version: 6,
             name: "alerts and audit tables",
             statements: alerts,
+        },
+        Migration {
+            version: 7,
+            name: "deploys table",
+            statements: deploys,
         },
     ]
 }
@@ -233,8 +239,8 @@ mod tests {
                 .count()
         };
         assert_eq!(count(old), 0);
-        assert_eq!(count(new), 12);
+        assert_eq!(count(new), 13);
         let versions: Vec<u32> = migrations("db", old).iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
     }
 }

@@ -136,3 +136,21 @@ FROM issues FINAL
 WHERE status IN ('new', 'ongoing', 'regressed')
 ORDER BY users_affected DESC, event_count DESC, issue_id
 LIMIT 10;
+
+-- name: crash_free_around_deploys
+-- For each deploy marker (a build or OTA update published, promoted or rolled back), the
+-- project's sessions and crash-free sessions (%) that started in the 24 hours before it and in
+-- the 24 hours after it.
+SELECT deploy_id, action, deploy_app_version, deploy_update_id, deployed_ms,
+       countIf(started_ms < deployed_ms) AS sessions_before,
+       round(100 * (1 - countIf(started_ms < deployed_ms AND crashed = 1) / countIf(started_ms < deployed_ms)), 2) AS crash_free_before_pct,
+       countIf(started_ms >= deployed_ms) AS sessions_after,
+       round(100 * (1 - countIf(started_ms >= deployed_ms AND crashed = 1) / countIf(started_ms >= deployed_ms)), 2) AS crash_free_after_pct
+FROM (
+    SELECT project, deploy_id, action, release_app_version AS deploy_app_version,
+           ifNull(release_update_id, '') AS deploy_update_id, deployed_ms
+    FROM deploys FINAL) AS d
+ALL INNER JOIN (SELECT project, started_ms, crashed FROM sessions FINAL) AS s USING project
+WHERE started_ms >= deployed_ms - 86400000 AND started_ms < deployed_ms + 86400000
+GROUP BY deploy_id, action, deploy_app_version, deploy_update_id, deployed_ms
+ORDER BY deployed_ms, deploy_id;

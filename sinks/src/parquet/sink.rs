@@ -11,7 +11,8 @@ use futures::FutureExt;
 use trellis_bus::retry::{Backoff, until_done};
 use trellis_bus::{Bus, Consumer, Message, Offsets, Producer, Record, dead_letter};
 use trellis_schemas::records::{
-    self, Alert, AuditEntry, Detection, GuardCommand, HealthPartial, IssueRecord, SessionRecord,
+    self, Alert, AuditEntry, Deploy, Detection, GuardCommand, HealthPartial, IssueRecord,
+    SessionRecord,
 };
 use trellis_schemas::{avro, topics::Names};
 
@@ -260,6 +261,7 @@ fn decode(topics: &Names, record: &Record) -> Result<Option<Row>, String> {
         Table::Detections => records::decode::<Detection>(payload).map(Row::Detection),
         Table::Alerts => records::decode::<Alert>(payload).map(Row::Alert),
         Table::Audit => records::decode::<AuditEntry>(payload).map(Row::Audit),
+        Table::Deploys => records::decode::<Deploy>(payload).map(Row::Deploy),
     };
     result.map(Some).map_err(|e| e.to_string())
 }

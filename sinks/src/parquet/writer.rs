@@ -11,7 +11,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
 use trellis_schemas::records::{
-    Alert, AuditEntry, Detection, HealthPartial, IssueRecord, SessionRecord,
+    Alert, AuditEntry, Deploy, Detection, HealthPartial, IssueRecord, SessionRecord,
 };
 use trellis_schemas::{
     AnalyticsEvent, ErrorEvent, Event, Kind, Notification, PerformanceSample, SessionUpdate,
@@ -67,6 +67,8 @@ pub enum Row {
     Alert(Alert),
     /// An audit entry, for `audit`.
     Audit(AuditEntry),
+    /// A deploy marker, for `deploys`.
+    Deploy(Deploy),
 }
 
 impl Row {
@@ -80,6 +82,7 @@ impl Row {
             Row::Detection(_) => Table::Detections,
             Row::Alert(_) => Table::Alerts,
             Row::Audit(_) => Table::Audit,
+            Row::Deploy(_) => Table::Deploys,
         }
     }
 
@@ -93,12 +96,13 @@ impl Row {
             Row::Detection(d) => &d.project,
             Row::Alert(a) => &a.project,
             Row::Audit(a) => &a.project,
+            Row::Deploy(d) => &d.project,
         }
     }
 
     /// The time that places the row in a date and hour: event time, session start, window start,
     /// an issue's first event (so every version of an issue lands in the same directory), the
-    /// time a detection opened or an alert fired (likewise), an audit entry's time.
+    /// time a detection opened or an alert fired (likewise), an audit entry's or a deploy's time.
     pub fn time_ms(&self) -> i64 {
         match self {
             Row::Event(e) => e.common().timestamp_ms,
@@ -108,6 +112,7 @@ impl Row {
             Row::Detection(d) => d.opened_ms,
             Row::Alert(a) => a.fired_ms,
             Row::Audit(a) => a.at_ms,
+            Row::Deploy(d) => d.deployed_ms,
         }
     }
 }
@@ -139,6 +144,8 @@ pub enum Rows {
     Alerts(Vec<Alert>),
     /// `audit`.
     Audit(Vec<AuditEntry>),
+    /// `deploys`.
+    Deploys(Vec<Deploy>),
 }
 
 macro_rules! each {
@@ -156,6 +163,7 @@ macro_rules! each {
             Rows::Detections($v) => $body,
             Rows::Alerts($v) => $body,
             Rows::Audit($v) => $body,
+            Rows::Deploys($v) => $body,
         }
     };
 }
@@ -176,6 +184,7 @@ impl Rows {
             Table::Detections => Rows::Detections(Vec::new()),
             Table::Alerts => Rows::Alerts(Vec::new()),
             Table::Audit => Rows::Audit(Vec::new()),
+            Table::Deploys => Rows::Deploys(Vec::new()),
         }
     }
 
@@ -194,6 +203,7 @@ impl Rows {
             Rows::Detections(_) => Table::Detections,
             Rows::Alerts(_) => Table::Alerts,
             Rows::Audit(_) => Table::Audit,
+            Rows::Deploys(_) => Table::Deploys,
         }
     }
 
@@ -212,6 +222,7 @@ impl Rows {
             (Rows::Detections(v), Row::Detection(d)) => v.push(d),
             (Rows::Alerts(v), Row::Alert(a)) => v.push(a),
             (Rows::Audit(v), Row::Audit(a)) => v.push(a),
+            (Rows::Deploys(v), Row::Deploy(d)) => v.push(d),
             (rows, row) => {
                 return Err(EncodeError::WrongTable {
                     row: row.table().name(),
@@ -247,6 +258,7 @@ impl Rows {
             Rows::Detections(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Alerts(v) => arrow_schemas::records_to_batch(v)?,
             Rows::Audit(v) => arrow_schemas::records_to_batch(v)?,
+            Rows::Deploys(v) => arrow_schemas::records_to_batch(v)?,
         };
         each!(self, v => v.clear());
         Ok(batch)

@@ -106,6 +106,7 @@ pub struct Data {
     pub detections: Vec<Detection>,
     pub alerts: Vec<trellis_schemas::records::Alert>,
     pub audit: Vec<trellis_schemas::records::AuditEntry>,
+    pub deploys: Vec<trellis_schemas::records::Deploy>,
 }
 
 pub fn fleet_data(devices: usize, seed: u64) -> Data {
@@ -127,6 +128,7 @@ pub fn fleet_data(devices: usize, seed: u64) -> Data {
         detections: trellis_processors::detect::sim::sample_detections(),
         alerts: Vec::new(),
         audit: Vec::new(),
+        deploys: Vec::new(),
     };
     (data.alerts, data.audit) = trellis_alerts::sample_alerts();
     for (partition, events) in parts.into_iter().enumerate() {
@@ -145,6 +147,31 @@ pub fn fleet_data(devices: usize, seed: u64) -> Data {
         Event::Error(e) => Some(e),
         _ => None,
     }));
+    // Two deploys amid the sessions (at the starts of the sessions a third and two thirds of the
+    // way through), each with sessions before and after it; the first marked twice, as a
+    // pipeline that resends does.
+    let mut starts: Vec<&SessionRecord> = data.sessions.iter().collect();
+    starts.sort_by_key(|s| (s.started_ms, &s.session_id));
+    for (n, at) in [starts.len() / 3, 2 * starts.len() / 3]
+        .into_iter()
+        .enumerate()
+    {
+        let s = starts[at];
+        let deploy = trellis_schemas::records::Deploy {
+            deploy_id: format!("{:032x}", n + 1),
+            project: s.project.clone(),
+            action: ["update_published", "rolled_back"][n].into(),
+            release: s.release.clone(),
+            deployed_ms: s.started_ms,
+            actor: Some("eas-workflow".into()),
+            link: None,
+            message: None,
+        };
+        if n == 0 {
+            data.deploys.push(deploy.clone());
+        }
+        data.deploys.push(deploy);
+    }
     // Notification lifecycles: every simulated opened notification was delivered, plus a
     // second campaign with a known open rate (40 sent, 32 delivered, 8 opened).
     let base = data.events[0].common().clone();
@@ -217,6 +244,9 @@ impl Data {
         for a in &self.audit {
             out.entry("audit").or_default().insert(&a.audit_id);
         }
+        for d in &self.deploys {
+            out.entry("deploys").or_default().insert(&d.deploy_id);
+        }
         out.into_iter()
             .map(|(t, ids)| (t, ids.len() as u64))
             .collect()
@@ -277,6 +307,13 @@ impl Data {
                 records::encode(a).unwrap(),
             )
         }));
+        out.extend(self.deploys.iter().map(|d| {
+            Message::new(
+                names.deploys.as_str(),
+                d.project.clone().into_bytes(),
+                records::encode(d).unwrap(),
+            )
+        }));
         out
     }
 }
@@ -309,6 +346,7 @@ pub fn final_counts(database: &str) -> BTreeMap<&'static str, u64> {
         "detections",
         "alerts",
         "audit",
+        "deploys",
     ];
     tables
         .into_iter()
@@ -350,6 +388,7 @@ pub fn assert_exact(database: &str, expected: &BTreeMap<&'static str, u64>) {
             "detections" => "detection_id",
             "alerts" => "alert_id",
             "audit" => "audit_id",
+            "deploys" => "deploy_id",
             _ => "event_id",
         };
         assert_eq!(

@@ -30,6 +30,7 @@ pub struct Outputs {
     pub detections: Vec<Detection>,
     pub alerts: Vec<trellis_schemas::records::Alert>,
     pub audit: Vec<trellis_schemas::records::AuditEntry>,
+    pub deploys: Vec<trellis_schemas::records::Deploy>,
 }
 
 impl Outputs {
@@ -53,6 +54,7 @@ impl Outputs {
             detections: trellis_processors::detect::sim::sample_detections(),
             alerts: Vec::new(),
             audit: Vec::new(),
+            deploys: Vec::new(),
         };
         (out.alerts, out.audit) = trellis_alerts::sample_alerts();
         for (partition, events) in parts.into_iter().enumerate() {
@@ -74,6 +76,23 @@ impl Outputs {
                 .map(|n| trellis_schemas::sample::event(&project, n, n * 6 + 3))
                 .filter(|e| e.kind() == Kind::Transaction),
         );
+        // Deploy markers, one per release the fleet runs.
+        let mut releases: Vec<&trellis_schemas::Release> =
+            out.sessions.iter().map(|s| &s.release).collect();
+        releases.sort_by_key(|r| format!("{r:?}"));
+        releases.dedup();
+        out.deploys = releases
+            .into_iter()
+            .enumerate()
+            .map(|(n, release)| trellis_schemas::records::Deploy {
+                deploy_id: format!("{:032x}", n + 1),
+                project: project.clone(),
+                action: "update_published".into(),
+                release: release.clone(),
+                deployed_ms: out.sessions[0].started_ms + n as i64 * 60_000,
+                ..Default::default()
+            })
+            .collect();
         out.issues =
             trellis_processors::issues::replay(out.events.iter().filter_map(|e| match e {
                 Event::Error(e) => Some(e),
@@ -95,6 +114,7 @@ impl Outputs {
         counts.insert("detections", self.detections.len() as u64);
         counts.insert("alerts", self.alerts.len() as u64);
         counts.insert("audit", self.audit.len() as u64);
+        counts.insert("deploys", self.deploys.len() as u64);
         counts
     }
 
@@ -164,6 +184,13 @@ impl Outputs {
                 names.audit.as_str(),
                 a.project.clone(),
                 records::encode(a).unwrap(),
+            ));
+        }
+        for d in &self.deploys {
+            messages.push(Message::new(
+                names.deploys.as_str(),
+                d.project.clone(),
+                records::encode(d).unwrap(),
             ));
         }
         for n in 0..garbage {
@@ -275,6 +302,7 @@ pub fn files(root: &Path, names: &topics::Names) -> Files {
                     &names.detections,
                     &names.alerts,
                     &names.audit,
+                    &names.deploys,
                 ]
                 .into_iter()
                 .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
