@@ -513,6 +513,10 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
             ("TRELLIS_SINKS__CLICKHOUSE__BATCH_AGE", "200ms".into()),
             ("TRELLIS_STATUS_INTERVAL", "1s".into()),
             ("NO_COLOR", "1".into()),
+            (
+                "TRELLIS_INGEST__ADMIN_TOKENS",
+                "[\"a-release-pipeline-token\"]".into(),
+            ),
         ],
         std::fs::File::create(&log).unwrap().into(),
     );
@@ -520,6 +524,38 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         post_batch(&base, &five_events_a_duplicate_and_two_errors())["accepted"],
         8
     );
+    // A release pipeline marks a deploy, and a Sentry SDK reports a screen load whose
+    // measurement and HTTP span become performance samples.
+    let deploy = ureq::post(&format!("{base}/v1/projects/default/deploys"))
+        .header("Authorization", "Bearer a-release-pipeline-token")
+        .send(
+            serde_json::json!({"action": "update_published", "app_version": "2.14.0",
+                "update_id": "7d3e9a10-0000-4000-8000-000000000001", "channel": "production"})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(deploy.status(), 202);
+    let transaction = serde_json::json!({
+        "type": "transaction", "event_id": "0b5a3e2c8f1d4c6e9a7b2d4f6e8a0c1e",
+        "transaction": "PlantDetail", "release": "plants@2.14.0+1402",
+        "start_timestamp": 1_795_660_800.0, "timestamp": 1_795_660_801.5,
+        "contexts": {"trace": {"trace_id": "b93dc6d4c9f545319f05f828ee58470d", "span_id": "acfaa96827bb610c", "op": "ui.load"}},
+        "measurements": {"app_start_cold": {"value": 812.0, "unit": "millisecond"}},
+        "spans": [{"span_id": "96475a835eb92e40", "op": "http.client", "description": "GET /plants/42?x=1",
+                   "start_timestamp": 1_795_660_800.25, "timestamp": 1_795_660_800.5,
+                   "data": {"http.response.status_code": 200}}],
+    })
+    .to_string();
+    let envelope = format!(
+        "{{}}\n{{\"type\":\"transaction\",\"length\":{}}}\n{transaction}\n",
+        transaction.len()
+    );
+    let stored = ureq::post(&format!("{base}/api/1/envelope/"))
+        .header("X-Sentry-Auth", "Sentry sentry_key=trellis_dev_key")
+        .send(envelope.as_bytes())
+        .unwrap();
+    assert_eq!(stored.status(), 200);
     let count = |table: &str| {
         clickhouse(&format!("SELECT count() FROM {database}.{table} FINAL"))
             .and_then(|n| n.trim().parse::<u64>().ok())
@@ -539,6 +575,25 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         assert!(Instant::now() < deadline, "no issue reached ClickHouse");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // So do the deploy marker, the transaction and its two samples.
+    while (count("deploys"), count("transactions"), count("perf")) != (Some(1), Some(1), Some(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "deploys, transactions, perf: {:?} {:?} {:?}",
+            count("deploys"),
+            count("transactions"),
+            count("perf")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let samples = clickhouse(&format!(
+        "SELECT metric, value, screen, release_app_version FROM {database}.perf FINAL ORDER BY metric"
+    ))
+    .unwrap();
+    assert_eq!(
+        samples,
+        "app_start_cold\t812\t\\N\t2.14.0\nhttp_request\t250\tPlantDetail\t2.14.0\n"
+    );
     // A status line (every second here) reports the batch of 8 as accepted, as a rate over
     // about a second, and names each stage's lag.
     let field = |line: &str, name: &str| -> Option<f64> {
