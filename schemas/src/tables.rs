@@ -4,8 +4,11 @@
 //!
 //! A table has one name, the same for its Parquet directory, its `trellis query` table and its
 //! ClickHouse table. The Parquet sink, the ClickHouse sink and its DDL, `trellis query` and the
-//! schema export all read this registry: storing a new record type is the type, its
-//! [`Stored`] implementation and one entry here.
+//! schema export all read this registry, and reach a table's Rust type only through
+//! [`Table::with_row_type`]. Storing a new record type is the type (with its `.avsc` and its
+//! `records!` entry), one entry here (which implements [`Stored`]), its topic in
+//! [`crate::topics::Names`], its ClickHouse sort key (`clickhouse::layout`) and a ClickHouse
+//! migration that creates its table: no sink code changes.
 
 use std::sync::Arc;
 
@@ -39,13 +42,23 @@ pub struct Spec {
 }
 
 /// A derived record type stored in a table of its own.
-pub trait Stored: Record {
+pub trait Stored: Record + std::fmt::Debug + Send + Sync + 'static {
     /// Its table.
     const TABLE: Table;
     /// The project the record belongs to.
     fn project(&self) -> &str;
     /// The value of its table's [`Spec::time`] column.
     fn time_ms(&self) -> i64;
+}
+
+/// What is done with a table's row type, by [`Table::with_row_type`].
+pub trait RowType {
+    /// What it gives.
+    type Out;
+    /// For the table of an event kind (rows are [`crate::Event`]s of that kind).
+    fn event(self, kind: Kind) -> Self::Out;
+    /// For a derived table, whose rows are `T`.
+    fn record<T: Stored>(self) -> Self::Out;
 }
 
 /// Declares the tables of derived records: the [`Table`] variants, their [`Spec`]s, their
@@ -73,6 +86,17 @@ macro_rules! derived_tables {
         const DERIVED: &[Table] = &[$(Table::$variant),+];
 
         impl Table {
+            /// Calls `f` with the table's row type: [`crate::Event`] for the event tables, the
+            /// record type for a derived one. The one place a table becomes its Rust type, so
+            /// code that handles every table (decoding, buffering, encoding) is generic over
+            /// [`Stored`] instead of matching each table.
+            pub fn with_row_type<F: RowType>(self, f: F) -> F::Out {
+                match self {
+                    Table::Event(kind) => f.event(kind),
+                    $(Table::$variant => f.record::<$ty>(),)+
+                }
+            }
+
             fn derived_spec(self) -> Option<Spec> {
                 match self {
                     $(Table::$variant => Some(Spec {

@@ -13,11 +13,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use trellis_schemas::clickhouse::{self as ddl, Column, ColumnType, Encoding};
-use trellis_schemas::records::{
-    self, Alert, AuditEntry, Deploy, Detection, GuardCommand, HealthPartial, IssueRecord,
-    SessionRecord,
-};
-use trellis_schemas::tables::{Stored, Table};
+use trellis_schemas::records::{self, GuardCommand};
+use trellis_schemas::tables::{RowType, Stored, Table};
 use trellis_schemas::topics::Names;
 use trellis_schemas::{Event, avro};
 
@@ -270,28 +267,36 @@ fn encode_row(
 ) -> Result<Placement, EncodeError> {
     let table =
         Table::of_topic(topics, topic).ok_or_else(|| EncodeError::Topic(topic.to_string()))?;
-    match table {
-        Table::Event(_) => {
-            let event = avro::decode(payload)?;
-            let table = event.kind().table();
-            let plan = plan(table);
-            match &event {
-                Event::Analytics(e) => plan.encode_model(e, out)?,
-                Event::Error(e) => plan.encode_model(e, out)?,
-                Event::Performance(e) => plan.encode_model(e, out)?,
-                Event::Transaction(e) => plan.encode_model(e, out)?,
-                Event::Session(e) => plan.encode_model(e, out)?,
-                Event::Notification(e) => plan.encode_model(e, out)?,
-            }
-            Ok((table, event.common().timestamp_ms))
+    table.with_row_type(EncodeRow { payload, out })
+}
+
+/// Encodes one payload as a row of its table, whatever the table.
+struct EncodeRow<'a> {
+    payload: &'a [u8],
+    out: &'a mut Vec<u8>,
+}
+
+impl RowType for EncodeRow<'_> {
+    type Out = Result<Placement, EncodeError>;
+
+    fn event(self, _: trellis_schemas::Kind) -> Self::Out {
+        let (payload, out) = (self.payload, self.out);
+        let event = avro::decode(payload)?;
+        let table = event.kind().table();
+        let plan = plan(table);
+        match &event {
+            Event::Analytics(e) => plan.encode_model(e, out)?,
+            Event::Error(e) => plan.encode_model(e, out)?,
+            Event::Performance(e) => plan.encode_model(e, out)?,
+            Event::Transaction(e) => plan.encode_model(e, out)?,
+            Event::Session(e) => plan.encode_model(e, out)?,
+            Event::Notification(e) => plan.encode_model(e, out)?,
         }
-        Table::Sessions => record_row::<SessionRecord>(payload, out),
-        Table::HealthPartials => record_row::<HealthPartial>(payload, out),
-        Table::Issues => record_row::<IssueRecord>(payload, out),
-        Table::Detections => record_row::<Detection>(payload, out),
-        Table::Alerts => record_row::<Alert>(payload, out),
-        Table::Audit => record_row::<AuditEntry>(payload, out),
-        Table::Deploys => record_row::<Deploy>(payload, out),
+        Ok((table, event.common().timestamp_ms))
+    }
+
+    fn record<T: Stored>(self) -> Self::Out {
+        record_row::<T>(self.payload, self.out)
     }
 }
 

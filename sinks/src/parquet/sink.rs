@@ -10,10 +10,8 @@ use futures::FutureExt;
 
 use trellis_bus::retry::{Backoff, until_done};
 use trellis_bus::{Bus, Consumer, Message, Offsets, Producer, Record, dead_letter};
-use trellis_schemas::records::{
-    self, Alert, AuditEntry, Deploy, Detection, GuardCommand, HealthPartial, IssueRecord,
-    SessionRecord,
-};
+use trellis_schemas::records::{self, GuardCommand};
+use trellis_schemas::tables::{RowType, Stored};
 use trellis_schemas::{avro, topics::Names};
 
 use super::Error;
@@ -253,17 +251,26 @@ fn decode(topics: &Names, record: &Record) -> Result<Option<Row>, String> {
             record.topic
         ));
     };
-    let result = match table {
-        Table::Event(_) => avro::decode(payload).map(Row::Event),
-        Table::Sessions => records::decode::<SessionRecord>(payload).map(Row::Session),
-        Table::HealthPartials => records::decode::<HealthPartial>(payload).map(Row::HealthPartial),
-        Table::Issues => records::decode::<IssueRecord>(payload).map(Row::Issue),
-        Table::Detections => records::decode::<Detection>(payload).map(Row::Detection),
-        Table::Alerts => records::decode::<Alert>(payload).map(Row::Alert),
-        Table::Audit => records::decode::<AuditEntry>(payload).map(Row::Audit),
-        Table::Deploys => records::decode::<Deploy>(payload).map(Row::Deploy),
-    };
-    result.map(Some).map_err(|e| e.to_string())
+    table.with_row_type(DecodeRow(payload)).map(Some)
+}
+
+/// Decodes a payload as a row of its table, whatever the table.
+struct DecodeRow<'a>(&'a [u8]);
+
+impl RowType for DecodeRow<'_> {
+    type Out = Result<Row, String>;
+
+    fn event(self, _: trellis_schemas::Kind) -> Self::Out {
+        avro::decode(self.0)
+            .map(Row::Event)
+            .map_err(|e| e.to_string())
+    }
+
+    fn record<T: Stored>(self) -> Self::Out {
+        records::decode::<T>(self.0)
+            .map(Row::record)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Runs `f` on the state on a blocking thread (it writes files) and hands the state back.

@@ -10,9 +10,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use trellis_schemas::arrow::{self as arrow_schemas, ArrowError, RecordArrowError};
-use trellis_schemas::records::{
-    Alert, AuditEntry, Deploy, Detection, HealthPartial, IssueRecord, SessionRecord,
-};
+use trellis_schemas::tables::{RowType, Stored};
 use trellis_schemas::{
     AnalyticsEvent, ErrorEvent, Event, Kind, Notification, PerformanceSample, SessionUpdate,
     Transaction,
@@ -51,38 +49,25 @@ pub enum EncodeError {
 // Rows live only between decoding and their typed buffer, so boxing events would add an
 // allocation per row for nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Row {
     /// An event, for its kind's table.
     Event(Event),
-    /// A session record, for `sessions`.
-    Session(SessionRecord),
-    /// A health partial, for `health_partials`.
-    HealthPartial(HealthPartial),
-    /// A version of an issue, for `issues`.
-    Issue(IssueRecord),
-    /// A version of a detection, for `detections`.
-    Detection(Detection),
-    /// A version of an alert, for `alerts`.
-    Alert(Alert),
-    /// An audit entry, for `audit`.
-    Audit(AuditEntry),
-    /// A deploy marker, for `deploys`.
-    Deploy(Deploy),
+    /// A derived record (session, health partial, issue version, ...), for its own table.
+    Record(Box<dyn StoredRow>),
 }
 
 impl Row {
+    /// A derived record as a row.
+    pub fn record<T: Stored>(record: T) -> Row {
+        Row::Record(Box::new(record))
+    }
+
     /// The table the row belongs to.
     pub fn table(&self) -> Table {
         match self {
             Row::Event(e) => Table::Event(e.kind()),
-            Row::Session(_) => Table::Sessions,
-            Row::HealthPartial(_) => Table::HealthPartials,
-            Row::Issue(_) => Table::Issues,
-            Row::Detection(_) => Table::Detections,
-            Row::Alert(_) => Table::Alerts,
-            Row::Audit(_) => Table::Audit,
-            Row::Deploy(_) => Table::Deploys,
+            Row::Record(r) => r.table(),
         }
     }
 
@@ -90,30 +75,83 @@ impl Row {
     pub fn project(&self) -> &str {
         match self {
             Row::Event(e) => &e.common().project,
-            Row::Session(s) => &s.project,
-            Row::HealthPartial(a) => &a.project,
-            Row::Issue(i) => &i.project,
-            Row::Detection(d) => &d.project,
-            Row::Alert(a) => &a.project,
-            Row::Audit(a) => &a.project,
-            Row::Deploy(d) => &d.project,
+            Row::Record(r) => r.project(),
         }
     }
 
-    /// The time that places the row in a date and hour: event time, session start, window start,
-    /// an issue's first event (so every version of an issue lands in the same directory), the
-    /// time a detection opened or an alert fired (likewise), an audit entry's or a deploy's time.
+    /// The time that places the row in a date and hour: event time, or the registry's time
+    /// column of the record's table ([`trellis_schemas::tables::Spec::time`]).
     pub fn time_ms(&self) -> i64 {
         match self {
             Row::Event(e) => e.common().timestamp_ms,
-            Row::Session(s) => s.started_ms,
-            Row::HealthPartial(a) => a.window_start_ms,
-            Row::Issue(i) => i.first_seen_ms,
-            Row::Detection(d) => d.opened_ms,
-            Row::Alert(a) => a.fired_ms,
-            Row::Audit(a) => a.at_ms,
-            Row::Deploy(d) => d.deployed_ms,
+            Row::Record(r) => r.time_ms(),
         }
+    }
+}
+
+/// A derived record as the writer holds it: any [`Stored`] type.
+pub trait StoredRow: std::fmt::Debug + Send {
+    /// Its table.
+    fn table(&self) -> Table;
+    /// Its project.
+    fn project(&self) -> &str;
+    /// Its table's time column.
+    fn time_ms(&self) -> i64;
+    /// Adds it to `rows` if they are its table's buffer; hands it back if not.
+    fn push_into(self: Box<Self>, rows: &mut dyn RecordRows) -> Result<(), Box<dyn StoredRow>>;
+}
+
+impl<T: Stored> StoredRow for T {
+    fn table(&self) -> Table {
+        T::TABLE
+    }
+    fn project(&self) -> &str {
+        Stored::project(self)
+    }
+    fn time_ms(&self) -> i64 {
+        Stored::time_ms(self)
+    }
+    fn push_into(self: Box<Self>, rows: &mut dyn RecordRows) -> Result<(), Box<dyn StoredRow>> {
+        match rows.as_any_mut().downcast_mut::<Vec<T>>() {
+            Some(buffer) => {
+                buffer.push(*self);
+                Ok(())
+            }
+            None => Err(self),
+        }
+    }
+}
+
+/// The buffer of a derived record table: a `Vec` of its [`Stored`] type.
+pub trait RecordRows: std::fmt::Debug + Send {
+    /// Its table.
+    fn table(&self) -> Table;
+    /// Rows waiting.
+    fn len(&self) -> usize;
+    /// Whether no row is waiting.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The waiting rows as a record batch; the buffer is emptied.
+    fn take_batch(&mut self) -> Result<RecordBatch, EncodeError>;
+    /// The buffer itself, for [`StoredRow::push_into`].
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+impl<T: Stored> RecordRows for Vec<T> {
+    fn table(&self) -> Table {
+        T::TABLE
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn take_batch(&mut self) -> Result<RecordBatch, EncodeError> {
+        let batch = arrow_schemas::records_to_batch(self)?;
+        self.clear();
+        Ok(batch)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
@@ -132,60 +170,36 @@ pub enum Rows {
     Session(Vec<SessionUpdate>),
     /// `notifications`.
     Notification(Vec<Notification>),
-    /// `sessions`.
-    Sessions(Vec<SessionRecord>),
-    /// `health_partials`.
-    HealthPartials(Vec<HealthPartial>),
-    /// `issues`.
-    Issues(Vec<IssueRecord>),
-    /// `detections`.
-    Detections(Vec<Detection>),
-    /// `alerts`.
-    Alerts(Vec<Alert>),
-    /// `audit`.
-    Audit(Vec<AuditEntry>),
-    /// `deploys`.
-    Deploys(Vec<Deploy>),
+    /// A derived record table.
+    Records(Box<dyn RecordRows>),
 }
 
-macro_rules! each {
-    ($rows:expr, $v:ident => $body:expr) => {
-        match $rows {
-            Rows::Analytics($v) => $body,
-            Rows::Error($v) => $body,
-            Rows::Performance($v) => $body,
-            Rows::Transaction($v) => $body,
-            Rows::Session($v) => $body,
-            Rows::Notification($v) => $body,
-            Rows::Sessions($v) => $body,
-            Rows::HealthPartials($v) => $body,
-            Rows::Issues($v) => $body,
-            Rows::Detections($v) => $body,
-            Rows::Alerts($v) => $body,
-            Rows::Audit($v) => $body,
-            Rows::Deploys($v) => $body,
+/// [`Rows::new`] for each kind of table.
+struct NewRows;
+
+impl RowType for NewRows {
+    type Out = Rows;
+
+    fn event(self, kind: Kind) -> Rows {
+        match kind {
+            Kind::Analytics => Rows::Analytics(Vec::new()),
+            Kind::Error => Rows::Error(Vec::new()),
+            Kind::Performance => Rows::Performance(Vec::new()),
+            Kind::Transaction => Rows::Transaction(Vec::new()),
+            Kind::Session => Rows::Session(Vec::new()),
+            Kind::Notification => Rows::Notification(Vec::new()),
         }
-    };
+    }
+
+    fn record<T: Stored>(self) -> Rows {
+        Rows::Records(Box::new(Vec::<T>::new()))
+    }
 }
 
 impl Rows {
     /// An empty buffer for `table`.
     pub fn new(table: Table) -> Rows {
-        match table {
-            Table::Event(Kind::Analytics) => Rows::Analytics(Vec::new()),
-            Table::Event(Kind::Error) => Rows::Error(Vec::new()),
-            Table::Event(Kind::Performance) => Rows::Performance(Vec::new()),
-            Table::Event(Kind::Transaction) => Rows::Transaction(Vec::new()),
-            Table::Event(Kind::Session) => Rows::Session(Vec::new()),
-            Table::Event(Kind::Notification) => Rows::Notification(Vec::new()),
-            Table::Sessions => Rows::Sessions(Vec::new()),
-            Table::HealthPartials => Rows::HealthPartials(Vec::new()),
-            Table::Issues => Rows::Issues(Vec::new()),
-            Table::Detections => Rows::Detections(Vec::new()),
-            Table::Alerts => Rows::Alerts(Vec::new()),
-            Table::Audit => Rows::Audit(Vec::new()),
-            Table::Deploys => Rows::Deploys(Vec::new()),
-        }
+        table.with_row_type(NewRows)
     }
 
     /// The buffer's table.
@@ -197,18 +211,17 @@ impl Rows {
             Rows::Transaction(_) => Table::Event(Kind::Transaction),
             Rows::Session(_) => Table::Event(Kind::Session),
             Rows::Notification(_) => Table::Event(Kind::Notification),
-            Rows::Sessions(_) => Table::Sessions,
-            Rows::HealthPartials(_) => Table::HealthPartials,
-            Rows::Issues(_) => Table::Issues,
-            Rows::Detections(_) => Table::Detections,
-            Rows::Alerts(_) => Table::Alerts,
-            Rows::Audit(_) => Table::Audit,
-            Rows::Deploys(_) => Table::Deploys,
+            Rows::Records(r) => r.table(),
         }
     }
 
     /// Adds a row of this buffer's table.
     pub fn push(&mut self, row: Row) -> Result<(), EncodeError> {
+        let table = self.table();
+        let wrong = |row: &Row| EncodeError::WrongTable {
+            row: row.table().name(),
+            table: table.name(),
+        };
         match (self, row) {
             (Rows::Analytics(v), Row::Event(Event::Analytics(e))) => v.push(e),
             (Rows::Error(v), Row::Event(Event::Error(e))) => v.push(e),
@@ -216,26 +229,26 @@ impl Rows {
             (Rows::Transaction(v), Row::Event(Event::Transaction(e))) => v.push(e),
             (Rows::Session(v), Row::Event(Event::Session(e))) => v.push(e),
             (Rows::Notification(v), Row::Event(Event::Notification(e))) => v.push(e),
-            (Rows::Sessions(v), Row::Session(s)) => v.push(s),
-            (Rows::HealthPartials(v), Row::HealthPartial(a)) => v.push(a),
-            (Rows::Issues(v), Row::Issue(i)) => v.push(i),
-            (Rows::Detections(v), Row::Detection(d)) => v.push(d),
-            (Rows::Alerts(v), Row::Alert(a)) => v.push(a),
-            (Rows::Audit(v), Row::Audit(a)) => v.push(a),
-            (Rows::Deploys(v), Row::Deploy(d)) => v.push(d),
-            (rows, row) => {
-                return Err(EncodeError::WrongTable {
-                    row: row.table().name(),
-                    table: rows.table().name(),
-                });
+            (Rows::Records(v), Row::Record(r)) => {
+                r.push_into(v.as_mut())
+                    .map_err(|r| wrong(&Row::Record(r)))?;
             }
+            (_, row) => return Err(wrong(&row)),
         }
         Ok(())
     }
 
     /// Rows waiting.
     pub fn len(&self) -> usize {
-        each!(self, v => v.len())
+        match self {
+            Rows::Analytics(v) => v.len(),
+            Rows::Error(v) => v.len(),
+            Rows::Performance(v) => v.len(),
+            Rows::Transaction(v) => v.len(),
+            Rows::Session(v) => v.len(),
+            Rows::Notification(v) => v.len(),
+            Rows::Records(r) => r.len(),
+        }
     }
 
     /// Whether no row is waiting.
@@ -245,23 +258,19 @@ impl Rows {
 
     /// The waiting rows as a record batch of the table's schema; the buffer is emptied.
     pub fn take_batch(&mut self) -> Result<RecordBatch, EncodeError> {
-        let batch = match self {
-            Rows::Analytics(v) => arrow_schemas::analytics_batch(v)?,
-            Rows::Error(v) => arrow_schemas::error_batch(v)?,
-            Rows::Performance(v) => arrow_schemas::performance_batch(v)?,
-            Rows::Transaction(v) => arrow_schemas::to_batch(Kind::Transaction, v)?,
-            Rows::Session(v) => arrow_schemas::to_batch(Kind::Session, v)?,
-            Rows::Notification(v) => arrow_schemas::to_batch(Kind::Notification, v)?,
-            Rows::Sessions(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::HealthPartials(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::Issues(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::Detections(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::Alerts(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::Audit(v) => arrow_schemas::records_to_batch(v)?,
-            Rows::Deploys(v) => arrow_schemas::records_to_batch(v)?,
-        };
-        each!(self, v => v.clear());
-        Ok(batch)
+        fn taken<T>(v: &mut Vec<T>, batch: RecordBatch) -> RecordBatch {
+            v.clear();
+            batch
+        }
+        Ok(match self {
+            Rows::Analytics(v) => taken(v, arrow_schemas::analytics_batch(v)?),
+            Rows::Error(v) => taken(v, arrow_schemas::error_batch(v)?),
+            Rows::Performance(v) => taken(v, arrow_schemas::performance_batch(v)?),
+            Rows::Transaction(v) => taken(v, arrow_schemas::to_batch(Kind::Transaction, v)?),
+            Rows::Session(v) => taken(v, arrow_schemas::to_batch(Kind::Session, v)?),
+            Rows::Notification(v) => taken(v, arrow_schemas::to_batch(Kind::Notification, v)?),
+            Rows::Records(r) => r.take_batch()?,
+        })
     }
 }
 
@@ -480,8 +489,18 @@ mod tests {
     fn a_row_of_another_table_is_refused() {
         let mut rows = Rows::new(Table::Sessions);
         let err = rows
-            .push(Row::HealthPartial(HealthPartial::default()))
+            .push(Row::record(
+                trellis_schemas::records::HealthPartial::default(),
+            ))
             .unwrap_err();
+        assert!(matches!(err, EncodeError::WrongTable { .. }), "{err}");
+        rows.push(Row::record(
+            trellis_schemas::records::SessionRecord::default(),
+        ))
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        let event = trellis_schemas::sample::event("p", 0, 1);
+        let err = rows.push(Row::Event(event)).unwrap_err();
         assert!(matches!(err, EncodeError::WrongTable { .. }), "{err}");
     }
 }
