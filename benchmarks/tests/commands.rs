@@ -310,6 +310,7 @@ async fn freshness_times_events_into_parquet_and_clickhouse() {
             root: root.clone(),
             max_age: Duration::from_millis(100),
             poll_timeout: Duration::from_millis(50),
+            retention: trellis_sinks::parquet::retention::Retention::off(),
             ..Default::default()
         },
         on_stop(stopped.clone()),

@@ -81,6 +81,7 @@ fn sink_child() {
             max_age: Duration::from_millis(150),
             poll_max: 100,
             poll_timeout: Duration::from_millis(50),
+            retention: parquet::retention::Retention::off(),
             ..ParquetConfig::default()
         };
         let stop = dir.join("stop");

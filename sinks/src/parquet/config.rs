@@ -36,6 +36,8 @@ pub struct ParquetConfig {
     /// Longest wait for a poll; also how often `max_age` is checked when the input is quiet.
     #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
+    /// How long each table keeps its files.
+    pub retention: super::retention::Retention,
 }
 
 impl Default for ParquetConfig {
@@ -50,6 +52,7 @@ impl Default for ParquetConfig {
             zstd_level: 3,
             poll_max: 5_000,
             poll_timeout: Duration::from_millis(250),
+            retention: super::retention::Retention::default(),
         }
     }
 }
@@ -87,6 +90,9 @@ impl ParquetConfig {
         }
         if self.poll_max == 0 {
             return fail("poll_max", "must be at least 1");
+        }
+        if let Err(reason) = self.retention.validate() {
+            return fail("retention", &reason);
         }
         if self.poll_timeout.is_zero()
             || self.poll_timeout > self.max_age.max(Duration::from_secs(1))

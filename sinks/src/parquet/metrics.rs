@@ -27,6 +27,8 @@ pub struct ParquetMetrics {
     dead: Family<Labels, Counter>,
     restarts: Family<Labels, Counter>,
     lag: Gauge,
+    expired_files: Counter,
+    expired_bytes: Counter,
     /// Every table's rows, for the status line (the labelled `rows` are what is exported).
     rows_total: Counter,
 }
@@ -57,6 +59,27 @@ impl ParquetMetrics {
             self.restarts.clone(),
         );
         registry.register("lag", "Input records not yet read", self.lag.clone());
+        registry.register(
+            "expired_files",
+            "Files removed by retention",
+            self.expired_files.clone(),
+        );
+        registry.register(
+            "expired_bytes",
+            "Bytes of the files removed by retention",
+            self.expired_bytes.clone(),
+        );
+    }
+
+    /// Counts what a retention pass removed.
+    pub fn expired(&self, expired: super::retention::Expired) {
+        self.expired_files.inc_by(expired.files);
+        self.expired_bytes.inc_by(expired.bytes);
+    }
+
+    /// Files removed by retention so far.
+    pub fn expired_files(&self) -> u64 {
+        self.expired_files.get()
     }
 
     /// Counts one file of `table` with `rows` rows renamed into place.

@@ -23,12 +23,17 @@
 //! before the resume point is skipped as already written). Leftover temporary files of the
 //! partition are deleted at that point.
 //!
+//! Retention ([`retention`]): once an `interval` (an hour), the sink removes the days of each
+//! table wholly older than the table's retention (90 days for events, 400 for derived records by
+//! default; per table and per project in `[sinks.parquet.retention]`).
+//!
 //! Payloads that do not decode are dead-lettered (`dlq`, stage `sink.parquet`) and counted
 //! ([`ParquetMetrics`]); the consumer loop is [`run`].
 
 pub mod config;
 pub mod layout;
 pub mod metrics;
+pub mod retention;
 pub mod segment;
 mod sink;
 pub mod writer;

@@ -57,6 +57,59 @@ pub async fn run_with_metrics(
 ) -> Result<(), Error> {
     config.validate()?;
     let shutdown = shutdown.shared();
+    let retention = (!config.retention.interval.is_zero()).then(|| {
+        tokio::spawn(expire_every_interval(
+            config.root.clone(),
+            config.retention.clone(),
+            metrics.clone(),
+        ))
+    });
+    let result = consume(bus, topics, config, metrics, shutdown).await;
+    if let Some(task) = retention {
+        task.abort();
+    }
+    result
+}
+
+/// Removes what expired once every `retention.interval`, the first time at once.
+async fn expire_every_interval(
+    root: std::path::PathBuf,
+    retention: super::retention::Retention,
+    metrics: Arc<ParquetMetrics>,
+) {
+    let mut every = tokio::time::interval(retention.interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (root, rules) = (root.clone(), retention.clone());
+        let pass =
+            tokio::task::spawn_blocking(move || super::retention::expire(&root, &rules, now_ms()));
+        match pass.await {
+            Ok(Ok(expired)) => {
+                if expired.files > 0 {
+                    tracing::info!(
+                        files = expired.files,
+                        bytes = expired.bytes,
+                        "Parquet files past their retention removed."
+                    );
+                }
+                metrics.expired(expired);
+            }
+            // The next pass tries again; nothing is lost by waiting.
+            Ok(Err(e)) => tracing::warn!(error = %e, "Removing expired Parquet files failed."),
+            Err(e) => tracing::warn!(error = %e, "The retention pass ended early."),
+        }
+    }
+}
+
+/// [`run_with_metrics`] without retention: the consumer, started again after each fault.
+async fn consume(
+    bus: Arc<dyn Bus>,
+    topics: Names,
+    config: ParquetConfig,
+    metrics: Arc<ParquetMetrics>,
+    shutdown: futures::future::Shared<impl Future<Output = ()>>,
+) -> Result<(), Error> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let run = run_once(
