@@ -360,9 +360,10 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
         .map(|d| d.count())
         .unwrap_or(0);
 
+    // The third run stays up until the issues are read: its issues stage finishes what the
+    // killed ones left (killing it as soon as the events were out raced that stage).
     let mut third = Trellis::spawn(&config, "process");
     let observed = collect(&bus, &names, &expected).await;
-    third.kill();
 
     assert!(
         checkpoints > 0,
@@ -391,6 +392,7 @@ async fn a_processor_killed_mid_stream_and_restarted_outputs_what_an_uninterrupt
     let expected = issue_summaries(trellis_processors::issues::replay(errors));
     assert!(expected.len() >= 2, "the fleet has issues: {expected:?}");
     let observed = read_issues(&bus, &names, &expected).await;
+    third.kill();
     assert_eq!(observed, expected);
 
     // The Parquet files hold what the replay wrote twice; `trellis query` counts it once.
