@@ -160,6 +160,7 @@ async fn killed_mid_file_and_restarted(kind: &str) {
     ];
     println!("killing the sink at {thresholds:?} files");
     let mut killed_ranges = Vec::new();
+    let mut mid_file = 0;
     for threshold in thresholds {
         let mut child = SinkChild::spawn(kind, dir.path(), &prefix, &group);
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -181,10 +182,9 @@ async fn killed_mid_file_and_restarted(kind: &str) {
             "killed with {} files and {} temporary files: {partial:?}",
             killed.files, killed.temps
         );
-        assert!(
-            killed.temps > 0,
-            "killed mid-file: temporary files are left behind"
-        );
+        // The sink may finish its files between the look that saw them open and the kill: that
+        // kill lands between files, still a crash to recover from.
+        mid_file += usize::from(killed.temps > 0);
         assert!(partial != expected, "killed before the end: {partial:?}");
         for (table, n) in &partial {
             assert!(
@@ -194,6 +194,10 @@ async fn killed_mid_file_and_restarted(kind: &str) {
         }
         killed_ranges.push(killed.ranges);
     }
+    assert!(
+        mid_file > 0,
+        "killed mid-file at least once: temporary files were left behind"
+    );
 
     let mut second = SinkChild::spawn(kind, dir.path(), &prefix, &group);
     let deadline = Instant::now() + Duration::from_secs(180);
