@@ -21,6 +21,7 @@ pub mod accept;
 pub mod admin;
 mod capped;
 pub mod config;
+pub mod deploys;
 pub mod metrics;
 pub mod native;
 pub mod normalize;

@@ -116,7 +116,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/projects/{project}/alerts/{alert_id}/{action}",
             post(crate::admin::alert_command),
         )
-        .route("/v1/projects/{project}/deploys", post(crate::admin::deploy))
+        .route(
+            "/v1/projects/{project}/deploys",
+            post(crate::deploys::deploy),
+        )
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

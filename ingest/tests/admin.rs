@@ -63,12 +63,23 @@ fn error(r: &common::Response) -> (u16, String) {
 
 /// The guard commands on `detections` (keyed by their project), once `want` arrived.
 async fn commands(h: &Harness, want: usize) -> Vec<GuardCommand> {
-    let mut consumer = h
-        .bus
-        .consumer(&unique("reader"), &[topics::DETECTIONS])
-        .await
-        .unwrap();
-    // Nothing is expected: watch for a while, so that anything published would be seen.
+    read(h, topics::DETECTIONS, want, |key, payload| {
+        let c = records::decode::<GuardCommand>(payload).unwrap();
+        assert_eq!(key, c.project.as_bytes());
+        c
+    })
+    .await
+}
+
+/// What `topic` holds, each record read by `decode(key, payload)`, once `want` arrived. With
+/// nothing expected it watches for a while, so that anything published would be seen.
+async fn read<T>(
+    h: &Harness,
+    topic: &str,
+    want: usize,
+    decode: impl Fn(&[u8], &[u8]) -> T,
+) -> Vec<T> {
+    let mut consumer = h.bus.consumer(&unique("reader"), &[topic]).await.unwrap();
     let window = if want == 0 { 2 } else { 10 };
     let deadline = Instant::now() + Duration::from_secs(window);
     let mut out = Vec::new();
@@ -78,9 +89,7 @@ async fn commands(h: &Harness, want: usize) -> Vec<GuardCommand> {
             .await
             .unwrap()
         {
-            let c = records::decode::<GuardCommand>(&r.payload).unwrap();
-            assert_eq!(r.key, c.project.as_bytes());
-            out.push(c);
+            out.push(decode(&r.key, &r.payload));
         }
     }
     out
@@ -386,26 +395,10 @@ async fn an_address_that_keeps_guessing_is_locked_out_even_with_a_good_token() {
 
 /// The deploy markers on `deploys`, once `want` arrived (watching a while when none is).
 async fn deploys(h: &Harness, want: usize) -> Vec<records::Deploy> {
-    let mut consumer = h
-        .bus
-        .consumer(&unique("reader"), &[topics::DEPLOYS])
-        .await
-        .unwrap();
-    let window = if want == 0 { 2 } else { 10 };
-    let deadline = Instant::now() + Duration::from_secs(window);
-    let mut out = Vec::new();
-    while (want == 0 || out.len() < want) && Instant::now() < deadline {
-        for r in consumer
-            .poll(100, Duration::from_millis(100))
-            .await
-            .unwrap()
-        {
-            out.push(
-                records::decode::<records::Deploy>(&r.payload).expect("deploys holds deploys"),
-            );
-        }
-    }
-    out
+    read(h, topics::DEPLOYS, want, |_, payload| {
+        records::decode::<records::Deploy>(payload).expect("deploys holds deploys")
+    })
+    .await
 }
 
 #[tokio::test]
