@@ -4,8 +4,9 @@
 //! Run by the `issues` stage, which owns a project's issues and, beside its errors on
 //! `errors.grouped`, gets a `SessionStart` for every session the `process` stage opens. The
 //! release's users are those who started a session of it (or had an error on it) from one
-//! `velocity_window` before the issue's first event there on; an issue's users are those its errors on that release came from, from
-//! its first event there on. While the window after that first event lasts, the issue is judged
+//! `velocity_window` before the issue's first event there on; an issue's users are those its
+//! errors on that release came from, from its first event there on (the earliest read before a
+//! finding opens, since partitions interleave). While the window after that first event lasts, the issue is judged
 //! on every error: it opens a finding when it has at least `velocity_min_users` users among at
 //! least `velocity_min_release_users`, at least `velocity_share` of them, and more than an issue
 //! at half that share would reach by chance (a Poisson upper tail below `alpha`). When the window
@@ -208,6 +209,17 @@ impl VelocityDetector {
             finding: None,
         });
         spread.last_ms = spread.last_ms.max(t);
+        // The process stage interleaves its partitions, so errors of different devices reach
+        // this stage a little out of time order: until a finding opens, the window starts at
+        // the earliest error read, as long as a window from there would not be over already.
+        let clock = state.clocks.get(project).copied().unwrap_or(i64::MIN);
+        if t < spread.first_ms
+            && spread.finding.is_none()
+            && !spread.judged
+            && t.saturating_add(self.window_ms()) > clock
+        {
+            spread.first_ms = t;
+        }
         if spread.judged || t < spread.first_ms || t > spread.first_ms + self.window_ms() {
             return;
         }
@@ -500,6 +512,40 @@ mod tests {
         assert_eq!(statuses, [("open", 1), ("confirmed", 2), ("resolved", 3)]);
         assert!(out.iter().all(|x| x.detection_id == out[0].detection_id));
         assert!(s.spreads.is_empty(), "forgotten once resolved and quiet");
+    }
+
+    #[test]
+    fn errors_read_out_of_time_order_count_from_the_earliest() {
+        let mut d = VelocityDetector::new(DetectConfig::default());
+        let mut s = VelocityState::default();
+        let mut out = Vec::new();
+        fleet(&mut d, &mut s, 1000, &mut out);
+        // The second error is read first (another partition's), then the first, then the rest.
+        let order = [1, 0].into_iter().chain(2..20);
+        for n in order {
+            let t = T0 + 10 * MIN + n * 45_000;
+            d.observe_error(
+                &mut s,
+                "shop",
+                "i-1",
+                &release("u-1"),
+                user(n as u64),
+                t,
+                &mut out,
+            );
+        }
+        d.observe_start(
+            &mut s,
+            "shop",
+            &release("u-1"),
+            user(5000),
+            T0 + 45 * MIN,
+            &mut out,
+        );
+        let confirmed = out.last().unwrap();
+        assert_eq!(confirmed.status, "confirmed", "{out:#?}");
+        assert_eq!(confirmed.candidate_count, 20, "{confirmed:#?}");
+        assert_eq!(confirmed.window_start_ms, T0 + 10 * MIN);
     }
 
     #[test]
