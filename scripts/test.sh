@@ -8,8 +8,10 @@ source scripts/services.sh
 
 trap services_down EXIT
 # The suite's fixtures carry fixed 2026 times: `trellis` processes it starts keep their Parquet
-# files whatever the date (retention itself is tested on its own, with its own clock).
+# files and ClickHouse rows whatever the date (retention itself is tested on its own, with its
+# own clock).
 export TRELLIS_SINKS__PARQUET__RETENTION__INTERVAL=0s
+export TRELLIS_SINKS__CLICKHOUSE__RETENTION__INTERVAL=0s
 services_up
 log "TEST_TRELLIS_KAFKA=$TEST_TRELLIS_KAFKA TEST_TRELLIS_CLICKHOUSE_URL=$TEST_TRELLIS_CLICKHOUSE_URL"
 

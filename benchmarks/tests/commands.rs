@@ -319,6 +319,7 @@ async fn freshness_times_events_into_parquet_and_clickhouse() {
         url: url.clone(),
         database: database.clone(),
         batch_age: Duration::from_millis(100),
+        retention: trellis_sinks::retention::Retention::off(),
         ..Default::default()
     };
     trellis_sinks::clickhouse::migrate(&sink_config)

@@ -194,6 +194,17 @@ fn layout(table: Table) -> (&'static str, bool, &'static str) {
     }
 }
 
+/// The materialized date column of a table: its rows' day, the unit retention removes.
+pub fn date_column(table: Table) -> &'static str {
+    layout(table).0
+}
+
+/// Whether a table is partitioned by the month of its date column (`toYYYYMM`), so that a
+/// month can be dropped at once.
+pub fn monthly(table: Table) -> bool {
+    layout(table).1
+}
+
 /// The `CREATE TABLE` statement of a table in `database`.
 pub fn create_table(database: &str, table: Table) -> String {
     let spec = table.spec();

@@ -13,6 +13,7 @@
 pub mod clickhouse;
 pub mod parquet;
 pub mod query;
+pub mod retention;
 
 /// A sink setting that cannot work, named by its key (`sinks.parquet.max_rows`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

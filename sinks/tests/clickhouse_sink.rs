@@ -407,3 +407,221 @@ async fn events_decades_apart_are_written_in_inserts_a_current_server_accepts() 
     assert_eq!(result["count"], 300, "{result}");
     execute(&format!("DROP DATABASE {db}"));
 }
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Events of `project` on days `ago` before now, named `{project}-{ago}`.
+fn aged(project: &str, ago: &[i64], now_ms: i64) -> Vec<Event> {
+    ago.iter()
+        .map(|days| {
+            let mut e = analytics("opened_app", 0);
+            let common = e.common_mut();
+            common.project = project.into();
+            common.event_id = format!("{project}-{days}");
+            common.timestamp_ms = now_ms - days * DAY_MS;
+            e
+        })
+        .collect()
+}
+
+/// The retention of the retention tests: events keep 90 days, project `long` 400, project
+/// `short` 10.
+fn aged_retention(interval: Duration) -> trellis_sinks::retention::Retention {
+    use trellis_sinks::retention::{ProjectRetention, Retention};
+    let days = |n: u64| Some(Duration::from_secs(n * 86_400));
+    Retention {
+        interval,
+        events: Duration::from_secs(90 * 86_400),
+        projects: [("long", days(400)), ("short", days(10))]
+            .into_iter()
+            .map(|(p, events)| {
+                let rules = ProjectRetention {
+                    events,
+                    ..Default::default()
+                };
+                (p.to_string(), rules)
+            })
+            .collect(),
+        ..Retention::default()
+    }
+}
+
+/// The events of the retention tests, and the ids retention keeps.
+fn aged_fleet(now_ms: i64) -> (Vec<Event>, Vec<String>) {
+    let mut events = aged("p", &[500, 91, 89, 0], now_ms);
+    events.extend(aged("long", &[450, 300], now_ms));
+    events.extend(aged("short", &[20, 5], now_ms));
+    let kept = ["long-300", "p-0", "p-89", "short-5"]
+        .map(String::from)
+        .to_vec();
+    (events, kept)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// On ClickHouse 18.16 (no TTL), the running sink drops the months older than every project's
+/// retention, deletes the other rows past their project's retention, and keeps every row
+/// newer than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_18_16_the_sink_removes_rows_past_their_retention_and_nothing_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = embedded(dir.path());
+    let names = topics::Names::new(&format!("{}.", unique("retention")));
+    create_topics(&bus, &names).await;
+    let db = unique("ch_retention");
+    let now = now_ms();
+    let (events, kept) = aged_fleet(now);
+    let messages: Vec<Message> = events
+        .iter()
+        .map(|e| {
+            Message::new(
+                names.events.as_str(),
+                e.partition_key(),
+                avro::encode(e).unwrap(),
+            )
+        })
+        .collect();
+    publish(&bus, &messages).await;
+    let config = clickhouse::ClickHouseConfig {
+        retention: aged_retention(Duration::from_millis(500)),
+        ..config(&db)
+    };
+    migrate(&config).await.unwrap();
+    let (stop, task) = start(&bus, &names, config);
+    let ids = || {
+        query(&db, "SELECT event_id FROM events FINAL ORDER BY event_id")
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ids() != kept {
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s: {:?}, expected {kept:?}",
+            ids()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The month of the oldest rows went as a partition, not row by row.
+    let oldest = chrono::DateTime::from_timestamp_millis(now - 500 * DAY_MS).unwrap();
+    let month = oldest.format("%Y%m").to_string();
+    let parts = query(
+        "system",
+        &format!(
+            "SELECT count() FROM parts WHERE database = '{db}' AND table = 'events' AND active AND partition = '{month}'"
+        ),
+    );
+    assert_eq!(parts.trim(), "0", "the partition {month} is still there");
+    // Passes go on, and keep what is kept.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ids(), kept);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    execute(&format!("DROP DATABASE {db}"));
+}
+
+/// chDB (a current server): the migrations, then each table's `TTL`; rows the sink would
+/// write, then merges: what the TTL keeps.
+const CHDB_TTL: &str = r#"
+import json, sys
+from chdb import session
+spec = json.load(open(sys.argv[1]))
+s = session.Session(spec["path"])
+s.query("CREATE DATABASE IF NOT EXISTS " + spec["db"])
+for sql in spec["statements"]:
+    s.query(sql)
+for sql in spec["inserts"]:
+    s.query(sql)
+s.query("OPTIMIZE TABLE %s.events FINAL" % spec["db"])
+ids = str(s.query("SELECT event_id FROM %s.events ORDER BY event_id" % spec["db"], "TSV")).split()
+print(json.dumps({"version": str(s.query("SELECT version()", "TSV")).strip(), "ids": ids}))
+"#;
+
+/// On a current server the same retention is each table's `TTL`: after a merge, chDB 26.9
+/// keeps exactly what the 18.16 passes keep.
+#[test]
+fn on_a_current_server_the_ttl_keeps_what_the_retention_keeps() {
+    use trellis_schemas::tables::Table;
+    use trellis_sinks::clickhouse::retention::ttl_statement;
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics::Names::new("ttl.");
+    let db = "ttl";
+    let now = now_ms();
+    let (events, kept) = aged_fleet(now);
+    let retention = aged_retention(Duration::from_secs(3600));
+    let modern = ServerVersion {
+        major: 26,
+        minor: 9,
+    };
+    assert!(modern.has_ttl() && !ServerVersion::parse("18.16.1").unwrap().has_ttl());
+    let mut statements: Vec<String> = migrations(db, modern)
+        .into_iter()
+        .flat_map(|m| m.statements)
+        .collect();
+    statements.extend(Table::all().map(|t| ttl_statement(db, t, &retention)));
+
+    let mut batch = Batch::default();
+    for (offset, e) in events.iter().enumerate() {
+        let m = Message::new(
+            names.events.as_str(),
+            e.partition_key(),
+            avro::encode(e).unwrap(),
+        );
+        let record = trellis_bus::Record {
+            topic: m.topic,
+            partition: 0,
+            offset: offset as u64,
+            key: m.key,
+            payload: m.payload,
+            headers: vec![],
+            timestamp_ms: 0,
+        };
+        batch.push(&names, record, Instant::now());
+    }
+    let (target, rows) = batch.tables().next().unwrap();
+    let inserts: Vec<String> = rows
+        .inserts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, range)| {
+            let path = dir.path().join(format!("{i}.bin"));
+            std::fs::write(&path, rows.bytes(range)).unwrap();
+            plan(target).insert_sql(db, target.name()).replace(
+                " FORMAT RowBinary",
+                &format!(" FROM INFILE '{}' FORMAT RowBinary", path.display()),
+            )
+        })
+        .collect();
+    let spec = serde_json::json!({
+        "path": dir.path().join("chdb").display().to_string(),
+        "db": db,
+        "statements": statements,
+        "inserts": inserts,
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = dir.path().join("chdb_ttl.py");
+    std::fs::write(&script, CHDB_TTL).unwrap();
+    let output = std::process::Command::new(python())
+        .arg(&script)
+        .arg(&spec_path)
+        .output()
+        .expect("the SDK venv's python runs (scripts/services.sh ensure_sdks installs chdb-core)");
+    assert!(
+        output.status.success(),
+        "chdb failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        result["version"].as_str().unwrap().starts_with("26."),
+        "{result}"
+    );
+    assert_eq!(result["ids"], serde_json::json!(kept), "{result}");
+}

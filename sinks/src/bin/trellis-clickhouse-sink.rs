@@ -32,6 +32,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(ClickHouseConfig::default().batch_rows),
         batch_age: Duration::from_millis(200),
+        // The crash tests' fixtures carry fixed times.
+        retention: trellis_sinks::retention::Retention::off(),
         ..Default::default()
     };
     let names = Names::new(&env("TRELLIS_PREFIX").unwrap_or_default());

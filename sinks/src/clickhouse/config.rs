@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
+use crate::retention::Retention;
 
 /// Settings of the ClickHouse sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +44,10 @@ pub struct ClickHouseConfig {
     /// the sink is shut down (offsets stay uncommitted, so nothing is lost).
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// How long each table keeps its rows, per table and per project
+    /// (`[sinks.clickhouse.retention]`): a `TTL` on servers that have it, a scheduled
+    /// `DROP PARTITION` and `DELETE` on older ones ([`super::retention`]).
+    pub retention: Retention,
 }
 
 impl Default for ClickHouseConfig {
@@ -61,6 +66,7 @@ impl Default for ClickHouseConfig {
             request_timeout: Duration::from_secs(30),
             retry_initial_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(10),
+            retention: Retention::default(),
         }
     }
 }
@@ -131,6 +137,9 @@ impl ClickHouseConfig {
         if self.password.is_some() && self.user.is_none() {
             invalid("password", "is set but user is not")?;
         }
+        if let Err(reason) = self.retention.validate() {
+            invalid("retention", reason)?;
+        }
         Ok(())
     }
 }
@@ -156,6 +165,14 @@ mod tests {
                 .starts_with("sinks.clickhouse.retry_max_backoff: ")
         );
         assert!(bad(|c| c.batch_age = Duration::ZERO).contains("batch_age"));
+        assert_eq!(
+            bad(|c| {
+                c.retention
+                    .tables
+                    .insert("eventz".into(), Duration::from_secs(60));
+            }),
+            "sinks.clickhouse.retention: no table \"eventz\""
+        );
     }
 
     #[test]

@@ -23,12 +23,17 @@
 //! The schema is created and migrated at start-up ([`migrate`], versioned in
 //! `schema_migrations`), including the rollups ([`rollups`]). `queries.sql` beside this file
 //! holds the documented analyst queries, run by the tests on ClickHouse 18.16 and chDB 26.x.
+//!
+//! Retention ([`retention`], `[sinks.clickhouse.retention]`): a `TTL` per table on servers
+//! that have it, a pass every `interval` that drops expired monthly partitions and deletes
+//! expired rows on older ones.
 
 pub mod batch;
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod migrations;
+pub mod retention;
 pub mod rollups;
 mod rowbinary;
 mod sink;

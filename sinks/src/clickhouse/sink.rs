@@ -260,11 +260,62 @@ pub async fn run(
         }
     };
     tracing::info!(server = %migrated.server, database = %config.database, applied = ?migrated.applied, "ClickHouse schema ready.");
+    let retention = (!config.retention.interval.is_zero()).then(|| {
+        tokio::spawn(keep_retention(
+            client(&config).with_compression(clickhouse::Compression::None),
+            config.database.clone(),
+            config.retention.clone(),
+            migrated.server,
+        ))
+    });
     let writer = Writer {
         client: client(&config),
         dedup_tokens: migrated.server.has_dedup_tokens(),
         config,
     };
+    let result = consume(&writer, bus, topics, shutdown).await;
+    if let Some(task) = retention {
+        task.abort();
+    }
+    result
+}
+
+/// Keeps `database` within `retention`: sets the tables' `TTL` once on a server that has it,
+/// else removes what expired every `retention.interval`, the first time at once. Failures are
+/// logged and tried again at the next pass (or the next start): retention never stops the
+/// sink.
+async fn keep_retention(
+    client: Client,
+    database: String,
+    retention: crate::retention::Retention,
+    server: super::ServerVersion,
+) {
+    if server.has_ttl() {
+        if let Err(e) = super::retention::apply_ttl(&client, &database, &retention).await {
+            tracing::warn!(error = %e, "Setting the ClickHouse tables' TTL failed; retention is not applied until the next start.");
+        }
+        return;
+    }
+    let mut every = tokio::time::interval(retention.interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if let Err(e) = super::retention::expire(&client, &database, &retention, now_ms).await {
+            tracing::warn!(error = %e, "Removing expired ClickHouse rows failed; the next pass tries again.");
+        }
+    }
+}
+
+/// Reads the topics of every table of the registry and writes their rows until `shutdown`.
+async fn consume<F: Future<Output = ()>>(
+    writer: &Writer,
+    bus: Arc<dyn Bus>,
+    topics: Names,
+    shutdown: &Shutdown<F>,
+) -> Result<(), Error> {
     let config = &writer.config;
     let inputs = trellis_schemas::tables::Table::topics(&topics);
     // A broker that is slow to answer at start-up (a metadata timeout) is waited out.
@@ -294,14 +345,14 @@ pub async fn run(
         }
         let ready = batch.is_ready(config.batch_rows, config.batch_bytes, config.batch_age, now);
         if !batch.is_empty() && ready {
-            if !flush(&writer, &batch, &topics, &producer, &mut consumer, shutdown).await? {
+            if !flush(writer, &batch, &topics, &producer, &mut consumer, shutdown).await? {
                 return Ok(());
             }
             batch = Batch::default();
         }
     }
     if !batch.is_empty() {
-        flush(&writer, &batch, &topics, &producer, &mut consumer, shutdown).await?;
+        flush(writer, &batch, &topics, &producer, &mut consumer, shutdown).await?;
     }
     Ok(())
 }

@@ -10,142 +10,15 @@
 //! default, derived records (sessions, health partials, issues, detections, alerts, audit,
 //! deploys) 400; a zero duration keeps a table for ever.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use trellis_schemas::tables::Table;
 
 use super::layout::EXTENSION;
+pub use crate::retention::{ProjectRetention, Retention};
 
 const DAY_MS: i64 = 86_400_000;
-
-/// How long each table keeps its rows (`[sinks.parquet.retention]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Retention {
-    /// How often the sink removes what expired; zero never does.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// The event tables (`events`, `errors`, `perf`, `transactions`, `session_updates`,
-    /// `notifications`).
-    #[serde(with = "humantime_serde")]
-    pub events: Duration,
-    /// The derived tables (`sessions`, `health_partials`, `issues`, `detections`, `alerts`,
-    /// `audit`, `deploys`).
-    #[serde(with = "humantime_serde")]
-    pub records: Duration,
-    /// One table's retention, by table name, over `events` and `records`.
-    #[serde(with = "humantime_map")]
-    pub tables: BTreeMap<String, Duration>,
-    /// One project's retention, by project name, over the above: `events`, `records` and
-    /// `tables` as above (what it leaves out is the default's).
-    pub projects: BTreeMap<String, ProjectRetention>,
-}
-
-/// One project's retention.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProjectRetention {
-    /// The project's event tables.
-    #[serde(with = "humantime_serde")]
-    pub events: Option<Duration>,
-    /// The project's derived tables.
-    #[serde(with = "humantime_serde")]
-    pub records: Option<Duration>,
-    /// One of the project's tables, by name.
-    #[serde(with = "humantime_map")]
-    pub tables: BTreeMap<String, Duration>,
-}
-
-/// `BTreeMap<String, Duration>` with humantime values (`"30d"`).
-mod humantime_map {
-    use std::collections::BTreeMap;
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<String, Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        let text: BTreeMap<&String, String> = map
-            .iter()
-            .map(|(k, v)| (k, humantime::format_duration(*v).to_string()))
-            .collect();
-        text.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<String, Duration>, D::Error> {
-        BTreeMap::<String, String>::deserialize(d)?
-            .into_iter()
-            .map(|(k, v)| {
-                humantime::parse_duration(&v)
-                    .map(|d| (k, d))
-                    .map_err(serde::de::Error::custom)
-            })
-            .collect()
-    }
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            interval: Duration::from_secs(3600),
-            events: Duration::from_secs(90 * 86_400),
-            records: Duration::from_secs(400 * 86_400),
-            tables: BTreeMap::new(),
-            projects: BTreeMap::new(),
-        }
-    }
-}
-
-impl Retention {
-    /// Never removes anything: for data whose times are fixed in the past (tests, benchmarks),
-    /// which the defaults would expire once the wall clock passes them by the retention.
-    pub fn off() -> Self {
-        Retention {
-            interval: Duration::ZERO,
-            ..Retention::default()
-        }
-    }
-
-    /// Checks that every named table exists; the error names the first that does not.
-    pub fn validate(&self) -> Result<(), String> {
-        let tables = self
-            .tables
-            .keys()
-            .chain(self.projects.values().flat_map(|p| p.tables.keys()));
-        for name in tables {
-            if Table::named(name).is_none() {
-                return Err(format!("no table {name:?}"));
-            }
-        }
-        Ok(())
-    }
-
-    /// How long `table` keeps the rows of `project`; `None` for ever.
-    pub fn of(&self, table: Table, project: &str) -> Option<Duration> {
-        let project = self.projects.get(project);
-        let kind_default = |p: Option<&ProjectRetention>| match table {
-            Table::Event(_) => p.and_then(|p| p.events),
-            _ => p.and_then(|p| p.records),
-        };
-        let keep = project
-            .and_then(|p| p.tables.get(table.name()).copied())
-            .or_else(|| kind_default(project))
-            .or_else(|| self.tables.get(table.name()).copied())
-            .unwrap_or(match table {
-                Table::Event(_) => self.events,
-                _ => self.records,
-            });
-        (!keep.is_zero()).then_some(keep)
-    }
-}
 
 /// What one pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +107,9 @@ fn day_start_ms(date: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
     use super::*;
 
     fn file(root: &Path, rel: &str) {
