@@ -9,6 +9,7 @@ mod config;
 mod demo;
 mod guard;
 mod issues;
+mod push;
 mod status;
 
 /// Ingest allocates and frees small buffers per event; mimalloc does that in a fraction of the
@@ -79,6 +80,9 @@ enum Command {
     /// Lists alerts; acknowledges or silences one.
     #[command(subcommand)]
     Alerts(guard::Alerts),
+    /// What Expo's push tickets and receipts say: the tokens to stop sending to.
+    #[command(subcommand)]
+    Push(push::Push),
     /// Runs one sink alone (scale-out).
     Sink {
         /// Which sink.
@@ -86,9 +90,8 @@ enum Command {
         sink: SinkKind,
     },
     /// Answers SQL over the Parquet files (tables: events, errors, perf, transactions,
-    /// session_updates, notifications, sessions, health_partials, issues, detections, alerts, audit),
-    /// also
-    /// while trellis runs.
+    /// session_updates, notifications, sessions, health_partials, issues, detections, alerts,
+    /// audit, deploys, push), also while trellis runs.
     Query {
         /// The SQL.
         sql: String,
@@ -179,6 +182,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(command) => {
             let config = Config::load(cli.config.as_deref())?;
             guard::alerts(command, &config.sinks.parquet.root).await
+        }
+        Command::Push(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            push::run(command, &config.sinks.parquet.root).await
         }
         Command::Demo {
             devices,

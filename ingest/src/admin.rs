@@ -285,13 +285,19 @@ pub(crate) async fn publish_as(
         Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
     let message = Message::new(topic, project.as_bytes().to_vec(), payload);
-    let publish = state.producer.publish(vec![message]);
+    publish_all(state, vec![message]).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ name: id })),
+    )
+        .into_response())
+}
+
+/// Publishes `messages` within the publish timeout, or the 503 that says why not.
+pub(crate) async fn publish_all(state: &AppState, messages: Vec<Message>) -> Result<(), Refusal> {
+    let publish = state.producer.publish(messages);
     match tokio::time::timeout(state.config.publish_timeout, publish).await {
-        Ok(Ok(_)) => Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ name: id })),
-        )
-            .into_response()),
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(refuse(StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}"))),
         Err(_) => Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,

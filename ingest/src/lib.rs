@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod native;
 pub mod normalize;
 pub mod posthog;
+pub mod push;
 pub mod sentry;
 mod server;
 pub mod time;

@@ -121,6 +121,14 @@ pub fn router(state: AppState) -> Router {
             post(crate::deploys::deploy),
         )
         .route(
+            "/v1/projects/{project}/push/tickets",
+            post(crate::push::post_tickets),
+        )
+        .route(
+            "/v1/projects/{project}/push/receipts",
+            post(crate::push::post_receipts),
+        )
+        .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )

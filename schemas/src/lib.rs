@@ -41,14 +41,18 @@ pub mod topics {
     /// Deploy markers (builds and OTA updates published, promoted, rolled back), from ingest,
     /// keyed by project.
     pub const DEPLOYS: &str = "deploys";
+    /// Push outcomes (Expo's tickets and receipts, as app servers forward them), from ingest,
+    /// keyed by project.
+    pub const PUSH: &str = "push";
     /// Dead letters: what a stage could not use, with the reason.
     pub const DLQ: &str = "dlq";
     /// Error events and issue commands keyed by project and issue id, from the processors (and
     /// the admin API) to the issues stage, so one instance owns each issue.
     pub const GROUPED: &str = "errors.grouped";
     /// Every topic trellis creates at start-up.
-    pub const ALL: [&str; 11] = [
-        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, AUDIT, DEPLOYS, DLQ, GROUPED,
+    pub const ALL: [&str; 12] = [
+        RAW, EVENTS, SESSIONS, ISSUES, AGGREGATES, DETECTIONS, ALERTS, AUDIT, DEPLOYS, PUSH, DLQ,
+        GROUPED,
     ];
 
     /// The topic names of one deployment: the names above behind an optional prefix, so that
@@ -75,6 +79,8 @@ pub mod topics {
         pub audit: String,
         /// [`DEPLOYS`] with the prefix.
         pub deploys: String,
+        /// [`PUSH`] with the prefix.
+        pub push: String,
         /// [`DLQ`] with the prefix.
         pub dlq: String,
         /// [`GROUPED`] with the prefix.
@@ -96,13 +102,14 @@ pub mod topics {
                 alerts: p(ALERTS),
                 audit: p(AUDIT),
                 deploys: p(DEPLOYS),
+                push: p(PUSH),
                 dlq: p(DLQ),
                 grouped: p(GROUPED),
             }
         }
 
         /// Every topic, prefixed.
-        pub fn all(&self) -> [&str; 11] {
+        pub fn all(&self) -> [&str; 12] {
             [
                 &self.raw,
                 &self.events,
@@ -113,6 +120,7 @@ pub mod topics {
                 &self.alerts,
                 &self.audit,
                 &self.deploys,
+                &self.push,
                 &self.dlq,
                 &self.grouped,
             ]

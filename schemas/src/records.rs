@@ -427,6 +427,40 @@ pub struct Deploy {
     pub message: Option<String>,
 }
 
+/// What Expo's push service answered for one push message to one device, as the app server
+/// forwarded it: a *ticket* (the answer to the send) or a *receipt* (the answer to
+/// `getReceipts` for that ticket, once Expo handed it to APNs or FCM). With the app's own
+/// notification events (delivered, opened), they make each notification's lifecycle.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "trellis")]
+pub struct PushOutcome {
+    /// 32 hex digits, from the project, the step and the ticket id (or, for a send Expo
+    /// refused, the notification, token and time), so an outcome forwarded twice is one row.
+    pub outcome_id: String,
+    /// The project.
+    pub project: String,
+    /// `ticket` or `receipt`.
+    pub step: String,
+    /// Expo's ticket id; none for a message Expo refused at once.
+    pub ticket_id: Option<String>,
+    /// The notification the message carried (its `data.notification_id`), shared with the app's
+    /// notification events. Tickets only: a receipt names its ticket.
+    pub notification_id: Option<String>,
+    /// The campaign the app server sent it for. Tickets only.
+    pub campaign: Option<String>,
+    /// The device's push token (`ExponentPushToken[...]`).
+    pub token: Option<String>,
+    /// `ok` or `error`.
+    pub status: String,
+    /// Expo's error code when `status` is `error`: `DeviceNotRegistered`, `MessageTooBig`,
+    /// `MessageRateExceeded`, `MismatchSenderId`, `InvalidCredentials`, ...
+    pub error: Option<String>,
+    /// Expo's message with the error.
+    pub message: Option<String>,
+    /// When the app server sent the message (tickets) or read the receipt, ms since the epoch.
+    pub at_ms: i64,
+}
+
 /// A record type with a committed Avro schema.
 pub trait Record: AvroSchema + Serialize + DeserializeOwned {
     /// Its name, as used for its `.avsc` file.
@@ -493,6 +527,7 @@ records! {
     Alert => "alert",
     AuditEntry => "audit_entry",
     Deploy => "deploy",
+    PushOutcome => "push_outcome",
 }
 
 /// The `.avsc` text a record type implies, as `trellis schema export` writes it.
@@ -583,6 +618,7 @@ mod tests {
         check_committed::<Alert>();
         check_committed::<AuditEntry>();
         check_committed::<Deploy>();
+        check_committed::<PushOutcome>();
     }
 
     #[test]

@@ -16,7 +16,8 @@ use arrow_schema::Schema;
 
 use crate::Kind;
 use crate::records::{
-    Alert, AuditEntry, Deploy, Detection, HealthPartial, IssueRecord, Record, SessionRecord,
+    Alert, AuditEntry, Deploy, Detection, HealthPartial, IssueRecord, PushOutcome, Record,
+    SessionRecord,
 };
 use crate::topics::Names;
 
@@ -189,6 +190,14 @@ derived_tables! {
         identity: ["deploy_id"],
         version: None,
         time: deployed_ms,
+    },
+    /// [`PushOutcome`]s, from the `push` topic: Expo's tickets and receipts.
+    Push => PushOutcome {
+        name: "push",
+        topic: push,
+        identity: ["outcome_id"],
+        version: None,
+        time: at_ms,
     },
 }
 

@@ -88,6 +88,7 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
     let detections = tables(&[Table::Detections]);
     let alerts = tables(&[Table::Alerts, Table::Audit]);
     let deploys = tables(&[Table::Deploys]);
+    let push = tables(&[Table::Push]);
     vec![
         Migration {
             version: 1,
@@ -123,6 +124,11 @@ pub fn migrations(db: &str, server: ServerVersion) -> Vec<Migration> {
             version: 7,
             name: "deploys table",
             statements: deploys,
+        },
+        Migration {
+            version: 8,
+            name: "push outcomes table",
+            statements: push,
         },
     ]
 }
@@ -239,8 +245,8 @@ mod tests {
                 .count()
         };
         assert_eq!(count(old), 0);
-        assert_eq!(count(new), 13);
+        assert_eq!(count(new), 14);
         let versions: Vec<u32> = migrations("db", old).iter().map(|m| m.version).collect();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
     }
 }
