@@ -556,6 +556,46 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         .send(envelope.as_bytes())
         .unwrap();
     assert_eq!(stored.status(), 200);
+    // An app server forwards what Expo answered for two messages (the second to two devices,
+    // one of them gone) and, later, the receipts (the other device gone too); the app reports
+    // the first notification opened two minutes after the send.
+    let push = |what: &str, body: serde_json::Value| {
+        let r = ureq::post(&format!("{base}/v1/projects/default/push/{what}"))
+            .header("Authorization", "Bearer a-release-pipeline-token")
+            .send(body.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    };
+    let token = |c: char| format!("ExponentPushToken[{}]", c.to_string().repeat(22));
+    push(
+        "tickets",
+        serde_json::json!({
+            "campaign": "spring-care", "sent_at": "2026-12-01T09:00:00Z",
+            "messages": [
+                {"to": token('x'), "title": "Water your fern", "data": {"notification_id": "n-1"}},
+                {"to": [token('y'), token('z')], "title": "New guide",
+                 "data": {"notification_id": "n-2", "campaign": "guides"}}],
+            "tickets": {"data": [
+                {"status": "ok", "id": "e42d2795-fd07-4abb-9050-f7381114ad7e"},
+                {"status": "ok", "id": "24fab47c-f186-4d6c-a23c-48e7188694d9"},
+                {"status": "error", "message": "not a registered push notification recipient",
+                 "details": {"error": "DeviceNotRegistered", "expoPushToken": token('z')}}]},
+        }),
+    );
+    push(
+        "receipts",
+        serde_json::json!({"receipts": {"data": {
+            "e42d2795-fd07-4abb-9050-f7381114ad7e": {"status": "ok"},
+            "24fab47c-f186-4d6c-a23c-48e7188694d9": {"status": "error",
+                "details": {"error": "DeviceNotRegistered"}}}}}),
+    );
+    let opened = serde_json::json!({
+        "kind": "notification", "event_id": "00000000-0000-4000-8000-00000000aaaa",
+        "device_id": "device-1", "timestamp": "2026-12-01T09:02:00Z",
+        "release": {"platform": "ios", "app_version": "2.14.0"},
+        "stage": "opened", "notification_id": "n-1", "campaign": "spring-care",
+    });
+    assert_eq!(post_batch(&base, &[opened])["accepted"], 1);
     let count = |table: &str| {
         clickhouse(&format!("SELECT count() FROM {database}.{table} FINAL"))
             .and_then(|n| n.trim().parse::<u64>().ok())
@@ -586,6 +626,54 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The push outcomes and the open give the README's delivery query its answer.
+    while (count("push"), count("notifications")) != (Some(5), Some(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "push, notifications: {:?} {:?}",
+            count("push"),
+            count("notifications")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, delivery) = trellis_sinks::clickhouse::queries()
+        .into_iter()
+        .find(|(name, _)| *name == "push_delivery_by_campaign")
+        .unwrap();
+    let mut answer = ureq::post(&format!("{url}/?database={database}"))
+        .send(delivery.as_bytes())
+        .unwrap();
+    assert_eq!(
+        answer.body_mut().read_to_string().unwrap(),
+        "default\tguides\t2\t1\t0\t2\t0\t0\t0\t0\n\
+         default\tspring-care\t1\t1\t1\t0\t1\t100\t100\t120\n"
+    );
+    // The Parquet files answer `trellis push invalid-tokens`: both devices that are gone, the
+    // one Expo refused at the send and the one its receipt named.
+    let tokens = loop {
+        let out = trellis()
+            .args(["push", "invalid-tokens", "--format", "csv"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && text.lines().count() == 3 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trellis push invalid-tokens: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let lines: Vec<&str> = tokens.lines().collect();
+    assert_eq!(lines[0], "project,token,seen_ms");
+    assert!(
+        lines[1].starts_with(&format!("default,{},", token('y'))),
+        "{tokens}"
+    );
+    assert_eq!(lines[2], format!("default,{},1796115600000", token('z')));
     let samples = clickhouse(&format!(
         "SELECT metric, value, screen, release_app_version FROM {database}.perf FINAL ORDER BY metric"
     ))

@@ -2,7 +2,7 @@
 //! (`[sinks.parquet.retention]`, `[sinks.clickhouse.retention]`), per table and per project.
 //!
 //! Raw event tables keep 90 days by default, derived records (sessions, health partials,
-//! issues, detections, alerts, audit, deploys) 400; a zero duration keeps a table for ever. A
+//! issues, detections, alerts, audit, deploys, push) 400; a zero duration keeps a table for ever. A
 //! row goes only once the whole day of its time is older than its retention, so nothing newer
 //! than the retention is ever removed.
 
@@ -26,7 +26,7 @@ pub struct Retention {
     #[serde(with = "days")]
     pub events: Duration,
     /// The derived tables (`sessions`, `health_partials`, `issues`, `detections`, `alerts`,
-    /// `audit`, `deploys`).
+    /// `audit`, `deploys`, `push`).
     #[serde(with = "days")]
     pub records: Duration,
     /// One table's retention, by table name, over `events` and `records`.

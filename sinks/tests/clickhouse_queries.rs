@@ -451,6 +451,117 @@ fn oracle(data: &Data) -> BTreeMap<&'static str, Table> {
             })
             .collect(),
     );
+
+    // Push: one outcome per id; per notification its tickets, their receipts and the devices
+    // that opened it; per campaign the sums.
+    let mut outcomes: BTreeMap<&str, &trellis_schemas::records::PushOutcome> = BTreeMap::new();
+    for o in &data.push {
+        outcomes.insert(&o.outcome_id, o);
+    }
+    let receipts: BTreeMap<(&str, &str), &str> = outcomes
+        .values()
+        .filter(|o| o.step == "receipt")
+        .map(|o| {
+            (
+                (o.project.as_str(), o.ticket_id.as_deref().unwrap()),
+                o.status.as_str(),
+            )
+        })
+        .collect();
+    #[derive(Default)]
+    struct Sent {
+        campaign: Option<String>,
+        sent_ms: Option<i64>,
+        recipients: usize,
+        accepted: usize,
+        delivered: usize,
+        failed: usize,
+    }
+    let mut notifications: BTreeMap<(String, String), Sent> = BTreeMap::new();
+    for t in outcomes.values().filter(|o| o.step == "ticket") {
+        let n = notifications
+            .entry((
+                t.project.clone(),
+                t.notification_id.clone().unwrap_or_default(),
+            ))
+            .or_default();
+        let campaign = t.campaign.clone().unwrap_or_default();
+        n.campaign = Some(
+            n.campaign
+                .take()
+                .map_or(campaign.clone(), |c| c.min(campaign)),
+        );
+        n.sent_ms = Some(n.sent_ms.map_or(t.at_ms, |s| s.min(t.at_ms)));
+        let receipt = t
+            .ticket_id
+            .as_deref()
+            .and_then(|id| receipts.get(&(t.project.as_str(), id)))
+            .copied()
+            .unwrap_or("");
+        n.recipients += 1;
+        n.accepted += usize::from(t.status == "ok");
+        n.delivered += usize::from(receipt == "ok");
+        n.failed += usize::from(t.status == "error" || receipt == "error");
+    }
+    let mut opens: BTreeMap<(String, String), (BTreeSet<String>, i64)> = BTreeMap::new();
+    for e in events {
+        let Event::Notification(n) = e else { continue };
+        if n.stage != trellis_schemas::NotificationStage::Opened {
+            continue;
+        }
+        let o = opens
+            .entry((n.common.project.clone(), n.notification_id.clone()))
+            .or_insert((BTreeSet::new(), i64::MAX));
+        o.0.insert(n.common.device_id.clone().unwrap_or_default());
+        o.1 = o.1.min(n.common.timestamp_ms);
+    }
+    type Campaign = (usize, usize, usize, usize, usize, Vec<f64>);
+    let mut campaigns: BTreeMap<(String, String), Campaign> = BTreeMap::new();
+    for ((project, id), n) in &notifications {
+        let c = campaigns
+            .entry((project.clone(), n.campaign.clone().unwrap()))
+            .or_default();
+        c.0 += n.recipients;
+        c.1 += n.accepted;
+        c.2 += n.delivered;
+        c.3 += n.failed;
+        if let Some((devices, first)) = opens.get(&(project.clone(), id.clone())) {
+            c.4 += devices.len();
+            c.5.push((first - n.sent_ms.unwrap()) as f64 / 1000.0);
+        }
+    }
+    out.insert(
+        "push_delivery_by_campaign",
+        campaigns
+            .into_iter()
+            .map(
+                |((project, campaign), (sent, accepted, delivered, failed, opened, waits))| {
+                    let open_pct = if delivered == 0 {
+                        0.0
+                    } else {
+                        100.0 * opened as f64 / delivered as f64
+                    };
+                    let wait = if waits.is_empty() {
+                        0.0
+                    } else {
+                        waits.iter().sum::<f64>() / waits.len() as f64
+                    };
+                    row(&[
+                        &project,
+                        &campaign,
+                        &sent,
+                        &accepted,
+                        &delivered,
+                        &failed,
+                        &opened,
+                        &(100.0 * delivered as f64 / sent as f64),
+                        &open_pct,
+                        &wait,
+                    ])
+                },
+            )
+            .collect(),
+    );
     out
 }
 

@@ -154,3 +154,41 @@ ALL INNER JOIN (SELECT project, started_ms, crashed FROM sessions FINAL) AS s US
 WHERE started_ms >= deployed_ms - 86400000 AND started_ms < deployed_ms + 86400000
 GROUP BY deploy_id, action, deploy_app_version, deploy_update_id, deployed_ms
 ORDER BY deployed_ms, deploy_id;
+
+-- name: push_delivery_by_campaign
+-- Expo push per campaign, from the tickets and receipts app servers forward and the app's own
+-- notification events: recipients sent to, accepted by Expo (ticket ok), delivered to APNs or
+-- FCM (receipt ok), failed (ticket or receipt error), devices that opened, the delivery and
+-- open rates (%), and the mean seconds from a send to its notification's first open.
+SELECT project, campaign,
+       sum(n_recipients) AS sent,
+       sum(n_accepted) AS accepted,
+       sum(n_delivered) AS delivered,
+       sum(n_failed) AS failed,
+       sum(n_opened) AS opened,
+       round(100 * delivered / sent, 2) AS delivery_pct,
+       if(delivered = 0, 0, round(100 * opened / delivered, 2)) AS open_pct,
+       if(countIf(n_opened > 0) = 0, 0,
+          round(avgIf((first_open_ms - sent_ms) / 1000, n_opened > 0), 2)) AS seconds_to_open
+FROM (
+    SELECT project, notification_id, min(campaign) AS campaign, min(sent_ms) AS sent_ms,
+           count() AS n_recipients,
+           countIf(ticket_status = 'ok') AS n_accepted,
+           countIf(receipt_status = 'ok') AS n_delivered,
+           countIf(ticket_status = 'error' OR receipt_status = 'error') AS n_failed
+    FROM (
+        SELECT project, ifNull(ticket_id, outcome_id) AS ticket_id,
+               ifNull(notification_id, '') AS notification_id, ifNull(campaign, '') AS campaign,
+               status AS ticket_status, at_ms AS sent_ms
+        FROM push FINAL WHERE step = 'ticket') AS t
+    ALL LEFT JOIN (
+        SELECT project, ifNull(ticket_id, '') AS ticket_id, status AS receipt_status
+        FROM push FINAL WHERE step = 'receipt') AS r USING (project, ticket_id)
+    GROUP BY project, notification_id) AS n
+ALL LEFT JOIN (
+    SELECT project, notification_id, uniqExact(ifNull(device_id, '')) AS n_opened,
+           min(timestamp_ms) AS first_open_ms
+    FROM notifications FINAL WHERE stage = 'opened'
+    GROUP BY project, notification_id) AS o USING (project, notification_id)
+GROUP BY project, campaign
+ORDER BY project, campaign;
