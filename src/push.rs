@@ -21,29 +21,37 @@ pub enum Push {
     },
 }
 
-/// The tokens whose newest outcome (a ticket's receipt when it has one, else the ticket) is
-/// `DeviceNotRegistered`, with when that was seen: a token that worked again since is not
-/// listed.
+/// The tokens to stop sending to: those whose newest decisive outcome says
+/// `DeviceNotRegistered`, with when that was seen. Outcomes are ordered by their send (the
+/// ticket's time); decisive are a delivery (a receipt `ok`) and `DeviceNotRegistered` (at the
+/// send or in the receipt), so a send still waiting for its receipt, or one that failed for
+/// another reason (`MessageRateExceeded`), does not take a gone device off the list, and a
+/// device that received a later send is not on it. Sends of one time that disagree count as a
+/// delivery.
 pub fn invalid_tokens_sql(project: Option<&str>) -> String {
     let only = project
         .map(|p| format!("AND t.project = '{}'", p.replace('\'', "''")))
         .unwrap_or_default();
     format!(
         "WITH final AS (\n\
-         \x20 SELECT t.project, t.token,\n\
-         \x20   CASE WHEN r.ticket_id IS NULL THEN t.at_ms ELSE r.at_ms END AS at_ms,\n\
-         \x20   CASE WHEN r.ticket_id IS NULL THEN t.error ELSE r.error END AS error\n\
+         \x20 SELECT t.project, t.token, t.at_ms AS sent_ms,\n\
+         \x20   CASE WHEN r.ticket_id IS NULL THEN t.at_ms ELSE r.at_ms END AS seen_ms,\n\
+         \x20   r.status = 'ok' AS delivered,\n\
+         \x20   coalesce(r.error, t.error) = 'DeviceNotRegistered' AS gone\n\
          \x20 FROM push t LEFT JOIN push r\n\
          \x20   ON r.step = 'receipt' AND r.project = t.project AND r.ticket_id = t.ticket_id\n\
          \x20 WHERE t.step = 'ticket' AND t.token IS NOT NULL {only}\n\
+         ), decisive AS (\n\
+         \x20 SELECT * FROM final WHERE delivered OR gone\n\
          ), latest AS (\n\
-         \x20 SELECT project, token, max(at_ms) AS at_ms FROM final GROUP BY project, token\n\
+         \x20 SELECT project, token, max(sent_ms) AS sent_ms FROM decisive GROUP BY project, token\n\
          )\n\
-         SELECT f.project, f.token, max(f.at_ms) AS seen_ms\n\
-         FROM final f JOIN latest l\n\
-         \x20 ON f.project = l.project AND f.token = l.token AND f.at_ms = l.at_ms\n\
-         WHERE f.error = 'DeviceNotRegistered'\n\
-         GROUP BY f.project, f.token ORDER BY f.project, f.token"
+         SELECT d.project, d.token, max(d.seen_ms) AS seen_ms\n\
+         FROM decisive d JOIN latest l\n\
+         \x20 ON d.project = l.project AND d.token = l.token AND d.sent_ms = l.sent_ms\n\
+         GROUP BY d.project, d.token\n\
+         HAVING NOT bool_or(coalesce(d.delivered, false))\n\
+         ORDER BY d.project, d.token"
     )
 }
 

@@ -234,7 +234,7 @@ fn schema_export_writes_the_committed_avsc_files() {
     };
     let committed = names(std::path::Path::new(&committed_dir));
     assert_eq!(names(dir.path()), committed);
-    assert_eq!(committed.len(), 16, "{committed:?}");
+    assert_eq!(committed.len(), 17, "{committed:?}");
     for name in committed {
         let exported = std::fs::read_to_string(dir.path().join(&name)).unwrap();
         let file = std::fs::read_to_string(format!("{committed_dir}/{name}")).unwrap();

@@ -191,21 +191,43 @@ pub fn tickets(project: &str, body: TicketsBody) -> Result<Vec<PushOutcome>, Ref
         .ok_or_else(|| bad("tickets: Expo's tickets for the messages"))?
         .into_inner();
     let default_campaign = field("campaign", body.campaign.as_deref())?;
-    let mut recipients = Vec::new();
+    let too_many = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_OUTCOMES} tickets per request"),
+        )
+    };
+    if tickets.len() > MAX_OUTCOMES {
+        return Err(too_many());
+    }
+    let mut recipients = Vec::with_capacity(tickets.len());
     for (m, message) in messages.iter().enumerate() {
         let data = message.data.as_ref();
-        let text = |key: &str| data.and_then(|d| d.get(key)).and_then(|v| v.as_str());
+        // A number is an id too (`{"notification_id": 42}`).
+        let text = |key: &str| {
+            data.and_then(|d| d.get(key)).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
         let notification_id = field(
             &format!("messages[{m}].data.notification_id"),
-            text("notification_id"),
+            text("notification_id").as_deref(),
         )?;
-        let campaign = field(&format!("messages[{m}].data.campaign"), text("campaign"))?
-            .or_else(|| default_campaign.clone());
+        let campaign = field(
+            &format!("messages[{m}].data.campaign"),
+            text("campaign").as_deref(),
+        )?
+        .or_else(|| default_campaign.clone());
         let tokens = match &message.to {
             Recipients::One(t) => std::slice::from_ref(t),
             Recipients::Many(t) => t.as_slice(),
         };
         for token in tokens {
+            if recipients.len() == MAX_OUTCOMES {
+                return Err(too_many());
+            }
             let token = field(&format!("messages[{m}].to"), Some(token))?;
             recipients.push((notification_id.clone(), campaign.clone(), token));
         }
@@ -216,12 +238,6 @@ pub fn tickets(project: &str, body: TicketsBody) -> Result<Vec<PushOutcome>, Ref
             recipients.len(),
             tickets.len()
         )));
-    }
-    if tickets.len() > MAX_OUTCOMES {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_OUTCOMES} tickets per request"),
-        ));
     }
     let mut out = Vec::with_capacity(tickets.len());
     for (i, (ticket, (notification_id, campaign, token))) in

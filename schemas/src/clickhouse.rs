@@ -191,7 +191,8 @@ fn layout(table: Table) -> (&'static str, bool, &'static str) {
         Table::Alerts => ("fired_date", false, "project, alert_id"),
         Table::Audit => ("at_date", true, "project, at_ms, audit_id"),
         Table::Deploys => ("deployed_date", true, "project, deployed_ms, deploy_id"),
-        Table::Push => ("at_date", true, "project, at_ms, outcome_id"),
+        // No date partition, so an outcome forwarded again at another time collapses into one.
+        Table::Push => ("at_date", false, "project, outcome_id"),
     }
 }
 

@@ -17,7 +17,7 @@ use trellis_schemas::tables::Table;
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
     /// How often the sink removes what expired; zero turns retention off in that sink. (A
-    /// ClickHouse server with TTL, 19.6 and later, removes rows itself as it merges; the
+    /// ClickHouse server with TTL, 20.10 and later, removes rows itself as it merges; the
     /// interval then only says whether retention is on.)
     #[serde(with = "humantime_serde")]
     pub interval: Duration,

@@ -470,27 +470,21 @@ fn oracle(data: &Data) -> BTreeMap<&'static str, Table> {
         .collect();
     #[derive(Default)]
     struct Sent {
-        campaign: Option<String>,
         sent_ms: Option<i64>,
         recipients: usize,
         accepted: usize,
         delivered: usize,
         failed: usize,
     }
-    let mut notifications: BTreeMap<(String, String), Sent> = BTreeMap::new();
+    let mut notifications: BTreeMap<(String, String, String), Sent> = BTreeMap::new();
     for t in outcomes.values().filter(|o| o.step == "ticket") {
         let n = notifications
             .entry((
                 t.project.clone(),
+                t.campaign.clone().unwrap_or_default(),
                 t.notification_id.clone().unwrap_or_default(),
             ))
             .or_default();
-        let campaign = t.campaign.clone().unwrap_or_default();
-        n.campaign = Some(
-            n.campaign
-                .take()
-                .map_or(campaign.clone(), |c| c.min(campaign)),
-        );
         n.sent_ms = Some(n.sent_ms.map_or(t.at_ms, |s| s.min(t.at_ms)));
         let receipt = t
             .ticket_id
@@ -512,14 +506,19 @@ fn oracle(data: &Data) -> BTreeMap<&'static str, Table> {
         let o = opens
             .entry((n.common.project.clone(), n.notification_id.clone()))
             .or_insert((BTreeSet::new(), i64::MAX));
-        o.0.insert(n.common.device_id.clone().unwrap_or_default());
+        o.0.insert(
+            n.common
+                .device_id
+                .clone()
+                .unwrap_or(n.common.event_id.clone()),
+        );
         o.1 = o.1.min(n.common.timestamp_ms);
     }
     type Campaign = (usize, usize, usize, usize, usize, Vec<f64>);
     let mut campaigns: BTreeMap<(String, String), Campaign> = BTreeMap::new();
-    for ((project, id), n) in &notifications {
+    for ((project, campaign, id), n) in &notifications {
         let c = campaigns
-            .entry((project.clone(), n.campaign.clone().unwrap()))
+            .entry((project.clone(), campaign.clone()))
             .or_default();
         c.0 += n.recipients;
         c.1 += n.accepted;

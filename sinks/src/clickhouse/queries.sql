@@ -171,7 +171,7 @@ SELECT project, campaign,
        if(countIf(n_opened > 0) = 0, 0,
           round(avgIf((first_open_ms - sent_ms) / 1000, n_opened > 0), 2)) AS seconds_to_open
 FROM (
-    SELECT project, notification_id, min(campaign) AS campaign, min(sent_ms) AS sent_ms,
+    SELECT project, campaign, notification_id, min(sent_ms) AS sent_ms,
            count() AS n_recipients,
            countIf(ticket_status = 'ok') AS n_accepted,
            countIf(receipt_status = 'ok') AS n_delivered,
@@ -184,9 +184,9 @@ FROM (
     ALL LEFT JOIN (
         SELECT project, ifNull(ticket_id, '') AS ticket_id, status AS receipt_status
         FROM push FINAL WHERE step = 'receipt') AS r USING (project, ticket_id)
-    GROUP BY project, notification_id) AS n
+    GROUP BY project, campaign, notification_id) AS n
 ALL LEFT JOIN (
-    SELECT project, notification_id, uniqExact(ifNull(device_id, '')) AS n_opened,
+    SELECT project, notification_id, uniqExact(ifNull(device_id, event_id)) AS n_opened,
            min(timestamp_ms) AS first_open_ms
     FROM notifications FINAL WHERE stage = 'opened'
     GROUP BY project, notification_id) AS o USING (project, notification_id)

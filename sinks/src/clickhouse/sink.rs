@@ -260,14 +260,15 @@ pub async fn run(
         }
     };
     tracing::info!(server = %migrated.server, database = %config.database, applied = ?migrated.applied, "ClickHouse schema ready.");
-    let retention = (!config.retention.interval.is_zero()).then(|| {
-        tokio::spawn(keep_retention(
-            client(&config).with_compression(clickhouse::Compression::None),
-            config.database.clone(),
-            config.retention.clone(),
-            migrated.server,
-        ))
-    });
+    let retention =
+        (migrated.server.has_ttl() || !config.retention.interval.is_zero()).then(|| {
+            tokio::spawn(keep_retention(
+                client(&config).with_compression(clickhouse::Compression::None),
+                config.database.clone(),
+                config.retention.clone(),
+                migrated.server,
+            ))
+        });
     let writer = Writer {
         client: client(&config),
         dedup_tokens: migrated.server.has_dedup_tokens(),
@@ -280,10 +281,10 @@ pub async fn run(
     result
 }
 
-/// Keeps `database` within `retention`: sets the tables' `TTL` once on a server that has it,
-/// else removes what expired every `retention.interval`, the first time at once. Failures are
-/// logged and tried again at the next pass (or the next start): retention never stops the
-/// sink.
+/// Keeps `database` within `retention`: sets the tables' `TTL` once on a server that has it
+/// (or removes the `TTL`s trellis set, when retention is off), else removes what expired every
+/// `retention.interval`, the first time at once. Failures are logged and tried again at the
+/// next pass (or the next start): retention never stops the sink.
 async fn keep_retention(
     client: Client,
     database: String,
@@ -296,6 +297,9 @@ async fn keep_retention(
         }
         return;
     }
+    if retention.interval.is_zero() {
+        return;
+    }
     let mut every = tokio::time::interval(retention.interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -303,9 +307,7 @@ async fn keep_retention(
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        if let Err(e) = super::retention::expire(&client, &database, &retention, now_ms).await {
-            tracing::warn!(error = %e, "Removing expired ClickHouse rows failed; the next pass tries again.");
-        }
+        super::retention::expire(&client, &database, &retention, now_ms).await;
     }
 }
 

@@ -31,6 +31,7 @@ pub struct Outputs {
     pub alerts: Vec<trellis_schemas::records::Alert>,
     pub audit: Vec<trellis_schemas::records::AuditEntry>,
     pub deploys: Vec<trellis_schemas::records::Deploy>,
+    pub push: Vec<trellis_schemas::records::PushOutcome>,
 }
 
 impl Outputs {
@@ -55,6 +56,7 @@ impl Outputs {
             alerts: Vec::new(),
             audit: Vec::new(),
             deploys: Vec::new(),
+            push: Vec::new(),
         };
         (out.alerts, out.audit) = trellis_alerts::sample_alerts();
         for (partition, events) in parts.into_iter().enumerate() {
@@ -93,6 +95,18 @@ impl Outputs {
                 ..Default::default()
             })
             .collect();
+        // Push outcomes: three Expo tickets and the receipts of two of them.
+        out.push = (0..5)
+            .map(|n| trellis_schemas::records::PushOutcome {
+                outcome_id: format!("{:032x}", n + 1),
+                project: project.clone(),
+                step: if n < 3 { "ticket" } else { "receipt" }.into(),
+                ticket_id: Some(format!("ticket-{}", n % 3)),
+                status: "ok".into(),
+                at_ms: out.sessions[0].started_ms + n as i64 * 1000,
+                ..Default::default()
+            })
+            .collect();
         out.issues =
             trellis_processors::issues::replay(out.events.iter().filter_map(|e| match e {
                 Event::Error(e) => Some(e),
@@ -115,6 +129,7 @@ impl Outputs {
         counts.insert("alerts", self.alerts.len() as u64);
         counts.insert("audit", self.audit.len() as u64);
         counts.insert("deploys", self.deploys.len() as u64);
+        counts.insert("push", self.push.len() as u64);
         counts
     }
 
@@ -191,6 +206,13 @@ impl Outputs {
                 names.deploys.as_str(),
                 d.project.clone(),
                 records::encode(d).unwrap(),
+            ));
+        }
+        for o in &self.push {
+            messages.push(Message::new(
+                names.push.as_str(),
+                o.project.clone(),
+                records::encode(o).unwrap(),
             ));
         }
         for n in 0..garbage {
@@ -303,6 +325,7 @@ pub fn files(root: &Path, names: &topics::Names) -> Files {
                     &names.alerts,
                     &names.audit,
                     &names.deploys,
+                    &names.push,
                 ]
                 .into_iter()
                 .flat_map(|t| (0..PARTITIONS).map(move |p| (t, p)))
