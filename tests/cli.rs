@@ -674,6 +674,40 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         "{tokens}"
     );
     assert_eq!(lines[2], format!("default,{},1796115600000", token('z')));
+    // An hour later the app was reinstalled on the second device (a later send is delivered),
+    // and a send to the third is only rate-limited: the second leaves the list, the third stays.
+    push(
+        "tickets",
+        serde_json::json!({
+            "sent_at": "2026-12-01T10:00:00Z",
+            "messages": [{"to": [token('y'), token('z')], "data": {"notification_id": "n-3"}}],
+            "tickets": [
+                {"status": "ok", "id": "5d0e3a51-7b7e-4c44-8a6f-3f9d1d5b2c10"},
+                {"status": "error", "details": {"error": "MessageRateExceeded"}}],
+        }),
+    );
+    push(
+        "receipts",
+        serde_json::json!({"receipts": {"5d0e3a51-7b7e-4c44-8a6f-3f9d1d5b2c10": {"status": "ok"}}}),
+    );
+    let listed = |text: &str| text.lines().skip(1).map(String::from).collect::<Vec<_>>();
+    loop {
+        let out = trellis()
+            .args(["push", "invalid-tokens", "--format", "csv"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if listed(&text) == [format!("default,{},1796115600000", token('z'))] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trellis push invalid-tokens after the reinstall: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let samples = clickhouse(&format!(
         "SELECT metric, value, screen, release_app_version FROM {database}.perf FINAL ORDER BY metric"
     ))
