@@ -7,6 +7,7 @@
 mod app;
 mod config;
 mod demo;
+mod funnel;
 mod guard;
 mod issues;
 mod push;
@@ -80,6 +81,9 @@ enum Command {
     /// Lists alerts; acknowledges or silences one.
     #[command(subcommand)]
     Alerts(guard::Alerts),
+    /// How many people went through steps in order (event names, or `screen:NAME`), from the
+    /// Parquet files.
+    Funnel(funnel::FunnelArgs),
     /// What Expo's push tickets and receipts say: the tokens to stop sending to.
     #[command(subcommand)]
     Push(push::Push),
@@ -182,6 +186,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(command) => {
             let config = Config::load(cli.config.as_deref())?;
             guard::alerts(command, &config.sinks.parquet.root).await
+        }
+        Command::Funnel(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            funnel::run(args, &config.sinks.parquet.root).await
         }
         Command::Push(command) => {
             let config = Config::load(cli.config.as_deref())?;

@@ -761,3 +761,97 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         assert!(status.iter().all(named), "{stage} in {status:#?}");
     }
 }
+
+/// `trellis funnel` over what `trellis run` stored: people through steps in order, within the
+/// window, in all and by app version.
+#[test]
+fn funnel_counts_people_through_steps_in_order_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
+    let t0 = 1_795_660_800_000i64;
+    let mut n = 0;
+    let mut event = |device: &str, version: &str, at_s: i64, step: &str| {
+        n += 1;
+        let mut e = serde_json::json!({
+            "kind": "analytics", "event_id": format!("00000000-0000-4000-8000-{n:012}"),
+            "device_id": device, "timestamp": t0 + at_s * 1000,
+            "release": {"platform": "ios", "app_version": version},
+        });
+        match step.strip_prefix("screen:") {
+            Some(screen) => {
+                e["name"] = "$screen".into();
+                e["screen"] = screen.into();
+            }
+            None => e["name"] = step.into(),
+        }
+        e
+    };
+    let events = vec![
+        // All three steps.
+        event("d1", "2.14.0", 0, "screen:Home"),
+        event("d1", "2.14.0", 60, "screen:PlantDetail"),
+        event("d1", "2.14.0", 120, "plant_watered"),
+        // Watered before the detail screen: two steps.
+        event("d2", "2.14.0", 0, "screen:Home"),
+        event("d2", "2.14.0", 30, "plant_watered"),
+        event("d2", "2.14.0", 60, "screen:PlantDetail"),
+        // The detail screen two hours later, past the window: one step.
+        event("d3", "2.15.0", 0, "screen:Home"),
+        event("d3", "2.15.0", 7200, "screen:PlantDetail"),
+        // Never on the first step: not in the funnel.
+        event("d4", "2.15.0", 0, "screen:PlantDetail"),
+        event("d4", "2.15.0", 10, "plant_watered"),
+    ];
+    assert_eq!(post_batch(&base, &events)["accepted"], 10);
+    let funnel = |extra: &[&str]| {
+        let out = trellis()
+            .args([
+                "funnel",
+                "screen:Home",
+                "screen:PlantDetail",
+                "plant_watered",
+            ])
+            .args(["--format", "csv"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all = "step_1,step_2,step_3,conversion_pct\n3,2,1,33.33\n";
+    loop {
+        let (text, err) = funnel(&[]);
+        if text == all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trellis funnel: {text} {err}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        funnel(&["--by", "app-version"]).0,
+        "app_version,step_1,step_2,step_3,conversion_pct\n2.14.0,2,2,1,50.0\n2.15.0,1,0,0,0.0\n"
+    );
+    // A window of three hours lets the third person reach the detail screen.
+    assert_eq!(
+        funnel(&["--within", "3h"]).0,
+        "step_1,step_2,step_3,conversion_pct\n3,3,1,33.33\n"
+    );
+    // A step that names no screen is refused with the reason.
+    let out = trellis()
+        .args(["funnel", "screen:", "plant_watered"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a screen step names its screen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
