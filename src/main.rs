@@ -5,6 +5,7 @@
 //! read them from there. See ARCHITECTURE.md for the whole path.
 
 mod app;
+mod cohorts;
 mod config;
 mod demo;
 mod funnel;
@@ -81,6 +82,9 @@ enum Command {
     /// Lists alerts; acknowledges or silences one.
     #[command(subcommand)]
     Alerts(guard::Alerts),
+    /// Weekly retention: cohorts by the week of people's first event or by its OTA update, and
+    /// how many of each were active each week after, from the Parquet files.
+    Cohorts(cohorts::CohortsArgs),
     /// How many people went through steps in order (event names, or `screen:NAME`), from the
     /// Parquet files.
     Funnel(funnel::FunnelArgs),
@@ -186,6 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(command) => {
             let config = Config::load(cli.config.as_deref())?;
             guard::alerts(command, &config.sinks.parquet.root).await
+        }
+        Command::Cohorts(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            cohorts::run(args, &config.sinks.parquet.root).await
         }
         Command::Funnel(args) => {
             let config = Config::load(cli.config.as_deref())?;

@@ -855,3 +855,67 @@ fn funnel_counts_people_through_steps_in_order_within_the_window() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `trellis cohorts` over what `trellis run` stored: weekly retention by install week and by
+/// the OTA update of each person's first event.
+#[test]
+fn cohorts_count_who_came_back_each_week_by_install_week_and_first_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
+    // 2026-11-05 00:00 UTC, a Thursday: its week starts on Monday 2026-11-02. (Ingest takes no
+    // event from the future, so the weeks after must have passed.)
+    let t0 = 1_793_836_800_000i64;
+    let (hour, day) = (3_600_000i64, 86_400_000i64);
+    let mut n = 0;
+    let mut event = |device: &str, update: &str, at: i64| {
+        n += 1;
+        serde_json::json!({
+            "kind": "analytics", "name": "app_opened",
+            "event_id": format!("00000000-0000-4000-8000-{n:012}"),
+            "device_id": device, "timestamp": t0 + at,
+            "release": {"platform": "android", "app_version": "2.14.0", "update_id": update},
+        })
+    };
+    let events = vec![
+        // Installed that week on update u-1: back in its second and third weeks.
+        event("a", "u-1", 0),
+        event("a", "u-2", 8 * day),
+        event("a", "u-2", 15 * day),
+        // Installed that week on u-1: only its first week.
+        event("b", "u-1", day),
+        event("b", "u-1", 4 * day),
+        // Installed the next week on u-2: back a week later.
+        event("c", "u-2", 7 * day),
+        event("c", "u-2", 14 * day + hour),
+    ];
+    assert_eq!(post_batch(&base, &events)["accepted"], 7);
+    let cohorts = |by: &str| {
+        let out = trellis()
+            .args(["cohorts", "--by", by, "--weeks", "3", "--format", "csv"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let by_week = "install_week,people,week_0,week_1,week_2\n\
+                   2026-11-02,2,2,1,1\n\
+                   2026-11-09,1,1,1,0\n";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (text, err) = cohorts("install-week");
+        if text == by_week {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trellis cohorts: {text} {err}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        cohorts("first-update").0,
+        "first_update,people,week_0,week_1,week_2\nu-1,2,2,1,1\nu-2,1,1,1,0\n"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
