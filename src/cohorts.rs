@@ -6,9 +6,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-use trellis_sinks::query::{OutputFormat, query};
-
 /// `trellis cohorts`' arguments.
 #[derive(clap::Args)]
 pub struct CohortsArgs {
@@ -73,20 +70,9 @@ pub fn cohorts_sql(by: CohortBy, weeks: u32, project: Option<&str>) -> String {
 
 /// Runs `trellis cohorts` over the Parquet files under `root`.
 pub async fn run(args: CohortsArgs, root: &Path) -> anyhow::Result<()> {
-    let format: OutputFormat = args
-        .format
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     if !root.join("events").is_dir() {
         anyhow::bail!("no events are stored yet under {}", root.display());
     }
     let sql = cohorts_sql(args.by, args.weeks, args.project.as_deref());
-    let answer = query(root, &sql, format)
-        .await
-        .context("the cohorts query")?;
-    print!("{answer}");
-    if !answer.ends_with('\n') {
-        println!();
-    }
-    Ok(())
+    crate::print_query(root, &sql, &args.format, "the cohorts query").await
 }

@@ -10,9 +10,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
-use trellis_sinks::query::{OutputFormat, query};
-
 /// `trellis funnel`'s arguments.
 #[derive(clap::Args)]
 pub struct FunnelArgs {
@@ -129,10 +126,6 @@ pub fn funnel_sql(
 
 /// Runs `trellis funnel` over the Parquet files under `root`.
 pub async fn run(args: FunnelArgs, root: &Path) -> anyhow::Result<()> {
-    let format: OutputFormat = args
-        .format
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
     if args.within.is_zero() {
         anyhow::bail!("--within must be longer than zero");
     }
@@ -140,12 +133,5 @@ pub async fn run(args: FunnelArgs, root: &Path) -> anyhow::Result<()> {
     if !root.join("events").is_dir() {
         anyhow::bail!("no events are stored yet under {}", root.display());
     }
-    let answer = query(root, &sql, format)
-        .await
-        .context("the funnel query")?;
-    print!("{answer}");
-    if !answer.ends_with('\n') {
-        println!();
-    }
-    Ok(())
+    crate::print_query(root, &sql, &args.format, "the funnel query").await
 }

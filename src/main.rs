@@ -133,6 +133,27 @@ enum SchemaCommand {
     },
 }
 
+/// Answers `sql` over the Parquet files under `root` and prints it in `format` (table, csv or
+/// json); `what` names the query in an error.
+pub(crate) async fn print_query(
+    root: &std::path::Path,
+    sql: &str,
+    format: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let format: trellis_sinks::query::OutputFormat = format
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    let answer = trellis_sinks::query::query(root, sql, format)
+        .await
+        .context(what.to_string())?;
+    print!("{answer}");
+    if !answer.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
 async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(config.ingest.listen)
         .await
@@ -210,17 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => demo::run(devices, seed, timeout).await,
         Command::Query { sql, format } => {
             let config = Config::load(cli.config.as_deref())?;
-            let format: trellis_sinks::query::OutputFormat = format
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
-            let answer = trellis_sinks::query::query(&config.sinks.parquet.root, &sql, format)
-                .await
-                .context("query")?;
-            print!("{answer}");
-            if !answer.ends_with('\n') {
-                println!();
-            }
-            Ok(())
+            print_query(&config.sinks.parquet.root, &sql, &format, "query").await
         }
         Command::Sink { sink } => {
             let config = Config::load(cli.config.as_deref())?;

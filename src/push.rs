@@ -3,9 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-use trellis_sinks::query::{OutputFormat, query};
-
 /// Push commands.
 #[derive(clap::Subcommand)]
 pub enum Push {
@@ -59,23 +56,14 @@ pub fn invalid_tokens_sql(project: Option<&str>) -> String {
 pub async fn run(command: Push, root: &Path) -> anyhow::Result<()> {
     match command {
         Push::InvalidTokens { project, format } => {
-            let format: OutputFormat = format
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
             if !root.join("push").is_dir() {
                 anyhow::bail!(
                     "no push outcomes are stored yet under {}: forward Expo's tickets and receipts to POST /v1/projects/{{project}}/push/tickets and /push/receipts",
                     root.display()
                 );
             }
-            let answer = query(root, &invalid_tokens_sql(project.as_deref()), format)
-                .await
-                .context("reading the push table")?;
-            print!("{answer}");
-            if !answer.ends_with('\n') {
-                println!();
-            }
-            Ok(())
+            let sql = invalid_tokens_sql(project.as_deref());
+            crate::print_query(root, &sql, &format, "reading the push table").await
         }
     }
 }

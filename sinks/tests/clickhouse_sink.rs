@@ -375,25 +375,7 @@ async fn events_decades_apart_are_written_in_inserts_a_current_server_accepts() 
         "whole": insert(0..rows.len(), "whole.bin"),
         "inserts": inserts.iter().enumerate().map(|(i, r)| insert(r.clone(), &format!("{i}.bin"))).collect::<Vec<_>>(),
     });
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script = dir.path().join("chdb_inserts.py");
-    std::fs::write(&script, CHDB_INSERTS).unwrap();
-    let output = std::process::Command::new(python())
-        .arg(&script)
-        .arg(&spec_path)
-        .output()
-        .expect("the SDK venv's python runs (scripts/services.sh ensure_sdks installs chdb-core)");
-    assert!(
-        output.status.success(),
-        "chdb failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(
-        result["version"].as_str().unwrap().starts_with("26."),
-        "{result}"
-    );
+    let result = run_chdb(dir.path(), CHDB_INSERTS, &spec);
     assert!(
         result["whole"].as_str().unwrap().contains("Code: 252"),
         "one insert of every month is what a current server refuses: {result}"
@@ -598,24 +580,6 @@ fn on_a_current_server_the_ttl_keeps_what_the_retention_keeps() {
         "statements": statements,
         "inserts": inserts,
     });
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script = dir.path().join("chdb_ttl.py");
-    std::fs::write(&script, CHDB_TTL).unwrap();
-    let output = std::process::Command::new(python())
-        .arg(&script)
-        .arg(&spec_path)
-        .output()
-        .expect("the SDK venv's python runs (scripts/services.sh ensure_sdks installs chdb-core)");
-    assert!(
-        output.status.success(),
-        "chdb failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(
-        result["version"].as_str().unwrap().starts_with("26."),
-        "{result}"
-    );
+    let result = run_chdb(dir.path(), CHDB_TTL, &spec);
     assert_eq!(result["ids"], serde_json::json!(kept), "{result}");
 }

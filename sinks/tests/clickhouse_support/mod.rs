@@ -50,6 +50,36 @@ pub fn python() -> String {
     })
 }
 
+/// Runs the Python `script` (which has `chdb`, ClickHouse 26.x in-process) on `spec`, written
+/// as JSON beside it in `dir`, checks that it ran on a 26.x server and returns what it printed
+/// (a JSON object with the server's `version`).
+pub fn run_chdb(
+    dir: &std::path::Path,
+    script: &str,
+    spec: &serde_json::Value,
+) -> serde_json::Value {
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script_path = dir.join("chdb_script.py");
+    std::fs::write(&script_path, script).unwrap();
+    let output = std::process::Command::new(python())
+        .arg(&script_path)
+        .arg(&spec_path)
+        .output()
+        .expect("the SDK venv's python runs (scripts/services.sh ensure_sdks installs chdb-core)");
+    assert!(
+        output.status.success(),
+        "chdb failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        result["version"].as_str().unwrap().starts_with("26."),
+        "{result}"
+    );
+    result
+}
+
 /// Runs `sql` in `database` over HTTP and returns the TabSeparated answer.
 pub fn query(database: &str, sql: &str) -> String {
     let mut response = ureq::post(format!("{}/?database={database}", url()))
