@@ -11,6 +11,7 @@ mod demo;
 mod funnel;
 mod guard;
 mod issues;
+mod paths;
 mod push;
 mod status;
 
@@ -88,6 +89,9 @@ enum Command {
     /// How many people went through steps in order (event names, or `screen:NAME`), from the
     /// Parquet files.
     Funnel(funnel::FunnelArgs),
+    /// Where people go after a screen: the most followed paths of screen views, from the
+    /// Parquet files.
+    Paths(paths::PathsArgs),
     /// What Expo's push tickets and receipts say: the tokens to stop sending to.
     #[command(subcommand)]
     Push(push::Push),
@@ -215,6 +219,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cohorts(args) => {
             let config = Config::load(cli.config.as_deref())?;
             cohorts::run(args, &config.sinks.parquet.root).await
+        }
+        Command::Paths(args) => {
+            let config = Config::load(cli.config.as_deref())?;
+            paths::run(args, &config.sinks.parquet.root).await
         }
         Command::Funnel(args) => {
             let config = Config::load(cli.config.as_deref())?;

@@ -919,3 +919,63 @@ fn cohorts_count_who_came_back_each_week_by_install_week_and_first_update() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `trellis paths` over what `trellis run` stored: the screens people went to after one, most
+/// followed first, a long pause ending a path.
+#[test]
+fn paths_after_a_screen_are_counted_most_followed_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
+    let t0 = 1_795_660_800_000i64;
+    let mut n = 0;
+    let mut view = |device: &str, at_s: i64, screen: &str| {
+        n += 1;
+        serde_json::json!({
+            "kind": "analytics", "name": "$screen", "screen": screen,
+            "event_id": format!("00000000-0000-4000-8000-{n:012}"),
+            "device_id": device, "timestamp": t0 + at_s * 1000,
+            "release": {"platform": "ios", "app_version": "2.14.0"},
+        })
+    };
+    let events = vec![
+        view("d1", 0, "Home"),
+        view("d1", 10, "PlantDetail"),
+        view("d1", 20, "Settings"),
+        view("d5", 0, "Home"),
+        view("d5", 15, "PlantDetail"),
+        view("d5", 40, "Settings"),
+        view("d2", 0, "Home"),
+        view("d2", 10, "PlantDetail"),
+        view("d3", 0, "Home"),
+        view("d3", 5, "Settings"),
+        // Two hours later is another visit: the path after Home ends at once.
+        view("d4", 0, "Home"),
+        view("d4", 7200, "PlantDetail"),
+    ];
+    assert_eq!(post_batch(&base, &events)["accepted"], 12);
+    let expected = "then_1,then_2,views\n\
+                    PlantDetail,Settings,2\n\
+                    (end),(end),1\n\
+                    PlantDetail,(end),1\n\
+                    Settings,(end),1\n";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = trellis()
+            .args(["paths", "--after", "Home", "--format", "csv"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trellis paths: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
