@@ -1,41 +1,13 @@
 //! The `trellis` binary as a user meets it: it runs out of the box, refuses a bad configuration
 //! naming the key, stops cleanly on SIGTERM, and the compose file is valid.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn trellis() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trellis"));
-    // The tests' own environment must not leak TRELLIS_* settings into the child.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TRELLIS_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get(url: &str) -> Option<(u16, String)> {
-    let mut response = ureq::get(url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .ok()?;
-    let status = response.status().as_u16();
-    Some((
-        status,
-        response.body_mut().read_to_string().unwrap_or_default(),
-    ))
-}
+use support::cli::{get, post_batch, start_run, trellis};
+use support::free_port;
 
 #[test]
 fn run_works_out_of_the_box_and_stops_on_sigterm() {
@@ -319,35 +291,6 @@ fn docker_compose_file_is_valid() {
     }
 }
 
-/// `trellis run` in `dir` on a free port, with quick segments and checkpoints and `env` on
-/// top, once it answers `/readyz`; its log goes to `stdout`. Returns it and its base URL.
-fn start_run(
-    dir: &std::path::Path,
-    env: &[(&str, String)],
-    stdout: Stdio,
-) -> (std::process::Child, String) {
-    let port = free_port();
-    let child = trellis()
-        .arg("run")
-        .current_dir(dir)
-        .env("TRELLIS_INGEST__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TRELLIS_SINKS__PARQUET__MAX_AGE", "1s")
-        .env("TRELLIS_PROCESSORS__CHECKPOINT_INTERVAL", "200ms")
-        .env("TRELLIS_PROCESSORS__IDLE_TIMEOUT", "1s")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&format!("{base}/readyz")).map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "trellis run never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (child, base)
-}
-
 /// Five analytics events, one of them sent twice, and two errors of one bug.
 fn five_events_a_duplicate_and_two_errors() -> Vec<serde_json::Value> {
     let event = |i: u32, kind: &str| {
@@ -369,20 +312,6 @@ fn five_events_a_duplicate_and_two_errors() -> Vec<serde_json::Value> {
     events.push(event(3, "analytics"));
     events.extend((10..12).map(|i| event(i, "error")));
     events
-}
-
-/// Posts `events` as one native batch with the development key; ingest's answer.
-fn post_batch(base: &str, events: &[serde_json::Value]) -> serde_json::Value {
-    let mut response = ureq::post(&format!("{base}/v1/batch"))
-        .header("Authorization", "Bearer trellis_dev_key")
-        .header("Content-Type", "application/json")
-        .send(
-            serde_json::json!({ "events": events })
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
-    serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
 }
 
 /// One machine, end to end: events posted to `trellis run` are deduplicated, sessionized and
@@ -760,222 +689,4 @@ fn run_fills_clickhouse_when_enabled_and_logs_its_status() {
         };
         assert!(status.iter().all(named), "{stage} in {status:#?}");
     }
-}
-
-/// `trellis funnel` over what `trellis run` stored: people through steps in order, within the
-/// window, in all and by app version.
-#[test]
-fn funnel_counts_people_through_steps_in_order_within_the_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
-    let t0 = 1_795_660_800_000i64;
-    let mut n = 0;
-    let mut event = |device: &str, version: &str, at_s: i64, step: &str| {
-        n += 1;
-        let mut e = serde_json::json!({
-            "kind": "analytics", "event_id": format!("00000000-0000-4000-8000-{n:012}"),
-            "device_id": device, "timestamp": t0 + at_s * 1000,
-            "release": {"platform": "ios", "app_version": version},
-        });
-        match step.strip_prefix("screen:") {
-            Some(screen) => {
-                e["name"] = "$screen".into();
-                e["screen"] = screen.into();
-            }
-            None => e["name"] = step.into(),
-        }
-        e
-    };
-    let events = vec![
-        // All three steps.
-        event("d1", "2.14.0", 0, "screen:Home"),
-        event("d1", "2.14.0", 60, "screen:PlantDetail"),
-        event("d1", "2.14.0", 120, "plant_watered"),
-        // Watered before the detail screen: two steps.
-        event("d2", "2.14.0", 0, "screen:Home"),
-        event("d2", "2.14.0", 30, "plant_watered"),
-        event("d2", "2.14.0", 60, "screen:PlantDetail"),
-        // The detail screen two hours later, past the window: one step.
-        event("d3", "2.15.0", 0, "screen:Home"),
-        event("d3", "2.15.0", 7200, "screen:PlantDetail"),
-        // Never on the first step: not in the funnel.
-        event("d4", "2.15.0", 0, "screen:PlantDetail"),
-        event("d4", "2.15.0", 10, "plant_watered"),
-    ];
-    assert_eq!(post_batch(&base, &events)["accepted"], 10);
-    let funnel = |extra: &[&str]| {
-        let out = trellis()
-            .args([
-                "funnel",
-                "screen:Home",
-                "screen:PlantDetail",
-                "plant_watered",
-            ])
-            .args(["--format", "csv"])
-            .args(extra)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let all = "step_1,step_2,step_3,conversion_pct\n3,2,1,33.33\n";
-    loop {
-        let (text, err) = funnel(&[]);
-        if text == all {
-            break;
-        }
-        assert!(Instant::now() < deadline, "trellis funnel: {text} {err}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert_eq!(
-        funnel(&["--by", "app-version"]).0,
-        "app_version,step_1,step_2,step_3,conversion_pct\n2.14.0,2,2,1,50.0\n2.15.0,1,0,0,0.0\n"
-    );
-    // A window of three hours lets the third person reach the detail screen.
-    assert_eq!(
-        funnel(&["--within", "3h"]).0,
-        "step_1,step_2,step_3,conversion_pct\n3,3,1,33.33\n"
-    );
-    // A step that names no screen is refused with the reason.
-    let out = trellis()
-        .args(["funnel", "screen:", "plant_watered"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("a screen step names its screen"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// `trellis cohorts` over what `trellis run` stored: weekly retention by install week and by
-/// the OTA update of each person's first event.
-#[test]
-fn cohorts_count_who_came_back_each_week_by_install_week_and_first_update() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
-    // 2026-11-05 00:00 UTC, a Thursday: its week starts on Monday 2026-11-02. (Ingest takes no
-    // event from the future, so the weeks after must have passed.)
-    let t0 = 1_793_836_800_000i64;
-    let (hour, day) = (3_600_000i64, 86_400_000i64);
-    let mut n = 0;
-    let mut event = |device: &str, update: &str, at: i64| {
-        n += 1;
-        serde_json::json!({
-            "kind": "analytics", "name": "app_opened",
-            "event_id": format!("00000000-0000-4000-8000-{n:012}"),
-            "device_id": device, "timestamp": t0 + at,
-            "release": {"platform": "android", "app_version": "2.14.0", "update_id": update},
-        })
-    };
-    let events = vec![
-        // Installed that week on update u-1: back in its second and third weeks.
-        event("a", "u-1", 0),
-        event("a", "u-2", 8 * day),
-        event("a", "u-2", 15 * day),
-        // Installed that week on u-1: only its first week.
-        event("b", "u-1", day),
-        event("b", "u-1", 4 * day),
-        // Installed the next week on u-2: back a week later.
-        event("c", "u-2", 7 * day),
-        event("c", "u-2", 14 * day + hour),
-    ];
-    assert_eq!(post_batch(&base, &events)["accepted"], 7);
-    let cohorts = |by: &str| {
-        let out = trellis()
-            .args(["cohorts", "--by", by, "--weeks", "3", "--format", "csv"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
-    let by_week = "install_week,people,week_0,week_1,week_2\n\
-                   2026-11-02,2,2,1,1\n\
-                   2026-11-09,1,1,1,0\n";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (text, err) = cohorts("install-week");
-        if text == by_week {
-            break;
-        }
-        assert!(Instant::now() < deadline, "trellis cohorts: {text} {err}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert_eq!(
-        cohorts("first-update").0,
-        "first_update,people,week_0,week_1,week_2\nu-1,2,2,1,1\nu-2,1,1,1,0\n"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-/// `trellis paths` over what `trellis run` stored: the screens people went to after one, most
-/// followed first, a long pause ending a path.
-#[test]
-fn paths_after_a_screen_are_counted_most_followed_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start_run(dir.path(), &[], Stdio::null());
-    let t0 = 1_795_660_800_000i64;
-    let mut n = 0;
-    let mut view = |device: &str, at_s: i64, screen: &str| {
-        n += 1;
-        serde_json::json!({
-            "kind": "analytics", "name": "$screen", "screen": screen,
-            "event_id": format!("00000000-0000-4000-8000-{n:012}"),
-            "device_id": device, "timestamp": t0 + at_s * 1000,
-            "release": {"platform": "ios", "app_version": "2.14.0"},
-        })
-    };
-    let events = vec![
-        view("d1", 0, "Home"),
-        view("d1", 10, "PlantDetail"),
-        view("d1", 20, "Settings"),
-        view("d5", 0, "Home"),
-        view("d5", 15, "PlantDetail"),
-        view("d5", 40, "Settings"),
-        view("d2", 0, "Home"),
-        view("d2", 10, "PlantDetail"),
-        view("d3", 0, "Home"),
-        view("d3", 5, "Settings"),
-        // Two hours later is another visit: the path after Home ends at once.
-        view("d4", 0, "Home"),
-        view("d4", 7200, "PlantDetail"),
-    ];
-    assert_eq!(post_batch(&base, &events)["accepted"], 12);
-    let expected = "then_1,then_2,views\n\
-                    PlantDetail,Settings,2\n\
-                    (end),(end),1\n\
-                    PlantDetail,(end),1\n\
-                    Settings,(end),1\n";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = trellis()
-            .args(["paths", "--after", "Home", "--format", "csv"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if text == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "trellis paths: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

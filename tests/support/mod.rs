@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod alerting;
+pub mod cli;
 pub mod oracle;
 pub mod receiver;
 
